@@ -1,0 +1,54 @@
+# twilio_outbox: PGXS build, plus the project's two commands.
+#
+#   make demo    the whole product on a throwaway cluster (see README.md)
+#   make test    every test suite, from a fresh machine (see README.md)
+#   make bench   benchmarks (never part of make test)
+
+EXTENSION = twilio_outbox
+MODULE_big = twilio_outbox
+OBJS = \
+	src/twilio_outbox.o \
+	src/guc.o \
+	src/message.o \
+	src/enqueue.o \
+	src/shmem.o \
+	src/worker.o \
+	src/queue.o \
+	src/http.o \
+	src/twilio.o \
+	src/retry.o
+
+DATA = $(wildcard sql/twilio_outbox--*.sql)
+
+PG_CONFIG ?= pg_config
+# -Wextra's unused-parameter and missing-field-initializers fire on
+# PostgreSQL's own headers and callback signatures; everything else is on.
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+SHLIB_LINK = $(shell curl-config --libs)
+
+# Suites, each against a throwaway instance with pg_cron and twilio_outbox
+# preloaded (test/postgresql.conf).
+REGRESS = enqueue validation segments privileges supervisor
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/postgresql.conf
+ISOLATION = dedupe
+ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=tmp_check_iso \
+	--temp-config=test/postgresql.conf
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I test/perl
+
+# LLVM bitcode would need clang on every machine; the JIT gains nothing here.
+override with_llvm = no
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: test demo bench
+test:
+	bash test/run_all.sh
+
+demo:
+	bash test/demo.sh
+
+bench:
+	bash bench/run.sh

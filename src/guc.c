@@ -1,0 +1,131 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *		The settings of twilio_outbox (twilio_outbox.*).
+ *
+ * All worker settings are PGC_SIGHUP: change them with ALTER SYSTEM and
+ * pg_reload_conf(), and the dispatcher picks them up on its next loop.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "twilio_outbox.h"
+
+#include "utils/guc.h"
+
+int			outbox_poll_interval_ms = 1000;
+int			outbox_claim_batch = 200;
+int			outbox_max_in_flight = 200;
+int			outbox_max_attempts = 5;
+int			outbox_backoff_base_ms = 1000;
+int			outbox_backoff_max_ms = 60000;
+double		outbox_backoff_jitter = 0.2;
+int			outbox_rate_limit_jitter_ms = 1000;
+int			outbox_connect_timeout_ms = 5000;
+int			outbox_request_timeout_ms = 15000;
+int			outbox_lease_s = 300;
+char	   *outbox_idempotency_header = NULL;
+bool		outbox_allow_insecure_http = false;
+int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RETRY;
+int			outbox_max_databases = 16;
+
+static const struct config_enum_entry ambiguous_options[] = {
+	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
+	{"hold", OUTBOX_AMBIGUOUS_HOLD, false},
+	{NULL, 0, false}
+};
+
+/* A header name is an RFC 9110 token: no separators, no control characters. */
+static bool
+check_header_name(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	if (*newval == NULL || **newval == '\0')
+	{
+		GUC_check_errdetail("The header name must not be empty.");
+		return false;
+	}
+	for (p = *newval; *p; p++)
+	{
+		if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			  (*p >= '0' && *p <= '9') || strchr("!#$%&'*+-.^_`|~", *p) != NULL))
+		{
+			GUC_check_errdetail("\"%s\" is not a valid HTTP header name.", *newval);
+			return false;
+		}
+	}
+	return true;
+}
+
+void
+outbox_guc_init(void)
+{
+	DefineCustomIntVariable("twilio_outbox.poll_interval",
+							"How often the dispatcher looks for due messages when nothing wakes it.",
+							"Commits of twilio_enqueue() wake it at once; this is the backstop.",
+							&outbox_poll_interval_ms, 1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.claim_batch",
+							"Most messages the dispatcher claims in one transaction.",
+							NULL, &outbox_claim_batch, 200, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.max_in_flight",
+							"Most HTTP requests the dispatcher has in flight at once, over all accounts.",
+							NULL, &outbox_max_in_flight, 200, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.max_attempts",
+							"Failed attempts after which a message is dead-lettered.",
+							"Rate-limited (429) attempts and attempts refused by a paused account are not counted.",
+							&outbox_max_attempts, 5, 1, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.backoff_base",
+							"Delay before the first retry; it doubles with each further failure.",
+							NULL, &outbox_backoff_base_ms, 1000, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.backoff_max",
+							"Longest delay between two attempts of a message.",
+							NULL, &outbox_backoff_max_ms, 60000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomRealVariable("twilio_outbox.backoff_jitter",
+							 "Random spread applied to each backoff delay, as a fraction (0.2 = plus or minus 20 %).",
+							 NULL, &outbox_backoff_jitter, 0.2, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.rate_limit_jitter",
+							"Most random delay added to Retry-After after a 429.",
+							NULL, &outbox_rate_limit_jitter_ms, 1000, 0, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.connect_timeout",
+							"Time allowed to connect to Twilio (TCP and TLS).",
+							NULL, &outbox_connect_timeout_ms, 5000, 100, 600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.request_timeout",
+							"Time allowed for a whole request, connection included.",
+							"A request that times out after it was sent is recorded as ambiguous.",
+							&outbox_request_timeout_ms, 15000, 100, 600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.lease",
+							"How long a claimed message stays reserved for the dispatcher that claimed it.",
+							"Messages whose lease ran out are taken back as lost attempts. It is never shorter than the request timeout.",
+							&outbox_lease_s, 300, 1, 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomStringVariable("twilio_outbox.idempotency_header",
+							   "Name of the HTTP header that carries each message's idempotency key.",
+							   NULL, &outbox_idempotency_header, "Idempotency-Key",
+							   PGC_SIGHUP, 0, check_header_name, NULL, NULL);
+	DefineCustomBoolVariable("twilio_outbox.allow_insecure_http",
+							 "Allow plain http:// account base URLs, to loopback addresses only.",
+							 "For local stand-ins and tests; https is always required elsewhere.",
+							 &outbox_allow_insecure_http, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("twilio_outbox.on_ambiguous",
+							 "What to do when Twilio may have created a message without saying so.",
+							 "retry sends again with the same idempotency key; hold parks the message in state ambiguous for an operator.",
+							 &outbox_ambiguous_policy, OUTBOX_AMBIGUOUS_RETRY, ambiguous_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.max_databases",
+							"Most databases that can run a dispatcher at once.",
+							NULL, &outbox_max_databases, 16, 1, 1024,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("twilio_outbox");
+}

@@ -1,0 +1,703 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *		The dispatcher's queries: refresh accounts, expire, rescue, claim and
+ *		record, each a set-based statement over the whole batch.
+ *
+ * Every function here runs inside a transaction the worker started, with
+ * SPI connected and a snapshot pushed, and may throw; the worker rolls back
+ * and tries again.  Every state change is guarded by the state (and for
+ * outcomes the attempt number) it expects.  Queries are prepared once and
+ * kept; the worker's search_path is pg_catalog, so unqualified operators
+ * are the built-in ones.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "twilio_outbox.h"
+
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+/* The accounts the worker knows, in TopMemoryContext; never freed while the worker runs. */
+List	   *outbox_accounts = NIL;
+
+/* Where claiming starts in the account list, rotated for fairness. */
+static int	claim_rotor = 0;
+
+static const char *const outcome_names[] = {
+	[OUTCOME_SENT] = "sent",
+	[OUTCOME_RETRY] = "retry",
+	[OUTCOME_DEAD] = "dead",
+	[OUTCOME_SUPPRESSED] = "suppressed",
+	[OUTCOME_PAUSED] = "paused",
+	[OUTCOME_RATE_LIMITED] = "rate_limited",
+	[OUTCOME_HELD] = "held",
+	[OUTCOME_LOST] = "lost",
+};
+
+/* The message state an outcome leads to. */
+static const char *const outcome_states[] = {
+	[OUTCOME_SENT] = "sent",
+	[OUTCOME_RETRY] = "queued",
+	[OUTCOME_DEAD] = "dead",
+	[OUTCOME_SUPPRESSED] = "dead",
+	[OUTCOME_PAUSED] = "queued",
+	[OUTCOME_RATE_LIMITED] = "queued",
+	[OUTCOME_HELD] = "ambiguous",
+	[OUTCOME_LOST] = "queued",
+};
+
+static SPIPlanPtr
+prepare(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*slot = plan;
+	}
+	return *slot;
+}
+
+bool
+outbox_extension_present(void)
+{
+	return OidIsValid(get_extension_oid("twilio_outbox", true));
+}
+
+static char *
+tm_strdup(const char *s)
+{
+	return s ? MemoryContextStrdup(TopMemoryContext, s) : NULL;
+}
+
+static OutboxAccount *
+find_account(const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, outbox_accounts)
+	{
+		OutboxAccount *a = lfirst(lc);
+
+		if (strcmp(a->name, name) == 0)
+			return a;
+	}
+	return NULL;
+}
+
+/*
+ * Plain http only when allowed, and only to a loopback address: a stand-in
+ * on this machine, never the network.
+ */
+static const char *
+check_base_url(const char *url)
+{
+	const char *host;
+
+	if (strncmp(url, "https://", 8) == 0)
+		return NULL;
+	if (!outbox_allow_insecure_http)
+		return "its base_url is plain http and twilio_outbox.allow_insecure_http is off";
+	host = url + 7;
+	if (strncmp(host, "127.", 4) == 0 || strncmp(host, "localhost", 9) == 0 ||
+		strncmp(host, "[::1]", 5) == 0)
+		return NULL;
+	return "plain http is allowed to loopback addresses only";
+}
+
+/*
+ * Reload accounts and credentials.  Structs are updated in place (requests
+ * in flight point at them); an account that disappeared is kept, marked
+ * unseen, and no longer claimed for.
+ */
+void
+outbox_refresh_accounts(TimestampTz now)
+{
+	static SPIPlanPtr plan = NULL;
+	ListCell   *lc;
+	uint64		i;
+	int			rc;
+
+	prepare(&plan,
+			"SELECT a.name, a.account_sid, a.base_url, a.max_concurrency,"
+			" a.paused_until, c.api_key_sid, c.secret"
+			" FROM twilio_outbox.accounts a"
+			" LEFT JOIN twilio_outbox.account_credentials c ON c.account = a.name",
+			0, NULL);
+	rc = SPI_execute_plan(plan, NULL, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read accounts: %s", SPI_result_code_string(rc));
+
+	foreach(lc, outbox_accounts)
+		((OutboxAccount *) lfirst(lc))->seen = false;
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *name = SPI_getvalue(tup, desc, 1);
+		char	   *sid = SPI_getvalue(tup, desc, 2);
+		char	   *base = SPI_getvalue(tup, desc, 3);
+		char	   *key_sid = SPI_getvalue(tup, desc, 6);
+		char	   *secret = SPI_getvalue(tup, desc, 7);
+		char	   *url = psprintf("%s/2010-04-01/Accounts/%s/Messages.json", base, sid);
+		const char *problem = secret == NULL ?
+			"it has no row in twilio_outbox.account_credentials" : check_base_url(base);
+		OutboxAccount *a = find_account(name);
+		bool		isnull;
+		Datum		paused;
+
+		if (a == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			a = palloc0(sizeof(OutboxAccount));
+			a->name = pstrdup(name);
+			outbox_accounts = lappend(outbox_accounts, a);
+			MemoryContextSwitchTo(old);
+		}
+		if (a->messages_url == NULL || strcmp(a->messages_url, url) != 0)
+		{
+			if (a->messages_url)
+				pfree(a->messages_url);
+			a->messages_url = tm_strdup(url);
+		}
+		if (a->auth_user)
+			pfree(a->auth_user);
+		a->auth_user = tm_strdup(key_sid ? key_sid : sid);
+		if (a->auth_secret)
+		{
+			explicit_bzero(a->auth_secret, strlen(a->auth_secret));
+			pfree(a->auth_secret);
+		}
+		a->auth_secret = tm_strdup(secret ? secret : "");
+		if (secret)
+			explicit_bzero(secret, strlen(secret));
+
+		if (problem != NULL && (a->config_error == NULL || strcmp(a->config_error, problem) != 0))
+			ereport(WARNING,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("twilio_outbox account \"%s\" cannot be used: %s", name, problem)));
+		if (a->config_error)
+			pfree(a->config_error);
+		a->config_error = tm_strdup(problem);
+
+		a->max_concurrency = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		paused = SPI_getbinval(tup, desc, 5, &isnull);
+		a->paused_until = isnull ? 0 : DatumGetTimestampTz(paused);
+		a->seen = true;
+	}
+}
+
+/* Whether claims for this account may go out now, and how many. */
+static int
+account_room(OutboxAccount *a, TimestampTz now)
+{
+	if (!a->seen || a->config_error != NULL)
+		return 0;
+	if (a->paused_until != 0 && a->paused_until > now)
+		return 0;
+	return Max(0, a->max_concurrency - a->in_flight);
+}
+
+/* Build a one-dimensional array from values (NULL where nulls[i]). */
+static Datum
+make_array(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
+}
+
+/* Copy a text column of an SPI row into the current context, or NULL. */
+static char *
+col_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	return SPI_getvalue(tup, desc, col);
+}
+
+/*
+ * Claim due messages, at most capacity in all, within each account's room,
+ * starting from a rotating account so that none is always served last.
+ * Returns the claimed messages, each with its request built, in a new batch
+ * context (a child of TopMemoryContext).  Nothing is sent here: the caller
+ * commits first.
+ */
+List *
+outbox_claim(int capacity, TimestampTz now)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[4] = {TEXTARRAYOID, INT4ARRAYOID, INT4OID, INT4OID};
+	int			naccounts = list_length(outbox_accounts);
+	Datum	   *names = palloc(sizeof(Datum) * Max(naccounts, 1));
+	Datum	   *quotas = palloc(sizeof(Datum) * Max(naccounts, 1));
+	Datum		values[4];
+	int			n = 0;
+	int			i;
+	int			rc;
+	OutboxBatch *batch;
+	List	   *claimed = NIL;
+	MemoryContext cxt;
+	MemoryContext old;
+
+	for (i = 0; i < naccounts && capacity > 0; i++)
+	{
+		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor + i) % naccounts);
+		int			room = Min(account_room(a, now), capacity);
+
+		if (room > 0)
+		{
+			names[n] = CStringGetTextDatum(a->name);
+			quotas[n] = Int32GetDatum(room);
+			n++;
+			capacity -= room;
+		}
+	}
+	claim_rotor = naccounts > 0 ? (claim_rotor + 1) % naccounts : 0;
+	if (n == 0)
+		return NIL;
+
+	prepare(&plan,
+			"WITH q AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS q(account, quota)),"
+			" c AS MATERIALIZED ("
+			"  SELECT x.id FROM q CROSS JOIN LATERAL ("
+			"   SELECT m.id FROM twilio_outbox.messages m"
+			"   WHERE m.state = 'queued' AND m.account = q.account"
+			"   AND m.next_attempt_at <= now()"
+			"   AND (m.expires_at IS NULL OR m.expires_at > now())"
+			"   ORDER BY m.next_attempt_at LIMIT q.quota"
+			"   FOR UPDATE SKIP LOCKED) x)"
+			" UPDATE twilio_outbox.messages m SET state = 'sending',"
+			"  attempts = m.attempts + 1, lease_until = now() + make_interval(secs => $3),"
+			"  worker_pid = $4, updated_at = now()"
+			" FROM c WHERE m.id = c.id AND m.state = 'queued'"
+			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
+			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
+			"  m.content_sid, m.content_variables::text, m.status_callback, m.params,"
+			"  m.expires_at, m.idempotency_key::text, m.segments",
+			4, types);
+
+	values[0] = make_array(names, NULL, n, TEXTOID);
+	values[1] = make_array(quotas, NULL, n, INT4OID);
+	values[2] = Int32GetDatum(Max(outbox_lease_s, 2 * outbox_request_timeout_ms / 1000 + 10));
+	values[3] = Int32GetDatum(MyProcPid);
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return NIL;
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "twilio_outbox batch",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	batch = palloc0(sizeof(OutboxBatch));
+	batch->cxt = cxt;
+	for (i = 0; i < (int) SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		OutboxMessage *m = palloc0(sizeof(OutboxMessage));
+		bool		isnull;
+		bool		media_null;
+		bool		params_null;
+		Datum		media;
+		Datum		params;
+		Datum		expires;
+
+		m->batch = batch;
+		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		m->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		m->failures = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		m->account = find_account(col_text(tup, desc, 4));
+		m->to_number = col_text(tup, desc, 5);
+		media = SPI_getbinval(tup, desc, 9, &media_null);
+		params = SPI_getbinval(tup, desc, 13, &params_null);
+		expires = SPI_getbinval(tup, desc, 14, &isnull);
+		m->expires_at = isnull ? 0 : DatumGetTimestampTz(expires);
+		m->idempotency_key = col_text(tup, desc, 15);
+		m->segments = DatumGetInt32(SPI_getbinval(tup, desc, 16, &isnull));
+		m->form = outbox_build_form(m->to_number,
+									col_text(tup, desc, 6), col_text(tup, desc, 7),
+									col_text(tup, desc, 8), media, media_null,
+									col_text(tup, desc, 10), col_text(tup, desc, 11),
+									col_text(tup, desc, 12), params, params_null,
+									m->expires_at, now);
+		Assert(m->account != NULL);
+		claimed = lappend(claimed, m);
+		batch->pending++;
+	}
+	MemoryContextSwitchTo(old);
+	return claimed;
+}
+
+/*
+ * Dead-letter queued messages whose expiry has passed: they are never sent.
+ * Bounded per call; returns how many.
+ */
+int
+outbox_expire(void)
+{
+	static SPIPlanPtr plan = NULL;
+	int			rc;
+
+	prepare(&plan,
+			"WITH x AS (SELECT id FROM twilio_outbox.messages"
+			"  WHERE state = 'queued' AND expires_at <= now()"
+			"  ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED),"
+			" u AS (UPDATE twilio_outbox.messages m SET state = 'dead',"
+			"  finished_at = now(), updated_at = now(),"
+			"  last_error_message = 'expired before it could be sent'"
+			"  FROM x WHERE m.id = x.id AND m.state = 'queued'"
+			"  RETURNING m.id, m.account, m.to_number, m.attempts,"
+			"  m.last_http_status, m.last_error_code)"
+			" INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number,"
+			"  reason, http_status, twilio_code, error_message, attempts)"
+			" SELECT id, account, to_number, 'expired', last_http_status,"
+			"  last_error_code, 'expired before it could be sent', attempts FROM u",
+			0, NULL);
+	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "expiry failed: %s", SPI_result_code_string(rc));
+	return (int) SPI_processed;
+}
+
+/*
+ * Take back messages left in sending by a dispatcher that is gone: at start
+ * (all) every one, later only those of another process whose lease ran out.
+ * Their attempt is recorded as lost and ambiguous, not charged; the message
+ * goes back to the queue with the same idempotency key, or is held when
+ * twilio_outbox.on_ambiguous = hold.
+ */
+int
+outbox_rescue(bool all)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[3] = {BOOLOID, INT4OID, TEXTOID};
+	Datum		values[3];
+	int			rc;
+
+	prepare(&plan,
+			"WITH x AS (SELECT id, worker_pid FROM twilio_outbox.messages"
+			"  WHERE state = 'sending'"
+			"  AND ($1 OR (lease_until < now() AND worker_pid IS DISTINCT FROM $2))"
+			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
+			" u AS (UPDATE twilio_outbox.messages m SET"
+			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"
+			"  ambiguous_attempts = m.ambiguous_attempts + 1,"
+			"  lease_until = NULL, worker_pid = NULL, updated_at = now(),"
+			"  last_error_message = 'the dispatcher stopped while the request was in flight'"
+			"  FROM x WHERE m.id = x.id AND m.state = 'sending'"
+			"  RETURNING m.id, m.attempts, m.account, x.worker_pid)"
+			" INSERT INTO twilio_outbox.attempts (message_id, attempt, account,"
+			"  started_at, outcome, ambiguous, transport_error, worker_pid)"
+			" SELECT id, attempts, account, now(), 'lost', true,"
+			"  'the dispatcher stopped while the request was in flight', worker_pid FROM u",
+			3, types);
+	values[0] = BoolGetDatum(all);
+	values[1] = Int32GetDatum(MyProcPid);
+	values[2] = CStringGetTextDatum(outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_HOLD ?
+									"ambiguous" : "queued");
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "lease rescue failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("twilio_outbox took back %d messages left in flight by a stopped dispatcher",
+						(int) SPI_processed),
+				 errdetail("Their attempts are recorded as lost and ambiguous.")));
+	return (int) SPI_processed;
+}
+
+/* Columns of the batched outcome statement, in parameter order. */
+enum
+{
+	C_ID, C_ATTEMPT, C_ACCOUNT, C_STATE, C_NEXT_AT, C_FAILED, C_AMBIGUOUS,
+	C_SID, C_TSTATUS, C_TSEGMENTS, C_HTTP, C_CODE, C_ERRMSG, C_DEAD_REASON,
+	C_STARTED, C_DURATION, C_TERROR, C_RETRY_AFTER, C_DELAY_MS, C_OUTCOME,
+	C_REQUEST_ID, C_CONCURRENT, C_REQ_DURATION, C_TMESSAGE,
+	NUM_COLS
+};
+
+static const Oid col_types[NUM_COLS] = {
+	INT8OID, INT4OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT4OID,
+	TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, TEXTOID, TEXTOID,
+	TIMESTAMPTZOID, FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID,
+	TEXTOID, INT4OID, FLOAT8OID, TEXTOID
+};
+
+typedef struct Columns
+{
+	Datum	   *v[NUM_COLS];
+	bool	   *null[NUM_COLS];
+} Columns;
+
+static void
+set_col(Columns *c, int col, int row, Datum value, bool isnull)
+{
+	c->v[col][row] = value;
+	c->null[col][row] = isnull;
+}
+
+static void
+set_text(Columns *c, int col, int row, const char *s)
+{
+	bool		none = s == NULL || *s == '\0';
+
+	set_col(c, col, row, none ? (Datum) 0 : CStringGetTextDatum(s), none);
+}
+
+static void
+set_int(Columns *c, int col, int row, int64 v, bool isnull, Oid type)
+{
+	set_col(c, col, row, type == INT8OID ? Int64GetDatum(v) : Int32GetDatum((int32) v),
+			isnull);
+}
+
+/* Fill row i of the outcome columns from a decided message. */
+static void
+fill_row(Columns *c, int i, OutboxMessage *m)
+{
+	OutboxResponse *r = &m->resp;
+	bool		terminal = m->outcome == OUTCOME_SENT || m->outcome == OUTCOME_DEAD ||
+		m->outcome == OUTCOME_SUPPRESSED || m->outcome == OUTCOME_HELD;
+
+	set_int(c, C_ID, i, m->id, false, INT8OID);
+	set_int(c, C_ATTEMPT, i, m->attempt, false, INT4OID);
+	set_text(c, C_ACCOUNT, i, m->account->name);
+	set_text(c, C_STATE, i, outcome_states[m->outcome]);
+	set_col(c, C_NEXT_AT, i, TimestampTzGetDatum(m->next_attempt_at), terminal);
+	set_int(c, C_FAILED, i, m->charged ? 1 : 0, false, INT4OID);
+	set_int(c, C_AMBIGUOUS, i, m->ambiguous ? 1 : 0, false, INT4OID);
+	set_text(c, C_SID, i, r->twilio_sid);
+	set_text(c, C_TSTATUS, i, r->twilio_status);
+	set_int(c, C_TSEGMENTS, i, r->twilio_segments, r->twilio_segments == 0, INT4OID);
+	set_int(c, C_HTTP, i, r->http_status, r->http_status == 0, INT4OID);
+	set_int(c, C_CODE, i, r->twilio_code, r->twilio_code == 0, INT4OID);
+	set_text(c, C_ERRMSG, i, m->error_message);
+	set_text(c, C_DEAD_REASON, i, m->dead_reason);
+	set_col(c, C_STARTED, i, TimestampTzGetDatum(r->started_at), false);
+	set_col(c, C_DURATION, i, Float8GetDatum(r->duration_ms), false);
+	set_text(c, C_TERROR, i, r->transport_error);
+	set_text(c, C_RETRY_AFTER, i, r->retry_after);
+	set_int(c, C_DELAY_MS, i, m->delay_ms, m->delay_ms == 0, INT8OID);
+	set_text(c, C_OUTCOME, i, outcome_names[m->outcome]);
+	set_text(c, C_REQUEST_ID, i, r->request_id);
+	set_int(c, C_CONCURRENT, i, r->concurrent_requests, r->concurrent_requests < 0, INT4OID);
+	set_col(c, C_REQ_DURATION, i, Float8GetDatum(r->request_duration), r->request_duration < 0);
+	set_text(c, C_TMESSAGE, i, r->twilio_message);
+}
+
+/* Pause an account (only ever later than it already is) and note why. */
+static void
+pause_account(OutboxMessage *m)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, TEXTOID};
+	Datum		values[3];
+	const char *why = m->outcome == OUTCOME_RATE_LIMITED ?
+		"rate limited by Twilio (HTTP 429): resumes by itself" :
+		psprintf("Twilio refused the credentials (HTTP %ld, code %d): fix them, then call twilio_outbox.resume_account()",
+				 m->resp.http_status, m->resp.twilio_code);
+
+	prepare(&plan,
+			"UPDATE twilio_outbox.accounts SET paused_until = $2, pause_reason = $3"
+			" WHERE name = $1 AND (paused_until IS NULL OR paused_until < $2)",
+			3, types);
+	values[0] = CStringGetTextDatum(m->account->name);
+	values[1] = TimestampTzGetDatum(m->pause_account_until);
+	values[2] = CStringGetTextDatum(why);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not pause account \"%s\"", m->account->name);
+}
+
+static void
+suppress_recipient(OutboxMessage *m)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID};
+	Datum		values[5];
+
+	prepare(&plan,
+			"INSERT INTO twilio_outbox.suppressed_recipients"
+			" (account, to_number, reason, twilio_code, message_id)"
+			" VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+			5, types);
+	values[0] = CStringGetTextDatum(m->account->name);
+	values[1] = CStringGetTextDatum(m->to_number);
+	values[2] = CStringGetTextDatum(m->error_message ? m->error_message : "suppressed by the error policy");
+	values[3] = Int32GetDatum(m->resp.twilio_code);
+	values[4] = Int64GetDatum(m->id);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not suppress a recipient");
+}
+
+/*
+ * Record finished attempts: the message rows (guarded by state sending and
+ * the attempt number), one attempt row each, dead letters, then account
+ * pauses and suppressions.  An outcome whose message changed meanwhile is
+ * kept as an attempt row only.
+ */
+void
+outbox_record(List *done)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[NUM_COLS + 1];
+	Datum		values[NUM_COLS + 1];
+	int			n = list_length(done);
+	Columns		c;
+	ListCell   *lc;
+	int			i;
+	int			rc;
+
+	for (i = 0; i < NUM_COLS; i++)
+	{
+		types[i] = get_array_type(col_types[i]);
+		c.v[i] = palloc(sizeof(Datum) * n);
+		c.null[i] = palloc(sizeof(bool) * n);
+	}
+	types[NUM_COLS] = INT4OID;
+
+	prepare(&plan,
+			"WITH r AS (SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[],"
+			"  $4::text[], $5::timestamptz[], $6::int4[], $7::int4[], $8::text[],"
+			"  $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::text[],"
+			"  $14::text[], $15::timestamptz[], $16::float8[], $17::text[],"
+			"  $18::text[], $19::int8[], $20::text[], $21::text[], $22::int4[],"
+			"  $23::float8[], $24::text[])"
+			"  AS r(id, attempt, account, state, next_at, failed, ambiguous, sid,"
+			"  tstatus, tsegments, http, code, errmsg, dead_reason, started_at,"
+			"  duration_ms, terror, retry_after, delay_ms, outcome, request_id,"
+			"  concurrent, req_duration, tmessage)),"
+			" u AS (UPDATE twilio_outbox.messages m SET"
+			"  state = r.state::twilio_outbox.message_state,"
+			"  next_attempt_at = coalesce(r.next_at, m.next_attempt_at),"
+			"  failures = m.failures + r.failed,"
+			"  ambiguous_attempts = m.ambiguous_attempts + r.ambiguous,"
+			"  lease_until = NULL, worker_pid = NULL,"
+			"  twilio_sid = coalesce(r.sid, m.twilio_sid),"
+			"  twilio_status = coalesce(r.tstatus, m.twilio_status),"
+			"  twilio_segments = coalesce(r.tsegments, m.twilio_segments),"
+			"  last_http_status = r.http, last_error_code = r.code,"
+			"  last_error_message = r.errmsg, updated_at = now(),"
+			"  sent_at = CASE WHEN r.state = 'sent' THEN now() ELSE m.sent_at END,"
+			"  finished_at = CASE WHEN r.state IN ('sent', 'dead') THEN now() END"
+			"  FROM r WHERE m.id = r.id AND m.state = 'sending' AND m.attempts = r.attempt"
+			"  RETURNING m.id, m.account, m.to_number, m.attempts, r.state,"
+			"  r.dead_reason, r.http, r.code, r.errmsg),"
+			" d AS (INSERT INTO twilio_outbox.dead_letters (message_id, account,"
+			"  to_number, reason, http_status, twilio_code, error_message, attempts)"
+			"  SELECT id, account, to_number, dead_reason, http, code, errmsg, attempts"
+			"  FROM u WHERE u.state = 'dead'),"
+			" a AS (INSERT INTO twilio_outbox.attempts (message_id, attempt, account,"
+			"  started_at, duration_ms, http_status, twilio_code, twilio_message,"
+			"  transport_error, retry_after, delay, outcome, ambiguous, twilio_sid,"
+			"  request_id, concurrent_requests, request_duration, worker_pid)"
+			"  SELECT id, attempt, account, started_at, duration_ms, http, code,"
+			"  tmessage, terror, retry_after,"
+			"  CASE WHEN delay_ms IS NOT NULL THEN make_interval(secs => delay_ms / 1000.0) END,"
+			"  outcome::twilio_outbox.attempt_outcome, ambiguous = 1, sid, request_id,"
+			"  concurrent, req_duration, $25 FROM r)"
+			" SELECT count(*) FROM u",
+			NUM_COLS + 1, types);
+
+	i = 0;
+	foreach(lc, done)
+		fill_row(&c, i++, lfirst(lc));
+	for (i = 0; i < NUM_COLS; i++)
+		values[i] = make_array(c.v[i], c.null[i], n, col_types[i]);
+	values[NUM_COLS] = Int32GetDatum(MyProcPid);
+
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "recording outcomes failed: %s", SPI_result_code_string(rc));
+	{
+		bool		isnull;
+		int64		updated = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (updated != n)
+			ereport(WARNING,
+					(errmsg("twilio_outbox recorded %d of %d outcomes on their messages",
+							(int) updated, n),
+					 errdetail("The other messages were changed meanwhile; their attempts are kept in twilio_outbox.attempts.")));
+	}
+
+	foreach(lc, done)
+	{
+		OutboxMessage *m = lfirst(lc);
+
+		if (m->pause_account_until != 0)
+			pause_account(m);
+		if (m->suppress)
+			suppress_recipient(m);
+	}
+}
+
+/*
+ * When the next queued message of an account that may send becomes due, or
+ * a paused account resumes; 0 when nothing is waiting.
+ */
+TimestampTz
+outbox_next_due(TimestampTz now)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTARRAYOID};
+	int			naccounts = list_length(outbox_accounts);
+	Datum	   *names = palloc(sizeof(Datum) * Max(naccounts, 1));
+	TimestampTz next = 0;
+	Datum		value;
+	bool		isnull;
+	ListCell   *lc;
+	int			n = 0;
+	int			rc;
+
+	foreach(lc, outbox_accounts)
+	{
+		OutboxAccount *a = lfirst(lc);
+
+		if (!a->seen || a->config_error != NULL)
+			continue;
+		if (a->paused_until != 0 && a->paused_until > now)
+		{
+			if (a->paused_until != DT_NOEND && (next == 0 || a->paused_until < next))
+				next = a->paused_until;
+			continue;
+		}
+		names[n++] = CStringGetTextDatum(a->name);
+	}
+	if (n == 0)
+		return next;
+
+	prepare(&plan,
+			"SELECT min(n.next_attempt_at) FROM unnest($1::text[]) AS a(account)"
+			" CROSS JOIN LATERAL (SELECT m.next_attempt_at FROM twilio_outbox.messages m"
+			"  WHERE m.state = 'queued' AND m.account = a.account"
+			"  ORDER BY m.next_attempt_at LIMIT 1) n",
+			1, types);
+	value = make_array(names, NULL, n, TEXTOID);
+	rc = SPI_execute_plan(plan, &value, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "next-due lookup failed: %s", SPI_result_code_string(rc));
+	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull && (next == 0 || DatumGetTimestampTz(value) < next))
+		next = DatumGetTimestampTz(value);
+	return next;
+}

@@ -1,0 +1,320 @@
+/*-------------------------------------------------------------------------
+ *
+ * twilio.c
+ *		The Twilio Messages API on the wire: the form-encoded create request
+ *		and what comes back (JSON body, Twilio-* headers).
+ *
+ * Field names are exactly those of Twilio's OpenAPI description
+ * (2010-04-01, CreateMessage).  outbox_build_form runs inside the claim
+ * transaction (it reads jsonb); the parsers run outside any transaction and
+ * never throw on bad input: a body they cannot read is flagged malformed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "twilio_outbox.h"
+
+#include <ctype.h>
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "common/jsonapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+/* Append one key=value pair, form-encoded (RFC 1866: space as '+'). */
+static void
+append_field(StringInfo buf, const char *key, const char *value)
+{
+	const char *p;
+
+	if (buf->len > 0)
+		appendStringInfoChar(buf, '&');
+	appendStringInfoString(buf, key);
+	appendStringInfoChar(buf, '=');
+	for (p = value; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
+			appendStringInfoChar(buf, (char) c);
+		else if (c == ' ')
+			appendStringInfoChar(buf, '+');
+		else
+			appendStringInfo(buf, "%%%02X", c);
+	}
+}
+
+/* A jsonb scalar as Twilio expects it in a form: strings raw, booleans as true/false. */
+static char *
+scalar_text(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return pnstrdup(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out,
+													   NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return v->val.boolean ? "true" : "false";
+		default:
+			return NULL;
+	}
+}
+
+/* params: each key once, array values as repeated fields. */
+static void
+append_params(StringInfo buf, Jsonb *params, bool *has_validity)
+{
+	JsonbIterator *it = JsonbIteratorInit(&params->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *text;
+
+		if (tok == WJB_KEY)
+		{
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			if (strcmp(key, "ValidityPeriod") == 0)
+				*has_validity = true;
+			continue;
+		}
+		if ((tok == WJB_VALUE || tok == WJB_ELEM) && key != NULL &&
+			(text = scalar_text(&v)) != NULL)
+			append_field(buf, key, text);
+	}
+}
+
+/*
+ * The request body for one message.  When the message expires and params do
+ * not set ValidityPeriod, it is set to the time left, so that Twilio drops
+ * the message from its own queue rather than deliver it stale.
+ */
+char *
+outbox_build_form(const char *to, const char *from, const char *service,
+				  const char *body, Datum media_urls, bool media_null,
+				  const char *content_sid, const char *content_variables,
+				  const char *status_callback, Datum params, bool params_null,
+				  TimestampTz expires_at, TimestampTz now)
+{
+	StringInfoData buf;
+	bool		has_validity = false;
+
+	initStringInfo(&buf);
+	append_field(&buf, "To", to);
+	if (from)
+		append_field(&buf, "From", from);
+	if (service)
+		append_field(&buf, "MessagingServiceSid", service);
+	if (body)
+		append_field(&buf, "Body", body);
+	if (!media_null)
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+		int			i;
+
+		deconstruct_array(DatumGetArrayTypeP(media_urls), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, &nulls, &n);
+		for (i = 0; i < n; i++)
+			if (!nulls[i])
+				append_field(&buf, "MediaUrl", TextDatumGetCString(elems[i]));
+	}
+	if (content_sid)
+		append_field(&buf, "ContentSid", content_sid);
+	if (content_variables)
+		append_field(&buf, "ContentVariables", content_variables);
+	if (status_callback)
+		append_field(&buf, "StatusCallback", status_callback);
+	if (!params_null)
+		append_params(&buf, DatumGetJsonbP(params), &has_validity);
+	if (expires_at != 0 && !has_validity)
+	{
+		double		left = ceil((double) (expires_at - now) / USECS_PER_SEC);
+
+		append_field(&buf, "ValidityPeriod",
+					 psprintf("%d", (int) Max(1, Min(left, 36000))));
+	}
+	return buf.data;
+}
+
+/* Parser state: the top-level fields of a Message or an error object. */
+typedef struct ParseState
+{
+	OutboxResponse *resp;
+	int			depth;
+	char	   *field;			/* current top-level field name */
+} ParseState;
+
+static void
+ps_nest_in(void *state)
+{
+	((ParseState *) state)->depth++;
+}
+
+static void
+ps_nest_out(void *state)
+{
+	((ParseState *) state)->depth--;
+}
+
+static void
+ps_field(void *state, char *fname, bool isnull)
+{
+	ParseState *ps = state;
+
+	if (ps->depth == 1)
+		ps->field = fname;
+}
+
+static int
+parse_int(const char *s)
+{
+	char	   *end;
+	long		v = strtol(s, &end, 10);
+
+	return (end != s && *end == '\0' && v > 0 && v < INT_MAX) ? (int) v : 0;
+}
+
+static void
+ps_scalar(void *state, char *token, JsonTokenType type)
+{
+	ParseState *ps = state;
+	OutboxResponse *r = ps->resp;
+	const char *f = ps->field;
+
+	if (ps->depth != 1 || f == NULL || type == JSON_TOKEN_NULL)
+		return;
+	if (strcmp(f, "sid") == 0 && type == JSON_TOKEN_STRING)
+		r->twilio_sid = token;
+	else if (strcmp(f, "status") == 0 && type == JSON_TOKEN_STRING)
+		r->twilio_status = token;
+	else if (strcmp(f, "num_segments") == 0)
+		r->twilio_segments = parse_int(token);
+	else if ((strcmp(f, "code") == 0 || strcmp(f, "error_code") == 0) &&
+			 r->twilio_code == 0)
+		r->twilio_code = parse_int(token);
+	else if ((strcmp(f, "message") == 0 || strcmp(f, "error_message") == 0) &&
+			 type == JSON_TOKEN_STRING && r->twilio_message == NULL)
+		r->twilio_message = token;
+}
+
+/*
+ * Fill the Twilio fields of resp from its body.  A body that is not a JSON
+ * object, or a truncated one, sets body_malformed; nothing here throws.
+ * Allocates in CurrentMemoryContext.
+ */
+void
+outbox_parse_response(OutboxResponse *resp)
+{
+	ParseState	ps = {resp, 0, NULL};
+	JsonSemAction sem;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &ps;
+	sem.object_start = ps_nest_in;
+	sem.object_end = ps_nest_out;
+	sem.array_start = ps_nest_in;
+	sem.array_end = ps_nest_out;
+	sem.object_field_start = ps_field;
+	sem.scalar = ps_scalar;
+
+	if (resp->body == NULL || resp->body_len == 0 || resp->body_truncated ||
+		resp->body[0] != '{')
+	{
+		resp->body_malformed = true;
+		return;
+	}
+	PG_TRY();
+	{
+		JsonLexContext *lex = makeJsonLexContextCstringLen(resp->body,
+														   (int) resp->body_len,
+														   PG_UTF8, true);
+
+		if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
+			resp->body_malformed = true;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		resp->body_malformed = true;
+	}
+	PG_END_TRY();
+
+	/* A sid that is not one is not kept. */
+	if (resp->twilio_sid != NULL &&
+		!outbox_is_sid(resp->twilio_sid, "SM") && !outbox_is_sid(resp->twilio_sid, "MM"))
+		resp->twilio_sid = NULL;
+}
+
+/* Copy a header value, trimmed, into a fixed buffer. */
+static void
+copy_value(char *dst, size_t cap, const char *v, size_t len)
+{
+	while (len > 0 && (*v == ' ' || *v == '\t'))
+		v++, len--;
+	while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' ||
+					   v[len - 1] == ' ' || v[len - 1] == '\t'))
+		len--;
+	if (len >= cap)
+		len = cap - 1;
+	memcpy(dst, v, len);
+	dst[len] = '\0';
+}
+
+/*
+ * One response header line from the transport's header callback.  Runs
+ * inside libcurl: no allocation, no ereport.
+ */
+void
+outbox_parse_header(OutboxResponse *resp, const char *line, size_t len)
+{
+	static const char *const names[] = {
+		"retry-after", "twilio-request-id", "twilio-concurrent-requests",
+		"twilio-request-duration"
+	};
+	const char *colon = memchr(line, ':', len);
+	size_t		nlen;
+	char		tmp[64];
+	int			i;
+
+	if (colon == NULL)
+		return;
+	nlen = colon - line;
+	for (i = 0; i < (int) lengthof(names); i++)
+	{
+		if (nlen == strlen(names[i]) && pg_strncasecmp(line, names[i], nlen) == 0)
+			break;
+	}
+	switch (i)
+	{
+		case 0:
+			copy_value(resp->retry_after, sizeof(resp->retry_after),
+					   colon + 1, len - nlen - 1);
+			break;
+		case 1:
+			copy_value(resp->request_id, sizeof(resp->request_id),
+					   colon + 1, len - nlen - 1);
+			break;
+		case 2:
+			copy_value(tmp, sizeof(tmp), colon + 1, len - nlen - 1);
+			resp->concurrent_requests = atoi(tmp);
+			break;
+		case 3:
+			copy_value(tmp, sizeof(tmp), colon + 1, len - nlen - 1);
+			resp->request_duration = strtod(tmp, NULL);
+			break;
+		default:
+			break;
+	}
+}

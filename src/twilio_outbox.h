@@ -1,0 +1,237 @@
+/*-------------------------------------------------------------------------
+ *
+ * twilio_outbox.h
+ *		Declarations shared between the modules of twilio_outbox.
+ *
+ * Every non-static symbol of the extension starts with "outbox_" (or carries
+ * the name of the SQL function it backs).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TWILIO_OUTBOX_H
+#define TWILIO_OUTBOX_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "storage/lwlock.h"
+
+#define OUTBOX_VERSION "0.1"
+#define OUTBOX_SCHEMA "twilio_outbox"
+
+/* Project-specific SQLSTATE: the recipient is on the suppression list. */
+#define ERRCODE_OUTBOX_RECIPIENT_SUPPRESSED MAKE_SQLSTATE('T','W','0','0','1')
+
+/* Twilio's documented limits. */
+#define OUTBOX_MAX_BODY_CHARS	1600
+#define OUTBOX_MAX_MEDIA_URLS	10
+#define OUTBOX_MAX_URL_LENGTH	2048
+
+/* guc.c: settings, changeable with a reload unless noted */
+typedef enum OutboxAmbiguousPolicy
+{
+	OUTBOX_AMBIGUOUS_RETRY,		/* retry with the same idempotency key */
+	OUTBOX_AMBIGUOUS_HOLD		/* park in state ambiguous for an operator */
+} OutboxAmbiguousPolicy;
+
+extern int	outbox_poll_interval_ms;
+extern int	outbox_claim_batch;
+extern int	outbox_max_in_flight;
+extern int	outbox_max_attempts;
+extern int	outbox_backoff_base_ms;
+extern int	outbox_backoff_max_ms;
+extern double outbox_backoff_jitter;
+extern int	outbox_rate_limit_jitter_ms;
+extern int	outbox_connect_timeout_ms;
+extern int	outbox_request_timeout_ms;
+extern int	outbox_lease_s;
+extern char *outbox_idempotency_header;
+extern bool outbox_allow_insecure_http;
+extern int	outbox_ambiguous_policy;
+extern int	outbox_max_databases;
+
+extern void outbox_guc_init(void);
+
+/* message.c: validation of what becomes a Twilio request, and segments */
+typedef enum OutboxEncoding
+{
+	OUTBOX_GSM7,
+	OUTBOX_UCS2
+} OutboxEncoding;
+
+typedef struct OutboxSegments
+{
+	OutboxEncoding encoding;
+	int			chars;			/* Unicode code points */
+	int			units;			/* GSM-7 septets or UTF-16 code units */
+	int			segments;
+} OutboxSegments;
+
+extern bool outbox_is_recipient(const char *s);
+extern bool outbox_is_e164(const char *s);
+extern bool outbox_is_sid(const char *s, const char *prefix);
+extern bool outbox_has_control(const char *s);
+extern bool outbox_is_http_url(const char *s);
+extern const char *outbox_channel_of(const char *address);
+extern void outbox_count_segments(const char *utf8, OutboxSegments *out);
+extern const char *outbox_encoding_name(OutboxEncoding e);
+
+/* shmem.c: one slot per database with a dispatcher */
+typedef struct OutboxSlot
+{
+	Oid			dboid;			/* InvalidOid: free */
+	pid_t		pid;			/* the running dispatcher, 0 if none */
+	int			pgprocno;		/* its PGPROC, for setting its latch */
+	TimestampTz starting_at;	/* a start was requested and not yet taken */
+	TimestampTz hold_until;		/* refuse starts before this (dropping) */
+	TimestampTz started_at;
+	/* figures the dispatcher publishes for monitoring */
+	int			in_flight;
+	int64		sent;
+	int64		failed;
+	TimestampTz last_error_at;
+	char		last_error[256];
+} OutboxSlot;
+
+extern bool outbox_shmem_ready(void);
+extern void outbox_shmem_init(void);
+extern LWLock *outbox_shmem_lock(void);
+extern OutboxSlot *outbox_slot_find(Oid dboid, bool create);
+extern void outbox_wake(Oid dboid);
+extern void outbox_wake_at_commit(void);
+
+/* worker.c: the dispatcher */
+extern void outbox_worker_init(void);
+extern PGDLLEXPORT void outbox_worker_main(Datum arg);
+
+/*
+ * The dispatcher's view of an account, refreshed from the tables about once
+ * a second.  Lives in the worker's long-lived context.
+ */
+typedef struct OutboxAccount
+{
+	char	   *name;
+	char	   *messages_url;	/* {base}/2010-04-01/Accounts/{sid}/Messages.json */
+	char	   *auth_user;		/* Account SID or API key SID */
+	char	   *auth_secret;	/* never logged, never copied further */
+	char	   *config_error;	/* why it cannot be used, or NULL */
+	int			max_concurrency;
+	TimestampTz paused_until;	/* 0 when not paused */
+	int			in_flight;
+	int			consecutive_429;
+	bool		seen;			/* still in the table at the last refresh */
+} OutboxAccount;
+
+/* What the response and the transport said of one attempt. */
+typedef struct OutboxResponse
+{
+	TimestampTz started_at;
+	double		duration_ms;
+	bool		request_sent;	/* bytes may have reached Twilio */
+	int			curl_code;		/* CURLcode, 0 for none */
+	char		transport_error[256];
+	long		http_status;	/* 0 when no response */
+	int			twilio_code;	/* 0 when none */
+	char	   *twilio_message;
+	char	   *twilio_sid;
+	char	   *twilio_status;
+	int			twilio_segments;	/* 0 when unknown */
+	bool		body_malformed;
+	char		retry_after[64];
+	char		request_id[64];
+	int			concurrent_requests;	/* -1 when absent */
+	double		request_duration;	/* seconds, -1 when absent */
+	/* raw body, filled by the transport's write callback */
+	char	   *body;
+	size_t		body_len;
+	size_t		body_cap;
+	bool		body_truncated;
+} OutboxResponse;
+
+/* What the policy decided for one attempt. */
+typedef enum OutboxOutcome
+{
+	OUTCOME_SENT,
+	OUTCOME_RETRY,
+	OUTCOME_DEAD,
+	OUTCOME_SUPPRESSED,
+	OUTCOME_PAUSED,
+	OUTCOME_RATE_LIMITED,
+	OUTCOME_HELD,
+	OUTCOME_LOST
+} OutboxOutcome;
+
+struct OutboxBatch;
+
+/* A claimed message, its request, and then its outcome. */
+typedef struct OutboxMessage
+{
+	struct OutboxBatch *batch;	/* owns this struct and its strings */
+	int64		id;
+	int			attempt;		/* attempts after the claim: this attempt's number */
+	int			failures;		/* charged failures before this attempt */
+	OutboxAccount *account;
+	char	   *to_number;
+	char	   *idempotency_key;
+	int			segments;
+	TimestampTz expires_at;		/* 0 when none */
+	char	   *form;			/* x-www-form-urlencoded request body */
+	/* transport */
+	void	   *easy;			/* CURL *, NULL when not in flight */
+	void	   *headers;		/* struct curl_slist * */
+	OutboxResponse resp;
+	/* decision */
+	OutboxOutcome outcome;
+	bool		ambiguous;
+	bool		charged;		/* counts against max_attempts */
+	const char *dead_reason;
+	int64		delay_ms;		/* before the next attempt, or the account pause */
+	TimestampTz next_attempt_at;
+	TimestampTz pause_account_until;	/* 0: no pause */
+	bool		suppress;
+	char	   *error_message;
+} OutboxMessage;
+
+/* The messages claimed in one transaction, freed when all are recorded. */
+typedef struct OutboxBatch
+{
+	MemoryContext cxt;
+	int			pending;
+} OutboxBatch;
+
+/* twilio.c: Twilio request and response format */
+extern char *outbox_build_form(const char *to, const char *from,
+							   const char *service, const char *body,
+							   Datum media_urls, bool media_null,
+							   const char *content_sid,
+							   const char *content_variables,
+							   const char *status_callback, Datum params,
+							   bool params_null, TimestampTz expires_at,
+							   TimestampTz now);
+extern void outbox_parse_response(OutboxResponse *resp);
+extern void outbox_parse_header(OutboxResponse *resp, const char *line, size_t len);
+
+/* retry.c: what to do after an attempt */
+extern void outbox_policy_refresh(void);
+extern void outbox_decide(OutboxMessage *m, TimestampTz now);
+
+/* http.c: requests in flight over libcurl's multi interface */
+typedef void (*OutboxHttpDone) (OutboxMessage *m);
+extern void outbox_http_init(void);
+extern void outbox_http_start(OutboxMessage *m);
+extern int	outbox_http_poll(int timeout_ms, OutboxHttpDone done);
+extern int	outbox_http_in_flight(void);
+extern void outbox_http_shutdown(void);
+
+/* queue.c: claiming and recording, each in a short transaction */
+extern List *outbox_accounts;
+extern void outbox_refresh_accounts(TimestampTz now);
+extern int	outbox_expire(void);
+extern int	outbox_rescue(bool all);
+extern List *outbox_claim(int capacity, TimestampTz now);
+extern void outbox_record(List *done);
+extern TimestampTz outbox_next_due(TimestampTz now);
+extern bool outbox_extension_present(void);
+
+#endif							/* TWILIO_OUTBOX_H */

@@ -1,0 +1,654 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The dispatcher: one background worker per database that claims due
+ *		messages, sends them, and records what came of it.  Also the SQL
+ *		functions that start, stop and wake it, and the DROP DATABASE hook.
+ *
+ * The loop alternates two phases and never mixes them:
+ *	 - a database phase, one short transaction: record finished attempts,
+ *	   every second refresh accounts and policy and expire/rescue, then claim
+ *	   up to the free capacity and commit;
+ *	 - a network phase, no transaction: put the claimed requests in flight
+ *	   and drive libcurl until some finish (or sleep on the latch when
+ *	   nothing is in flight).
+ * A committed twilio_enqueue() sets the latch; the poll interval is only
+ * the backstop.  SIGTERM stops claiming, lets the requests in flight finish
+ * (each is bounded by the request timeout), records them, and exits.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "twilio_outbox.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/pmsignal.h"
+#include "storage/proc.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(twilio_outbox_start_worker);
+PG_FUNCTION_INFO_V1(twilio_outbox_stop_worker);
+PG_FUNCTION_INFO_V1(twilio_outbox_worker_pid);
+PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
+
+#define REFRESH_INTERVAL_MS	1000
+#define BUSY_POLL_MS		10
+#define START_WAIT_MS		10000
+#define ERROR_BACKOFF_MS	1000
+
+static ProcessUtility_hook_type prev_utility_hook = NULL;
+
+/* The dispatcher's own state, in its long-lived context. */
+typedef struct Dispatcher
+{
+	List	   *done;			/* finished attempts not yet recorded */
+	List	   *to_start;		/* claimed and committed, not yet in flight */
+	TimestampTz last_refresh;
+	TimestampTz next_due;		/* 0: nothing known to be waiting */
+	bool		claim_more;		/* woken, or the last claim was full */
+	int			consecutive_errors;
+	int64		sent;
+	int64		failed;
+} Dispatcher;
+
+static Dispatcher *self;
+static MemoryContext worker_cxt;
+
+/* ---------- the slot this dispatcher holds ---------- */
+
+static void
+detach_slot(int code, Datum arg)
+{
+	OutboxSlot *slot;
+
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot = outbox_slot_find(MyDatabaseId, false);
+	if (slot != NULL && slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->in_flight = 0;
+	}
+	LWLockRelease(outbox_shmem_lock());
+}
+
+/* Take this database's slot; false when another dispatcher holds it. */
+static bool
+attach_slot(void)
+{
+	OutboxSlot *slot;
+	bool		ok = false;
+
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot = outbox_slot_find(MyDatabaseId, true);
+	if (slot != NULL && slot->pid == 0)
+	{
+		slot->pid = MyProcPid;
+		slot->pgprocno = MyProc->pgprocno;
+		slot->starting_at = 0;
+		slot->started_at = GetCurrentTimestamp();
+		slot->sent = slot->failed = 0;
+		slot->in_flight = 0;
+		ok = true;
+	}
+	LWLockRelease(outbox_shmem_lock());
+	if (ok)
+		before_shmem_exit(detach_slot, (Datum) 0);
+	return ok;
+}
+
+static void
+publish(const char *error)
+{
+	OutboxSlot *slot;
+
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot = outbox_slot_find(MyDatabaseId, false);
+	if (slot != NULL && slot->pid == MyProcPid)
+	{
+		slot->in_flight = outbox_http_in_flight();
+		slot->sent = self->sent;
+		slot->failed = self->failed;
+		if (error)
+		{
+			strlcpy(slot->last_error, error, sizeof(slot->last_error));
+			slot->last_error_at = GetCurrentTimestamp();
+		}
+	}
+	LWLockRelease(outbox_shmem_lock());
+}
+
+/* ---------- finished attempts ---------- */
+
+/* libcurl finished a transfer: decide its outcome (no database access). */
+static void
+on_done(OutboxMessage *m)
+{
+	MemoryContext old = MemoryContextSwitchTo(m->batch->cxt);
+
+	outbox_decide(m, GetCurrentTimestamp());
+	MemoryContextSwitchTo(worker_cxt);
+	self->done = lappend(self->done, m);
+	MemoryContextSwitchTo(old);
+}
+
+/* After the outcomes are committed: account cache, counters, memory. */
+static void
+release_done(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, self->done)
+	{
+		OutboxMessage *m = lfirst(lc);
+		OutboxBatch *batch = m->batch;
+
+		if (m->pause_account_until > m->account->paused_until)
+			m->account->paused_until = m->pause_account_until;
+		if (m->outcome == OUTCOME_SENT)
+			self->sent++;
+		else if (m->outcome == OUTCOME_DEAD || m->outcome == OUTCOME_SUPPRESSED)
+			self->failed++;
+		if (--batch->pending == 0)
+			MemoryContextDelete(batch->cxt);
+	}
+	list_free(self->done);
+	self->done = NIL;
+}
+
+/* Send what was claimed.  Messages whose expiry passed since are not sent. */
+static void
+start_claimed(void)
+{
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	foreach(lc, self->to_start)
+	{
+		OutboxMessage *m = lfirst(lc);
+
+		if (m->expires_at != 0 && m->expires_at <= now)
+		{
+			m->resp.started_at = now;
+			m->outcome = OUTCOME_DEAD;
+			m->dead_reason = "expired";
+			m->error_message = "expired before it could be sent";
+			MemoryContextSwitchTo(worker_cxt);
+			self->done = lappend(self->done, m);
+			continue;
+		}
+		outbox_http_start(m);
+	}
+	MemoryContextSwitchTo(worker_cxt);
+	list_free(self->to_start);
+	self->to_start = NIL;
+}
+
+/* ---------- the database phase ---------- */
+
+static void
+begin_phase(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+end_phase(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+static void
+exit_if_dropped(void)
+{
+	if (!outbox_extension_present())
+	{
+		ereport(LOG,
+				(errmsg("twilio_outbox dispatcher exiting: the extension is not installed in database \"%s\"",
+						get_database_name(MyDatabaseId))));
+		AbortCurrentTransaction();
+		proc_exit(0);
+	}
+}
+
+/*
+ * One transaction: record, refresh, claim.  Returns false after an error
+ * (rolled back, reported); the unrecorded outcomes are kept for next time.
+ */
+static bool
+database_phase(bool claim, int capacity)
+{
+	MemoryContext scratch = CurrentMemoryContext;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		refresh = now - self->last_refresh >= REFRESH_INTERVAL_MS * 1000L;
+	volatile bool ok = true;
+	List	   *volatile claimed = NIL;
+
+	PG_TRY();
+	{
+
+		begin_phase(claim ? "claiming" : "recording");
+		exit_if_dropped();
+		if (self->done != NIL)
+			outbox_record(self->done);
+		if (refresh)
+		{
+			outbox_refresh_accounts(now);
+			outbox_policy_refresh();
+			outbox_expire();
+			outbox_rescue(false);
+			self->last_refresh = now;
+		}
+		if (claim)
+		{
+			claimed = outbox_claim(capacity, now);
+			self->claim_more = list_length(claimed) >= capacity;
+			if (!self->claim_more)
+				self->next_due = outbox_next_due(now);
+		}
+		end_phase();
+
+		MemoryContextSwitchTo(worker_cxt);
+		release_done();
+		self->to_start = list_concat(self->to_start, claimed);
+		self->consecutive_errors = 0;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(scratch);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		/* the claim was rolled back: forget what it returned */
+		if (claimed != NIL)
+			MemoryContextDelete(((OutboxMessage *) linitial(claimed))->batch->cxt);
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("twilio_outbox dispatcher: %s", edata->message),
+				 errdetail("Outcomes not yet recorded are kept and recorded again.")));
+		publish(edata->message);
+		self->consecutive_errors++;
+		/* a dropped extension shows up as an error first */
+		StartTransactionCommand();
+		exit_if_dropped();
+		CommitTransactionCommand();
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* ---------- the loop ---------- */
+
+static void
+process_signals(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+}
+
+/* Sleep until woken, the next due time, or the poll interval. */
+static void
+idle_wait(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		timeout = outbox_poll_interval_ms;
+	int			rc;
+
+	if (self->consecutive_errors > 0)
+		timeout = Min((long) ERROR_BACKOFF_MS * self->consecutive_errors, 30000L);
+	else if (self->next_due != 0)
+		timeout = Min(timeout, Max(0, (self->next_due - now + 999) / 1000));
+	if (timeout == 0)
+	{
+		self->claim_more = true;
+		return;
+	}
+	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+				   timeout, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	if (rc & (WL_LATCH_SET | WL_TIMEOUT))
+		self->claim_more = true;
+}
+
+void
+outbox_worker_main(Datum arg)
+{
+	MemoryContext scratch;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
+
+	if (!attach_slot())
+	{
+		ereport(LOG,
+				(errmsg("twilio_outbox dispatcher not started: one already runs in database %u",
+						MyDatabaseId)));
+		proc_exit(0);
+	}
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("application_name", "twilio_outbox dispatcher", PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_appname("twilio_outbox dispatcher");
+
+	worker_cxt = AllocSetContextCreate(TopMemoryContext, "twilio_outbox dispatcher",
+									   ALLOCSET_DEFAULT_SIZES);
+	scratch = AllocSetContextCreate(worker_cxt, "twilio_outbox loop",
+									ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(worker_cxt);
+	self = palloc0(sizeof(Dispatcher));
+	self->claim_more = true;
+	outbox_http_init();
+	on_proc_exit((pg_on_exit_callback) outbox_http_shutdown, (Datum) 0);
+
+	/* Whatever a previous dispatcher left in flight comes back first. */
+	MemoryContextSwitchTo(scratch);
+	begin_phase("taking back messages left in flight");
+	exit_if_dropped();
+	outbox_rescue(true);
+	ereport(LOG,
+			(errmsg("twilio_outbox dispatcher started in database \"%s\"",
+					get_database_name(MyDatabaseId))));
+	end_phase();
+
+	for (;;)
+	{
+		bool		stopping;
+		int			capacity;
+
+		MemoryContextSwitchTo(scratch);
+		MemoryContextReset(scratch);
+		process_signals();
+		stopping = ShutdownRequestPending;
+		if (stopping && outbox_http_in_flight() == 0 && self->done == NIL)
+			break;
+		if (MyLatch->is_set)
+		{
+			ResetLatch(MyLatch);
+			self->claim_more = true;
+		}
+
+		capacity = stopping ? 0 : outbox_max_in_flight - outbox_http_in_flight();
+		if (self->next_due != 0 && GetCurrentTimestamp() >= self->next_due)
+			self->claim_more = true;
+		if (self->done != NIL || (self->claim_more && capacity > 0) ||
+			GetCurrentTimestamp() - self->last_refresh >= REFRESH_INTERVAL_MS * 1000L)
+		{
+			bool		claim = self->claim_more && capacity > 0 &&
+				self->consecutive_errors == 0;
+
+			if (database_phase(claim, Min(capacity, outbox_claim_batch)))
+			{
+				start_claimed();
+				publish(NULL);
+			}
+			else if (outbox_http_in_flight() == 0)
+			{
+				idle_wait();
+				continue;
+			}
+		}
+
+		if (outbox_http_in_flight() > 0)
+			outbox_http_poll(self->done != NIL || self->claim_more ? 0 : BUSY_POLL_MS, on_done);
+		else if (self->done == NIL)
+			idle_wait();
+	}
+
+	ereport(LOG, (errmsg("twilio_outbox dispatcher stopped")));
+	proc_exit(0);
+}
+
+/* ---------- SQL functions ---------- */
+
+static void
+require_shmem(void)
+{
+	if (!outbox_shmem_ready())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the twilio_outbox dispatcher needs twilio_outbox in shared_preload_libraries"),
+				 errhint("Add twilio_outbox to shared_preload_libraries and restart the server.")));
+}
+
+static pid_t
+current_pid(Oid dboid, TimestampTz *starting_at, TimestampTz *hold_until)
+{
+	OutboxSlot *slot;
+	pid_t		pid = 0;
+
+	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
+	slot = outbox_slot_find(dboid, false);
+	if (slot != NULL)
+	{
+		pid = slot->pid;
+		if (starting_at)
+			*starting_at = slot->starting_at;
+		if (hold_until)
+			*hold_until = slot->hold_until;
+	}
+	LWLockRelease(outbox_shmem_lock());
+	return pid;
+}
+
+/* Wait, interruptibly, until the database's dispatcher is not pid (or timeout). */
+static bool
+wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
+{
+	TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;
+
+	while (current_pid(dboid, NULL, NULL) == pid)
+	{
+		if (GetCurrentTimestamp() >= deadline)
+			return false;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 50, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	return true;
+}
+
+/*
+ * Start this database's dispatcher unless one runs or is starting; return
+ * its pid (NULL while a DROP DATABASE holds it off).
+ */
+Datum
+twilio_outbox_start_worker(PG_FUNCTION_ARGS)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	OutboxSlot *slot;
+	TimestampTz now = GetCurrentTimestamp();
+	pid_t		pid;
+	BgwHandleStatus status;
+
+	require_shmem();
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot = outbox_slot_find(MyDatabaseId, true);
+	if (slot == NULL)
+	{
+		LWLockRelease(outbox_shmem_lock());
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many databases run a twilio_outbox dispatcher"),
+				 errhint("Raise twilio_outbox.max_databases (currently %d) and restart the server.",
+						 outbox_max_databases)));
+	}
+	if (slot->pid != 0)
+	{
+		pid = slot->pid;
+		LWLockRelease(outbox_shmem_lock());
+		PG_RETURN_INT32(pid);
+	}
+	if (slot->hold_until > now)
+	{
+		LWLockRelease(outbox_shmem_lock());
+		PG_RETURN_NULL();
+	}
+	if (slot->starting_at != 0 && now - slot->starting_at < START_WAIT_MS * 1000L)
+	{
+		/* Another session is starting it: wait for it to show up. */
+		LWLockRelease(outbox_shmem_lock());
+		wait_for_exit(MyDatabaseId, 0, START_WAIT_MS);
+		pid = current_pid(MyDatabaseId, NULL, NULL);
+		if (pid == 0)
+			PG_RETURN_NULL();
+		PG_RETURN_INT32(pid);
+	}
+	slot->starting_at = now;
+	LWLockRelease(outbox_shmem_lock());
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "twilio_outbox", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "outbox_worker_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "twilio_outbox dispatcher for %s",
+			 get_database_name(MyDatabaseId));
+	strlcpy(worker.bgw_type, "twilio_outbox dispatcher", BGW_MAXLEN);
+	worker.bgw_main_arg = ObjectIdGetDatum(MyDatabaseId);
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+		slot->starting_at = 0;
+		LWLockRelease(outbox_shmem_lock());
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not register the twilio_outbox dispatcher"),
+				 errhint("Raise max_worker_processes.")));
+	}
+	status = WaitForBackgroundWorkerStartup(handle, &pid);
+	if (status != BGWH_STARTED)
+	{
+		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+		slot->starting_at = 0;
+		LWLockRelease(outbox_shmem_lock());
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not start the twilio_outbox dispatcher"),
+				 errhint("See the server log.")));
+	}
+	PG_RETURN_INT32(pid);
+}
+
+/* Signal a database's dispatcher to stop and wait for it; false if none ran. */
+static bool
+stop_dispatcher(Oid dboid, long hold_ms)
+{
+	OutboxSlot *slot;
+	pid_t		pid = 0;
+
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot = outbox_slot_find(dboid, false);
+	if (slot != NULL)
+	{
+		pid = slot->pid;
+		if (hold_ms > 0)
+			slot->hold_until = GetCurrentTimestamp() + hold_ms * 1000;
+	}
+	LWLockRelease(outbox_shmem_lock());
+	if (pid == 0)
+		return false;
+	if (kill(pid, SIGTERM) != 0)
+		return false;
+	if (!wait_for_exit(dboid, pid, outbox_request_timeout_ms + 10000L))
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("twilio_outbox dispatcher (pid %d) has not stopped yet", (int) pid)));
+	return true;
+}
+
+Datum
+twilio_outbox_stop_worker(PG_FUNCTION_ARGS)
+{
+	require_shmem();
+	PG_RETURN_BOOL(stop_dispatcher(MyDatabaseId, 0));
+}
+
+Datum
+twilio_outbox_worker_pid(PG_FUNCTION_ARGS)
+{
+	pid_t		pid = outbox_shmem_ready() ? current_pid(MyDatabaseId, NULL, NULL) : 0;
+
+	if (pid == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(pid);
+}
+
+Datum
+twilio_outbox_wake_worker(PG_FUNCTION_ARGS)
+{
+	outbox_wake_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * DROP DATABASE fails while any session is connected, the dispatcher
+ * included: stop it first, and keep pg_cron from restarting it meanwhile.
+ */
+static void
+outbox_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+			   ProcessUtilityContext context, ParamListInfo params,
+			   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (IsA(parsetree, DropdbStmt) && outbox_shmem_ready())
+	{
+		Oid			dboid = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
+
+		if (OidIsValid(dboid))
+			stop_dispatcher(dboid, 60 * 1000L);
+	}
+	if (prev_utility_hook)
+		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
+						  queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+}
+
+void
+outbox_worker_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = outbox_utility;
+}

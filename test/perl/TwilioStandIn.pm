@@ -1,0 +1,291 @@
+# TwilioStandIn.pm - Perl side of the local Twilio Messages API stand-in.
+#
+# This module owns starting, scripting, inspecting and stopping the stand-in
+# server implemented in test/twilio_standin.py (which owns the HTTP behaviour).
+# Core Perl modules only.  See the POD at the end for the API.
+
+package TwilioStandIn;
+
+use strict;
+use warnings;
+
+use Cwd ();
+use File::Basename qw(dirname);
+use File::Spec;
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use JSON::PP;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(sleep time);
+
+my $STARTUP_TIMEOUT = 10;
+my $POLL_INTERVAL   = 0.1;
+my $SCRIPT_PATH     = File::Spec->catfile(
+	Cwd::abs_path(File::Spec->catdir(dirname(__FILE__), File::Spec->updir)),
+	'twilio_standin.py');
+
+my $JSON = JSON::PP->new->canonical->allow_nonref;
+
+sub start
+{
+	my ($class) = @_;
+	my $dir = tempdir('twilio_standin_XXXXXX', TMPDIR => 1, CLEANUP => 1);
+	my $self = bless {
+		port_file => File::Spec->catfile($dir, 'port'),
+		owner     => $$,
+		http      => HTTP::Tiny->new(timeout => 10, keep_alive => 1),
+	}, $class;
+	$self->{pid} = _spawn($self->{port_file});
+	$self->_await_ready;
+	return $self;
+}
+
+sub port     { return $_[0]->{port} }
+sub base_url { return 'http://127.0.0.1:' . $_[0]->{port} }
+
+sub script
+{
+	my ($self, $to, @actions) = @_;
+	return $self->_post('/_script', { to => $to, actions => \@actions });
+}
+
+sub script_default
+{
+	my ($self, @actions) = @_;
+	return $self->_post('/_script', { default => \@actions });
+}
+
+sub steady
+{
+	my ($self, $action) = @_;
+	return $self->_post('/_script', { steady => $action });
+}
+
+sub config
+{
+	my ($self, $cfg) = @_;
+	return $self->_post('/_config', $cfg);
+}
+
+sub reset
+{
+	my ($self) = @_;
+	return $self->_post('/_reset', {});
+}
+
+sub requests
+{
+	my ($self, %opts) = @_;
+	my $url = $self->base_url . '/_requests';
+	$url .= '?' . $self->{http}->www_form_urlencode({ to => $opts{to} })
+	  if defined $opts{to};
+	return $self->_check($self->{http}->get($url), 'GET /_requests');
+}
+
+sub wait_requests
+{
+	my ($self, $n, %opts) = @_;
+	my $deadline = time + ($opts{timeout} // 30);
+	my $seen = [];
+	while (1)
+	{
+		my $got = eval { $self->requests(to => $opts{to}) };
+		$seen = $got if $got;
+		return $seen if @$seen >= $n || time >= $deadline;
+		sleep $POLL_INTERVAL;
+	}
+}
+
+sub stop
+{
+	my ($self) = @_;
+	my $pid = delete $self->{pid} or return;
+	local $?;    # keep the test's exit status intact
+	kill 'TERM', $pid;
+	waitpid($pid, 0);
+	return;
+}
+
+sub DESTROY
+{
+	my ($self) = @_;
+	# A forked child inherits the object; only the process that started the
+	# server may stop it.
+	$self->stop if $self->{pid} && $self->{owner} == $$;
+	return;
+}
+
+# --- internals ----------------------------------------------------------
+
+sub _spawn
+{
+	my ($port_file) = @_;
+	my $pid = fork() // die "TwilioStandIn: fork failed: $!";
+	return $pid if $pid;
+	# Child: keep the TAP stream on stdout clean and detach stdin.
+	open(STDIN,  '<',  File::Spec->devnull) or POSIX::_exit(127);
+	open(STDOUT, '>&', \*STDERR)            or POSIX::_exit(127);
+	exec('python3', $SCRIPT_PATH, '--port', '0', '--port-file', $port_file, '--quiet')
+	  or POSIX::_exit(127);    # perl has already warned "Can't exec"
+}
+
+sub _await_ready
+{
+	my ($self) = @_;
+	my $deadline = time + $STARTUP_TIMEOUT;
+	while (time < $deadline)
+	{
+		$self->_fail_startup('exited with status ' . ($? >> 8))
+		  if waitpid($self->{pid}, WNOHANG) == $self->{pid};
+		return if $self->_read_port && $self->_healthy;
+		sleep $POLL_INTERVAL;
+	}
+	$self->_fail_startup("not ready after ${STARTUP_TIMEOUT}s");
+}
+
+sub _fail_startup
+{
+	my ($self, $why) = @_;
+	my $pid = delete $self->{pid};
+	if (kill 0, $pid)
+	{
+		kill 'KILL', $pid;
+		waitpid($pid, 0);
+	}
+	die "TwilioStandIn: $SCRIPT_PATH $why\n";
+}
+
+sub _read_port
+{
+	my ($self) = @_;
+	return 1 if $self->{port};
+	open(my $fh, '<', $self->{port_file}) or return 0;
+	my $line = <$fh>;
+	close $fh;
+	return 0 unless defined $line && $line =~ /^(\d+)$/;
+	$self->{port} = $1;
+	return 1;
+}
+
+sub _healthy
+{
+	my ($self) = @_;
+	my $res = HTTP::Tiny->new(timeout => 1)->get($self->base_url . '/_health');
+	return $res->{status} == 200;
+}
+
+sub _post
+{
+	my ($self, $path, $body) = @_;
+	my $res = $self->{http}->post(
+		$self->base_url . $path,
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			content => $JSON->encode($body),
+		});
+	return $self->_check($res, "POST $path");
+}
+
+sub _check
+{
+	my ($self, $res, $what) = @_;
+	die "TwilioStandIn: $what failed: $res->{status} $res->{reason}: $res->{content}\n"
+	  unless $res->{success};
+	return $JSON->decode($res->{content});
+}
+
+1;
+
+__END__
+
+=head1 NAME
+
+TwilioStandIn - drive the local Twilio Messages API stand-in from TAP tests
+
+=head1 SYNOPSIS
+
+  use lib 'test/perl';
+  use TwilioStandIn;
+
+  my $tw = TwilioStandIn->start();        # dies if not ready within 10 s
+  my $url = $tw->base_url;                # "http://127.0.0.1:PORT"
+
+  $tw->script('+14155550100', { status => 429, retry_after => '2' }, { status => 201 });
+  $tw->script_default({ status => 500 });
+  $tw->steady({ status => 201, delay => 0.2 });
+  $tw->config({ rates => { '+15005550006' => 1 }, burst => 1 });
+
+  my $reqs = $tw->wait_requests(2, timeout => 30, to => '+14155550100');
+  is($reqs->[0]{form}{Body}[0], 'hello');
+
+  $tw->reset;
+  $tw->stop;                              # also done by DESTROY
+
+=head1 METHODS
+
+=over
+
+=item C<< TwilioStandIn->start() >>
+
+Spawns C<python3 test/twilio_standin.py --port 0 --port-file TMP --quiet>
+(the child's stdout goes to stderr so the TAP stream stays clean), waits up
+to 10 s for the port file and a 200 from C</_health>, and dies otherwise.
+
+=item C<< $s->port >>, C<< $s->base_url >>
+
+The bound port and C<http://127.0.0.1:PORT>.  Point the extension's Twilio
+base URL here; messages go to C</2010-04-01/Accounts/{AccountSid}/Messages.json>.
+
+=item C<< $s->script($to, @actions) >>
+
+Appends actions (hashrefs) to the FIFO for requests whose C<To> is C<$to>.
+
+=item C<< $s->script_default(@actions) >>
+
+Appends actions to the FIFO used when the recipient has no scripted action.
+
+=item C<< $s->steady(\%action) >>
+
+Replaces the action used when both FIFOs are empty (initially C<{status =E<gt> 201}>).
+
+=item C<< $s->config(\%cfg) >>
+
+Sets per-sender token-bucket rate limits:
+C<< { rates => { $from_or_messaging_service_sid => $per_second }, burst => $n } >>.
+A request over the limit gets 429 / code 20429 without Retry-After and is
+recorded with action C<< { status => 429, rate_limited => 1 } >>.
+
+=item C<< $s->reset >>
+
+Clears scripts, recorded requests, rate limits and the steady action.
+
+=item C<< $s->requests(to => $to) >>, C<< $s->requests() >>
+
+Arrayref of recorded requests (decoded JSON), each
+C<< { seq, t, method, path, account_sid, headers => {lc name => value},
+form => {key => [values]}, auth_user, auth_password, action } >>.
+
+=item C<< $s->wait_requests($n, timeout => 30, to => $to) >>
+
+Polls every 0.1 s until at least C<$n> requests are recorded; returns the
+arrayref (possibly shorter on timeout).  Never dies.
+
+=item C<< $s->stop >>
+
+Sends SIGTERM and reaps the server.  Preserves C<$?>.
+
+=back
+
+=head1 ACTIONS
+
+  { status => 201, twilio_status => 'accepted'|'queued', delay => $s }
+  { status => 400, code => 21211, message => '...' }   # any status >= 400
+  { status => 429, retry_after => '2' }                # adds Retry-After
+  { hang => $s }          # sleep $s, then 201 (client should time out first)
+  { reset => 1 }          # read the request, close with RST, no response
+  { malformed => 1 }      # 201 with a truncated JSON body
+
+Error codes default to 21211 (400), 20003 (401), 20404 (404), 20429 (429)
+and 20500 (5xx).  Unknown keys or impossible actions make the call die.
+
+=cut

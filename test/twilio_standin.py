@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""Local stand-in for Twilio's "create Message" endpoint, used by the TAP tests.
+
+This file owns the fake Twilio HTTP server only; test/perl/TwilioStandIn.pm owns
+starting it and talking to its control endpoints from Perl.  Python 3.11
+standard library only; listens on 127.0.0.1 only.
+
+Usage:
+    python3 test/twilio_standin.py --port 0 --port-file /tmp/port [--quiet]
+Runs until SIGTERM/SIGINT, then exits 0.  --port 0 picks a free port; the bound
+port is written to --port-file (atomically) once the socket is listening.
+
+Twilio endpoint:
+    POST /2010-04-01/Accounts/{AccountSid}/Messages.json  (form-urlencoded)
+        Every request is recorded, then answered with the first action found in:
+        the FIFO script for its To, the default FIFO script, the steady action.
+        Per-sender rate limits (see /_config) are checked before any script.
+
+Actions (JSON objects):
+    {"status": 201 [, "twilio_status": "accepted"|"queued"] [, "delay": s]}
+    {"status": >=400 [, "code": n] [, "message": str] [, "retry_after": str] [, "delay": s]}
+        Twilio-shaped error body; "code" defaults to 21211 (400), 20003 (401),
+        20404 (404), 20429 (429), 20500 (5xx).  retry_after adds Retry-After.
+    {"hang": s}          read the request, sleep s seconds, then answer 201
+    {"reset": true}      read the request, then close the socket with an RST
+    {"malformed": true}  answer 201 with a truncated JSON body
+
+Control endpoints (JSON in and out):
+    POST /_script   {"to": "+1...", "actions": [...]} | {"default": [...]} | {"steady": {...}}
+    POST /_config   {"rates": {"<From or MessagingServiceSid>": per_second, ...}, "burst": n}
+    GET  /_requests[?to=+1...]   recorded requests (a literal '+' in ?to= is kept)
+    POST /_reset    clear scripts, requests, rates and the steady action
+    GET  /_health   {"ok": true}
+Anything else gets a Twilio-shaped 404 (code 20404).
+"""
+
+import argparse
+import base64
+import collections
+import email.utils
+import json
+import math
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+API_VERSION = "2010-04-01"
+MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
+SEGMENT_CHARS = 160
+STEADY_201 = {"status": 201}
+RATE_LIMITED = {"status": 429, "rate_limited": True}
+MALFORMED_BODY = b'{"sid": "SM12'
+
+DEFAULT_CODES = {400: 21211, 401: 20003, 404: 20404, 429: 20429}
+DEFAULT_MESSAGES = {
+    20003: "Authenticate",
+    20404: "The requested resource was not found",
+    20429: "Too Many Requests",
+    20500: "An internal server error has occurred",
+    21211: "The 'To' number is not a valid phone number.",
+}
+
+SUCCESS_KEYS = {"status", "twilio_status", "delay"}
+ERROR_KEYS = {"status", "code", "message", "retry_after", "delay"}
+
+
+class ActionError(ValueError):
+    """A scripted action or config that the stand-in cannot perform."""
+
+
+# --- actions -----------------------------------------------------------------
+
+def default_code(status):
+    if status in DEFAULT_CODES:
+        return DEFAULT_CODES[status]
+    return 20500 if status >= 500 else None
+
+
+def check_keys(raw, allowed):
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ActionError(f"unknown action keys {sorted(unknown)} in {raw}")
+
+
+def normalise_status_action(raw):
+    status = int(raw["status"])
+    if status == 201:
+        check_keys(raw, SUCCESS_KEYS)
+        action = {"status": 201}
+        if "twilio_status" in raw:
+            if raw["twilio_status"] not in ("accepted", "queued"):
+                raise ActionError(f"twilio_status must be accepted or queued: {raw}")
+            action["twilio_status"] = raw["twilio_status"]
+    elif status >= 400:
+        check_keys(raw, ERROR_KEYS)
+        code = raw.get("code", default_code(status))
+        if code is None:
+            raise ActionError(f"status {status} needs an explicit code: {raw}")
+        action = {"status": status, "code": int(code)}
+        if "message" in raw:
+            action["message"] = str(raw["message"])
+        if "retry_after" in raw:
+            action["retry_after"] = str(raw["retry_after"])
+    else:
+        raise ActionError(f"status must be 201 or >= 400: {raw}")
+    if "delay" in raw:
+        action["delay"] = float(raw["delay"])
+    return action
+
+
+def normalise_action(raw):
+    """Validate a scripted action and return it with canonical JSON types."""
+    if not isinstance(raw, dict):
+        raise ActionError(f"action must be a JSON object: {raw!r}")
+    try:
+        if "hang" in raw:
+            check_keys(raw, {"hang"})
+            return {"hang": float(raw["hang"])}
+        for flag in ("reset", "malformed"):
+            if flag in raw:
+                check_keys(raw, {flag})
+                if not raw[flag]:
+                    raise ActionError(f"{flag} must be true: {raw}")
+                return {flag: True}
+        if "status" not in raw:
+            raise ActionError(f"action needs status, hang, reset or malformed: {raw}")
+        return normalise_status_action(raw)
+    except (TypeError, ValueError) as err:
+        raise ActionError(str(err)) from err
+
+
+def normalise_actions(raw):
+    if not isinstance(raw, list):
+        raise ActionError(f"actions must be a JSON array: {raw!r}")
+    return [normalise_action(item) for item in raw]
+
+
+def normalise_config(raw):
+    if not isinstance(raw, dict):
+        raise ActionError('expected {"rates": {...}, "burst": n}')
+    rates = raw.get("rates", {})
+    if not isinstance(rates, dict):
+        raise ActionError("rates must be an object of sender -> per-second rate")
+    try:
+        rates = {str(sender): float(rate) for sender, rate in rates.items()}
+        burst = float(raw.get("burst", 1))
+    except (TypeError, ValueError) as err:
+        raise ActionError(str(err)) from err
+    if burst < 1 or any(rate <= 0 for rate in rates.values()):
+        raise ActionError("rates must be > 0 and burst >= 1")
+    return rates, burst
+
+
+# --- shared state ------------------------------------------------------------
+
+class StandInState:
+    """Scripts, rate limits and recorded requests, guarded by one lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self._clear()
+
+    def _clear(self):
+        self.requests = []
+        self.scripts = collections.defaultdict(collections.deque)
+        self.default_script = collections.deque()
+        self.steady = dict(STEADY_201)
+        self.rates = {}
+        self.burst = 1.0
+        self.buckets = {}
+
+    def reset(self):
+        with self.lock:
+            self._clear()
+
+    def begin(self):
+        with self.lock:
+            self.in_flight += 1
+
+    def end(self):
+        with self.lock:
+            self.in_flight -= 1
+
+    def concurrent(self):
+        with self.lock:
+            return self.in_flight
+
+    def add_script(self, to, actions):
+        with self.lock:
+            self.scripts[to].extend(actions)
+
+    def add_default(self, actions):
+        with self.lock:
+            self.default_script.extend(actions)
+
+    def set_steady(self, action):
+        with self.lock:
+            self.steady = action
+
+    def set_rates(self, rates, burst):
+        with self.lock:
+            self.rates, self.burst, self.buckets = rates, burst, {}
+
+    def requests_for(self, to):
+        with self.lock:
+            return [r for r in self.requests if to is None or first(r["form"], "To") == to]
+
+    def admit(self, fields, to, sender, now):
+        """Choose the action for a Messages request, record it, return the action."""
+        with self.lock:
+            if not self._take_token(sender, now):
+                action = dict(RATE_LIMITED)
+            elif self.scripts.get(to):
+                action = self.scripts[to].popleft()
+            elif self.default_script:
+                action = self.default_script.popleft()
+            else:
+                action = dict(self.steady)
+            self.requests.append({"seq": len(self.requests) + 1, **fields, "action": action})
+            return action
+
+    def _take_token(self, sender, now):
+        """Token bucket per sender: `burst` tokens, refilled at the sender's rate."""
+        rate = self.rates.get(sender)
+        if rate is None:
+            return True
+        tokens, last = self.buckets.get(sender, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * rate)
+        allowed = tokens >= 1
+        self.buckets[sender] = (tokens - 1 if allowed else tokens, now)
+        return allowed
+
+
+# --- request parsing and response bodies -------------------------------------
+
+def first(form, key):
+    values = form.get(key)
+    return values[0] if values else None
+
+
+def sender_of(form):
+    """Twilio sends through the Messaging Service when one is given."""
+    return first(form, "MessagingServiceSid") or first(form, "From")
+
+
+def parse_query(query):
+    """Decode a query string, keeping a literal '+' (as in phone numbers)."""
+    pairs = (part.partition("=") for part in query.split("&") if part)
+    return {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, _, v in pairs}
+
+
+def parse_basic_auth(header):
+    """Return (user, password) from a Basic Authorization header, else (None, None)."""
+    if not header or not header.lower().startswith("basic "):
+        return None, None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    user, sep, password = decoded.partition(":")
+    return user, (password if sep else None)
+
+
+def rfc2822_now():
+    return email.utils.format_datetime(datetime.now(timezone.utc))
+
+
+def message_resource(account_sid, form, twilio_status):
+    """A Message resource shaped like api.v2010.account.message."""
+    body = first(form, "Body") or ""
+    media = form.get("MediaUrl", [])
+    sender = first(form, "From")
+    service = first(form, "MessagingServiceSid")
+    sid = ("MM" if media else "SM") + uuid.uuid4().hex
+    uri_base = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
+    now = rfc2822_now()
+    return {
+        "account_sid": account_sid,
+        "api_version": API_VERSION,
+        "body": body,
+        "date_created": now,
+        "date_sent": None,
+        "date_updated": now,
+        "direction": "outbound-api",
+        "error_code": None,
+        "error_message": None,
+        "from": sender,
+        "messaging_service_sid": service,
+        "num_media": str(len(media)),
+        "num_segments": str(max(1, math.ceil(len(body) / SEGMENT_CHARS))),
+        "price": None,
+        "price_unit": "USD",
+        "sid": sid,
+        "status": twilio_status or ("accepted" if service and not sender else "queued"),
+        "subresource_uris": {"media": f"{uri_base}/Media.json"},
+        "to": first(form, "To"),
+        "uri": f"{uri_base}.json",
+    }
+
+
+def twilio_error(status, code, message):
+    return {
+        "code": code,
+        "message": message or DEFAULT_MESSAGES.get(code, f"HTTP {status} error"),
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+# --- HTTP handler ------------------------------------------------------------
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def version_string(self):
+        return "TwilioStandIn/1.0"
+
+    def do_GET(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    def log_message(self, format, *args):
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    @property
+    def state(self):
+        return self.server.state
+
+    def _dispatch(self):
+        self.arrival = time.time()
+        self.started = time.monotonic()
+        self.state.begin()
+        try:
+            path, _, query = self.path.partition("?")
+            body = self._read_body()
+            route = CONTROL_ROUTES.get((self.command, path))
+            match = MESSAGES_PATH.match(path)
+            if route:
+                route(self, parse_query(query), body)
+            elif self.command == "POST" and match:
+                self._create_message(match.group(1), path, body)
+            else:
+                self._send_error(404, 20404, f"The requested resource {path} was not found")
+        except ConnectionError:
+            self.close_connection = True
+        finally:
+            self.state.end()
+
+    def _read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self):
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # skip trailers up to the blank line
+        return b"".join(chunks)
+
+    # responses
+
+    def _send_bytes(self, status, payload, extra_headers=None):
+        self.send_response(status)
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(payload)),
+            "Twilio-Request-Id": "RQ" + uuid.uuid4().hex,
+            "Twilio-Concurrent-Requests": str(self.state.concurrent()),
+            "Twilio-Request-Duration": f"{time.monotonic() - self.started:.3f}",
+            **(extra_headers or {}),
+        }
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _send_json(self, status, obj, extra_headers=None):
+        self._send_bytes(status, json.dumps(obj).encode("utf-8"), extra_headers)
+
+    def _send_error(self, status, code, message, extra_headers=None):
+        self._send_json(status, twilio_error(status, code, message), extra_headers)
+
+    def _reset_connection(self):
+        """Drop the connection with an RST and no response."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.rfile.close()
+        self.connection.close()
+
+    # Twilio endpoint
+
+    def _create_message(self, account_sid, path, body):
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        user, password = parse_basic_auth(self.headers.get("Authorization"))
+        fields = {
+            "t": self.arrival,
+            "method": self.command,
+            "path": path,
+            "account_sid": account_sid,
+            "headers": {name.lower(): value for name, value in self.headers.items()},
+            "form": form,
+            "auth_user": user,
+            "auth_password": password,
+        }
+        action = self.state.admit(fields, first(form, "To"), sender_of(form), time.monotonic())
+        self._perform(action, account_sid, form)
+
+    def _perform(self, action, account_sid, form):
+        if action.get("reset"):
+            self._reset_connection()
+            return
+        time.sleep(action.get("hang", action.get("delay", 0)))
+        if action.get("malformed"):
+            self._send_bytes(201, MALFORMED_BODY)
+        elif "hang" in action or action["status"] == 201:
+            self._send_json(201, message_resource(account_sid, form, action.get("twilio_status")))
+        else:
+            status = action["status"]
+            retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
+            code = action.get("code", default_code(status))
+            self._send_error(status, code, action.get("message"), retry)
+
+    # control endpoints
+
+    def _control(self, body, apply):
+        """Decode a JSON control body, apply it, answer {"ok": true} or a 400."""
+        try:
+            apply(json.loads(body or b"{}"))
+        except (ValueError, ActionError) as err:
+            self._send_json(400, {"ok": False, "error": str(err)})
+            return
+        self._send_json(200, {"ok": True})
+
+    def _health(self, query, body):
+        self._send_json(200, {"ok": True})
+
+    def _requests(self, query, body):
+        self._send_json(200, self.state.requests_for(query.get("to")))
+
+    def _script(self, query, body):
+        self._control(body, self._apply_script)
+
+    def _config(self, query, body):
+        self._control(body, lambda cfg: self.state.set_rates(*normalise_config(cfg)))
+
+    def _reset(self, query, body):
+        self.state.reset()
+        self._send_json(200, {"ok": True})
+
+    def _apply_script(self, spec):
+        """Validate every part of a /_script body before applying any of it."""
+        if not isinstance(spec, dict) or not ({"actions", "default", "steady"} & set(spec)):
+            raise ActionError('expected {"to", "actions"}, {"default"} or {"steady"}')
+        if "actions" in spec and not isinstance(spec.get("to"), str):
+            raise ActionError('"actions" needs a string "to"')
+        per_to = normalise_actions(spec["actions"]) if "actions" in spec else None
+        default = normalise_actions(spec["default"]) if "default" in spec else None
+        steady = normalise_action(spec["steady"]) if "steady" in spec else None
+        if per_to is not None:
+            self.state.add_script(spec["to"], per_to)
+        if default is not None:
+            self.state.add_default(default)
+        if steady is not None:
+            self.state.set_steady(steady)
+
+
+CONTROL_ROUTES = {
+    ("GET", "/_health"): Handler._health,
+    ("GET", "/_requests"): Handler._requests,
+    ("POST", "/_script"): Handler._script,
+    ("POST", "/_config"): Handler._config,
+    ("POST", "/_reset"): Handler._reset,
+}
+
+
+# --- server lifecycle --------------------------------------------------------
+
+class StandInServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, port, quiet):
+        self.state = StandInState()
+        self.quiet = quiet
+        super().__init__(("127.0.0.1", port), Handler)
+
+
+def write_port_file(path, port):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Local Twilio Messages API stand-in")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0 = any free port)")
+    parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument("--quiet", action="store_true", help="no per-request logging")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    server = StandInServer(args.port, args.quiet)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    if args.port_file:
+        write_port_file(args.port_file, port)
+    if not args.quiet:
+        print(f"twilio stand-in listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
