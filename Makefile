@@ -35,7 +35,7 @@ ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I test/perl
+
 
 # LLVM bitcode would need clang on every machine; the JIT gains nothing here.
 override with_llvm = no

@@ -94,17 +94,25 @@ COMMENT ON COLUMN twilio_outbox.accounts.paused_until IS 'no message of this acc
 /*
  * Credentials, apart so that no role but the superuser can read the secret:
  * the admin role may write rows and read everything but the secret column.
+ * The secret itself can stay out of the database (and out of every
+ * statement log): name an environment variable of the server (TWILIO_*) or
+ * a file in the directory twilio_outbox.secrets_dir instead.
  */
 CREATE TABLE twilio_outbox.account_credentials (
 	account			text PRIMARY KEY
 		REFERENCES twilio_outbox.accounts (name) ON UPDATE CASCADE ON DELETE CASCADE,
 	api_key_sid		text
 		CHECK (api_key_sid OPERATOR(pg_catalog.~) '^SK[0-9a-fA-F]{32}$'),
-	secret			text NOT NULL
+	secret			text
 		CHECK (secret OPERATOR(pg_catalog.<>) '' AND secret OPERATOR(pg_catalog.!~) '[[:cntrl:]]'),
-	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+	secret_env		text
+		CHECK (secret_env OPERATOR(pg_catalog.~) '^TWILIO_[A-Z0-9_]+$'),
+	secret_file		text
+		CHECK (secret_file OPERATOR(pg_catalog.~) '^[A-Za-z0-9_-][A-Za-z0-9._-]*$'),
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CHECK (pg_catalog.num_nonnulls(secret, secret_env, secret_file) OPERATOR(pg_catalog.=) 1)
 );
-COMMENT ON TABLE twilio_outbox.account_credentials IS 'HTTP Basic credentials: the Account SID and auth token, or an API key SID (api_key_sid) and its secret';
+COMMENT ON TABLE twilio_outbox.account_credentials IS 'HTTP Basic credentials: the Account SID and auth token, or an API key SID (api_key_sid) and its secret; the secret given inline, by environment variable or by file';
 
 /* Senders: a from-number (or WhatsApp/alphanumeric sender) or a Messaging Service. */
 CREATE TABLE twilio_outbox.senders (
@@ -448,7 +456,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON twilio_outbox.accounts, twilio_outbox.se
 	TO twilio_outbox_admin;
 GRANT DELETE ON twilio_outbox.attempts, twilio_outbox.status_events TO twilio_outbox_admin;
 GRANT INSERT, UPDATE, DELETE ON twilio_outbox.account_credentials TO twilio_outbox_admin;
-GRANT SELECT (account, api_key_sid, updated_at) ON twilio_outbox.account_credentials TO twilio_outbox_admin;
+GRANT SELECT (account, api_key_sid, secret_env, secret_file, updated_at) ON twilio_outbox.account_credentials TO twilio_outbox_admin;
 GRANT EXECUTE ON FUNCTION twilio_outbox.start_worker(), twilio_outbox.stop_worker(),
 	twilio_outbox.worker_pid(), twilio_outbox.wake_worker(),
 	twilio_outbox.schedule_supervisor(text, text),

@@ -18,6 +18,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -503,7 +504,7 @@ insert_message(Datum *values, const char *nulls, const char *account,
 	static Oid	argtypes[] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID,
-		TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID
+		TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID
 	};
 	bool		isnull;
 	int			rc;
@@ -512,9 +513,10 @@ insert_message(Datum *values, const char *nulls, const char *account,
 			  "INSERT INTO twilio_outbox.messages (account, sender_id, to_number,"
 			  " from_number, messaging_service_sid, body, media_urls, content_sid,"
 			  " content_variables, status_callback, params, encoding, segments,"
-			  " idempotency_key, dedupe_key, send_after, expires_at, next_attempt_at)"
+			  " idempotency_key, dedupe_key, send_after, expires_at, next_attempt_at,"
+			  " enqueued_by)"
 			  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-			  " $15, $16, $17, GREATEST($16, pg_catalog.now()))"
+			  " $15, $16, $17, GREATEST($16, pg_catalog.now()), $18)"
 			  " ON CONFLICT (account, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
 			  " RETURNING id",
 			  lengthof(argtypes), argtypes);
@@ -578,8 +580,8 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	OutboxSegments seg;
 	ResolvedSender sender;
 	int			nmedia;
-	Datum		values[17];
-	char		nulls[17];
+	Datum		values[18];
+	char		nulls[18];
 	int64		id;
 
 	/* The recipient. */
@@ -716,6 +718,9 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	nulls[15] = PG_ARGISNULL(ARG_SEND_AFTER) ? 'n' : ' ';
 	values[16] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
 	nulls[16] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
+	/* the role that called us, not the definer we run as */
+	values[17] = DirectFunctionCall1(namein,
+									 CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
 
 	id = insert_message(values, nulls, sender.account, dedupe_key);
 	SPI_finish();

@@ -27,6 +27,7 @@ char	   *outbox_idempotency_header = NULL;
 bool		outbox_allow_insecure_http = false;
 int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RETRY;
 int			outbox_max_databases = 16;
+char	   *outbox_secrets_dir = NULL;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
@@ -122,6 +123,11 @@ outbox_guc_init(void)
 							 "retry sends again with the same idempotency key; hold parks the message in state ambiguous for an operator.",
 							 &outbox_ambiguous_policy, OUTBOX_AMBIGUOUS_RETRY, ambiguous_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("twilio_outbox.secrets_dir",
+							   "Directory of the files that account_credentials.secret_file names.",
+							   "Empty: secrets from files are disabled.",
+							   &outbox_secrets_dir, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("twilio_outbox.max_databases",
 							"Most databases that can run a dispatcher at once.",
 							NULL, &outbox_max_databases, 16, 1, 1024,

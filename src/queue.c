@@ -19,6 +19,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -118,6 +119,67 @@ check_base_url(const char *url)
 }
 
 /*
+ * The secret of an account: inline, from an environment variable of the
+ * server, or from a file in twilio_outbox.secrets_dir (first line, trailing
+ * white space removed).  NULL with *problem set when it cannot be had; a
+ * NULL problem pointer means a problem is already known.
+ */
+static char *
+load_secret(char *inline_secret, const char *env, const char *file,
+			const char **problem)
+{
+	char	   *secret = inline_secret;
+
+	if (problem == NULL)
+		return NULL;
+	if (env != NULL)
+	{
+		const char *v = getenv(env);
+
+		secret = v ? pstrdup(v) : NULL;
+		if (secret == NULL)
+			*problem = psprintf("the server has no environment variable %s", env);
+	}
+	else if (file != NULL)
+	{
+		char		buf[1024];
+		char	   *path;
+		FILE	   *f;
+		size_t		n;
+
+		if (outbox_secrets_dir == NULL || outbox_secrets_dir[0] == '\0')
+		{
+			*problem = "its secret_file needs twilio_outbox.secrets_dir to be set";
+			return NULL;
+		}
+		path = psprintf("%s/%s", outbox_secrets_dir, file);
+		f = AllocateFile(path, "r");
+		if (f == NULL)
+		{
+			*problem = psprintf("could not open its secret file \"%s\": %m", path);
+			return NULL;
+		}
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		FreeFile(f);
+		buf[n] = '\0';
+		n = strcspn(buf, "\r\n");
+		while (n > 0 && (buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+			n--;
+		buf[n] = '\0';
+		secret = pstrdup(buf);
+		explicit_bzero(buf, sizeof(buf));
+	}
+	else if (secret == NULL)
+		*problem = "it has no row in twilio_outbox.account_credentials";
+	if (secret != NULL && (secret[0] == '\0' || outbox_has_control(secret)))
+	{
+		*problem = "its secret is empty or contains control characters";
+		secret = NULL;
+	}
+	return secret;
+}
+
+/*
  * Reload accounts and credentials.  Structs are updated in place (requests
  * in flight point at them); an account that disappeared is kept, marked
  * unseen, and no longer claimed for.
@@ -132,7 +194,7 @@ outbox_refresh_accounts(TimestampTz now)
 
 	prepare(&plan,
 			"SELECT a.name, a.account_sid, a.base_url, a.max_concurrency,"
-			" a.paused_until, c.api_key_sid, c.secret"
+			" a.paused_until, c.api_key_sid, c.secret, c.secret_env, c.secret_file"
 			" FROM twilio_outbox.accounts a"
 			" LEFT JOIN twilio_outbox.account_credentials c ON c.account = a.name",
 			0, NULL);
@@ -151,10 +213,12 @@ outbox_refresh_accounts(TimestampTz now)
 		char	   *sid = SPI_getvalue(tup, desc, 2);
 		char	   *base = SPI_getvalue(tup, desc, 3);
 		char	   *key_sid = SPI_getvalue(tup, desc, 6);
-		char	   *secret = SPI_getvalue(tup, desc, 7);
 		char	   *url = psprintf("%s/2010-04-01/Accounts/%s/Messages.json", base, sid);
-		const char *problem = secret == NULL ?
-			"it has no row in twilio_outbox.account_credentials" : check_base_url(base);
+		const char *problem = check_base_url(base);
+		char	   *secret = load_secret(SPI_getvalue(tup, desc, 7),
+										 SPI_getvalue(tup, desc, 8),
+										 SPI_getvalue(tup, desc, 9),
+										 problem ? NULL : &problem);
 		OutboxAccount *a = find_account(name);
 		bool		isnull;
 		Datum		paused;

@@ -50,6 +50,7 @@ extern char *outbox_idempotency_header;
 extern bool outbox_allow_insecure_http;
 extern int	outbox_ambiguous_policy;
 extern int	outbox_max_databases;
+extern char *outbox_secrets_dir;
 
 extern void outbox_guc_init(void);
 

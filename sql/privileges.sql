@@ -1,0 +1,96 @@
+-- Roles: the enqueueing role enqueues and nothing else of note; the
+-- monitoring role reads, never a secret or a message body; the admin role
+-- writes credentials but cannot read them back.
+CREATE EXTENSION IF NOT EXISTS twilio_outbox;
+SET client_min_messages = warning;
+INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
+	VALUES ('main', 'AC0123456789abcdef0123456789abcdef', true) ON CONFLICT DO NOTHING;
+INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
+	VALUES ('main', '+15005550006', 'long_code', true) ON CONFLICT DO NOTHING;
+INSERT INTO twilio_outbox.account_credentials (account, secret)
+	VALUES ('main', 'super-secret-token') ON CONFLICT DO NOTHING;
+DROP ROLE IF EXISTS app_user;
+DROP ROLE IF EXISTS ops_viewer;
+DROP ROLE IF EXISTS ops_admin;
+RESET client_min_messages;
+CREATE ROLE app_user LOGIN IN ROLE twilio_outbox_enqueue;
+CREATE ROLE ops_viewer LOGIN IN ROLE twilio_outbox_monitor;
+CREATE ROLE ops_admin LOGIN IN ROLE twilio_outbox_admin;
+
+CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE sql;
+	RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+
+-- The application role.
+SET ROLE app_user;
+SELECT pg_temp.try(sql) AS app_user, sql FROM (VALUES
+	($$SELECT twilio_enqueue('+14155552671', 'from the app')$$),
+	($$SELECT secret FROM twilio_outbox.account_credentials$$),
+	($$SELECT * FROM twilio_outbox.account_credentials$$),
+	($$SELECT body FROM twilio_outbox.messages$$),
+	($$SELECT count(*) FROM twilio_outbox.accounts$$),
+	($$UPDATE twilio_outbox.error_policy SET action = 'retry' WHERE code = 21211$$),
+	($$INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at) VALUES ('main', 1, '+1415', 'GSM-7', 1, gen_random_uuid(), now())$$),
+	($$DELETE FROM twilio_outbox.suppressed_recipients$$),
+	($$SELECT twilio_outbox.start_worker()$$),
+	($$SELECT twilio_outbox.pause_account('main')$$)
+) AS t(sql);
+RESET ROLE;
+SELECT enqueued_by FROM twilio_outbox.messages WHERE body = 'from the app';
+
+-- The monitoring role.
+SET ROLE ops_viewer;
+SELECT pg_temp.try(sql) AS ops_viewer, sql FROM (VALUES
+	($$SELECT count(*) FROM twilio_outbox.attempts$$),
+	($$SELECT count(*) FROM twilio_outbox.dead_letters$$),
+	($$SELECT name, account_sid, paused_until FROM twilio_outbox.accounts$$),
+	($$SELECT id, state, to_number, attempts, last_error_message FROM twilio_outbox.messages$$),
+	($$SELECT body FROM twilio_outbox.messages$$),
+	($$SELECT secret FROM twilio_outbox.account_credentials$$),
+	($$SELECT account FROM twilio_outbox.account_credentials$$),
+	($$UPDATE twilio_outbox.error_policy SET action = 'retry' WHERE code = 21211$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x')$$),
+	($$SELECT twilio_outbox.worker_pid()$$)
+) AS t(sql);
+RESET ROLE;
+
+-- The admin role.
+SET ROLE ops_admin;
+SELECT pg_temp.try(sql) AS ops_admin, sql FROM (VALUES
+	($$UPDATE twilio_outbox.account_credentials SET secret = 'rotated-token' WHERE account = 'main'$$),
+	($$SELECT account, api_key_sid, updated_at FROM twilio_outbox.account_credentials$$),
+	($$SELECT secret FROM twilio_outbox.account_credentials$$),
+	($$UPDATE twilio_outbox.error_policy SET action = 'dead' WHERE source = 'twilio' AND code = 30007$$),
+	($$SELECT twilio_outbox.pause_account('main', now() + interval '1 minute', 'maintenance')$$),
+	($$SELECT twilio_outbox.resume_account('main')$$),
+	($$SELECT twilio_outbox.resume_account('nope')$$)
+) AS t(sql);
+RESET ROLE;
+SELECT secret FROM twilio_outbox.account_credentials WHERE account = 'main';
+
+-- Credentials: exactly one way to give the secret, names checked.
+SELECT pg_temp.try(sql) AS credentials, sql FROM (VALUES
+	($$UPDATE twilio_outbox.account_credentials SET secret_env = 'TWILIO_TOKEN'$$),
+	($$UPDATE twilio_outbox.account_credentials SET secret = NULL, secret_env = 'PATH'$$),
+	($$UPDATE twilio_outbox.account_credentials SET secret = NULL, secret_file = '../../etc/passwd'$$),
+	($$UPDATE twilio_outbox.account_credentials SET secret = NULL, secret_env = 'TWILIO_TOKEN'$$)
+) AS t(sql);
+
+-- No table or function of the extension is open to PUBLIC.
+SELECT c.relname, c.relacl::text LIKE '%=%/%' AND c.relacl::text ~ '(^|,|\{)=' AS public_has_rights
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'twilio_outbox' AND c.relkind IN ('r', 'S', 'v')
+ORDER BY 1;
+SELECT p.proname, has_function_privilege('public', p.oid, 'EXECUTE') AS public_can_execute,
+	p.prosecdef AS security_definer, p.proconfig
+FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'twilio_outbox'
+ORDER BY 1;
+
+DROP OWNED BY app_user, ops_viewer, ops_admin;
+DROP ROLE app_user, ops_viewer, ops_admin;

@@ -1,0 +1,78 @@
+-- The schema's shape and the security model, as pgTAP assertions.
+BEGIN;
+SELECT plan(27);
+
+SELECT has_schema('twilio_outbox');
+SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
+	'messages', 'attempts', 'dead_letters', 'error_policy', 'suppressed_recipients',
+	'status_events']);
+SELECT has_function('public', 'twilio_enqueue', 'twilio_enqueue is in the extension''s schema');
+SELECT is_definer('public', 'twilio_enqueue',
+	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
+		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb'],
+	'twilio_enqueue runs as its owner');
+SELECT ok((SELECT proconfig @> ARRAY['search_path=pg_catalog, pg_temp']
+		   FROM pg_proc WHERE proname = 'twilio_enqueue'),
+	'twilio_enqueue pins its search_path');
+
+-- The claim path: a partial index on due rows, keyed by account then time.
+SELECT has_index('twilio_outbox', 'messages', 'messages_due', ARRAY['account', 'next_attempt_at']);
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
+		   WHERE indexrelid = 'twilio_outbox.messages_due'::regclass),
+	'(state = ''queued''::twilio_outbox.message_state)',
+	'messages_due holds queued rows only');
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
+		   WHERE indexrelid = 'twilio_outbox.messages_in_flight'::regclass),
+	'(state = ''sending''::twilio_outbox.message_state)',
+	'messages_in_flight holds rows in flight only');
+SELECT index_is_unique('twilio_outbox', 'messages', 'messages_dedupe');
+SELECT enum_has_labels('twilio_outbox', 'message_state', ARRAY['queued', 'sending', 'sent',
+	'delivered', 'undelivered', 'failed', 'ambiguous', 'dead', 'canceled']);
+
+-- The error policy is seeded with the codes DESIGN.md names.
+SELECT results_eq(
+	$$SELECT code, action::text FROM twilio_outbox.error_policy
+	  WHERE source = 'twilio' ORDER BY code$$,
+	$$VALUES (20003, 'pause_account'), (20429, 'retry'), (21211, 'dead'), (21408, 'dead'),
+	  (21602, 'dead'), (21604, 'dead'), (21606, 'dead'), (21610, 'suppress'),
+	  (21612, 'dead'), (21614, 'dead'), (21617, 'dead'), (30004, 'dead'), (30005, 'dead'),
+	  (30006, 'dead'), (30007, 'dead'), (30034, 'dead')$$,
+	'Twilio codes and their actions');
+SELECT results_eq(
+	$$SELECT code, action::text FROM twilio_outbox.error_policy
+	  WHERE source = 'http' ORDER BY code$$,
+	$$VALUES (400, 'dead'), (401, 'pause_account'), (403, 'dead'), (404, 'dead'),
+	  (429, 'retry'), (500, 'retry'), (502, 'retry'), (503, 'retry'), (504, 'retry')$$,
+	'HTTP statuses and their actions');
+
+-- Roles and what each may do.
+SELECT has_role('twilio_outbox_enqueue');
+SELECT has_role('twilio_outbox_monitor');
+SELECT has_role('twilio_outbox_admin');
+SELECT function_privs_are('public', 'twilio_enqueue',
+	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
+		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb'],
+	'twilio_outbox_enqueue', ARRAY['EXECUTE']);
+SELECT schema_privs_are('twilio_outbox', 'twilio_outbox_enqueue', ARRAY[]::text[],
+	'the enqueueing role cannot even look into the schema');
+SELECT schema_privs_are('twilio_outbox', 'public', ARRAY[]::text[]);
+SELECT table_privs_are('twilio_outbox', 'account_credentials', 'twilio_outbox_monitor',
+	ARRAY[]::text[]);
+SELECT table_privs_are('twilio_outbox', 'account_credentials', 'twilio_outbox_admin',
+	ARRAY['INSERT', 'UPDATE', 'DELETE']);
+SELECT any_column_privs_are('twilio_outbox', 'account_credentials', 'twilio_outbox_admin',
+	ARRAY['SELECT', 'INSERT', 'UPDATE']);
+SELECT column_privs_are('twilio_outbox', 'account_credentials', 'secret',
+	'twilio_outbox_admin', ARRAY['INSERT', 'UPDATE'],
+	'the admin role writes the secret but cannot read it');
+SELECT column_privs_are('twilio_outbox', 'messages', 'body', 'twilio_outbox_monitor',
+	ARRAY[]::text[], 'the monitoring role cannot read message bodies');
+SELECT column_privs_are('twilio_outbox', 'messages', 'state', 'twilio_outbox_monitor',
+	ARRAY['SELECT']);
+SELECT table_privs_are('twilio_outbox', 'error_policy', 'twilio_outbox_monitor', ARRAY['SELECT']);
+SELECT table_privs_are('twilio_outbox', 'error_policy', 'twilio_outbox_admin',
+	ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']);
+SELECT is_member_of('twilio_outbox_monitor', 'twilio_outbox_admin');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,71 @@
+# Shared by test/run_all.sh (make test) and test/demo.sh (make demo):
+# install what is missing on a Debian bookworm machine, build and install
+# the extension.  Sourced, not run.
+
+PG_BIN=/usr/lib/postgresql/15/bin
+PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+
+# Debian packages the project needs, by the command or file that proves each.
+need_packages()
+{
+	local missing=() pkg
+	for pkg in postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev \
+		postgresql-15-cron postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl \
+		libipc-run-perl make gcc python3 nodejs npm curl "$@"; do
+		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+			missing+=("$pkg")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	if [ "$(id -u)" != 0 ]; then
+		echo "missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
+		return 1
+	fi
+	echo "== installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# The Debian package starts a cluster of its own; the tests do not use it.
+	if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 main .* online'; then
+		pg_ctlcluster 15 main stop || true
+	fi
+}
+
+build_and_install()
+{
+	echo "== building and installing twilio_outbox"
+	make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" all
+	if [ "$(id -u)" = 0 ]; then
+		make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" install
+	else
+		sudo make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" install
+	fi
+}
+
+# Run a command as the unprivileged postgres user when we are root
+# (initdb refuses root), as ourselves otherwise.
+as_pg()
+{
+	if [ "$(id -u)" = 0 ]; then
+		runuser -u postgres -- env PATH="$PG_BIN:$PATH" "$@"
+	else
+		env PATH="$PG_BIN:$PATH" "$@"
+	fi
+}
+
+# A working copy the postgres user can write to (results, tmp_check).
+work_copy()
+{
+	local src=$1 dst
+	if [ "$(id -u)" != 0 ]; then
+		echo "$src"
+		return
+	fi
+	dst=$(mktemp -d /tmp/twilio_outbox.XXXXXX)
+	tar -C "$src" --exclude=.git --exclude=node_modules --exclude=tmp_check \
+		--exclude=tmp_check_iso --exclude=results --exclude=output_iso -cf - . |
+		tar -C "$dst" -xf -
+	[ -d "$src/test/node_modules" ] && ln -s "$src/test/node_modules" "$dst/test/node_modules"
+	chown -R postgres "$dst"
+	chmod 755 "$dst"
+	echo "$dst"
+}

@@ -1,0 +1,267 @@
+# Contract test: every kind of request the dispatcher sends conforms to
+# Twilio's own OpenAPI description of Messages create.  The account's base
+# URL points at Prism (@stoplight/prism-cli, pinned in test/package.json),
+# which mocks the API from twilio_api_v2010.json and answers 422 to any
+# request that violates the spec (required fields, patterns, types, formats,
+# enums, Basic auth).  Each message must come back 201 from Prism.
+use strict;
+use warnings;
+
+use Cwd ();
+use File::Spec;
+use FindBin;
+use IO::Socket::INET;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(sleep time);
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib "$FindBin::RealBin/../perl";
+use OutboxTest;
+
+my $testdir = Cwd::abs_path("$FindBin::RealBin/..");
+my $prism = "$testdir/node_modules/.bin/prism";
+
+# Prism is a test dependency of the project: missing it is a failure.
+unless (-x $prism)
+{
+	fail("Prism is installed at $prism");
+	diag("Prism is missing: run `npm ci --prefix test` in the source tree "
+		  . "(make test does it before the TAP tests).");
+	done_testing();
+	exit 1;
+}
+
+# Twilio's spec: TWILIO_OPENAPI_SPEC, else a copy in the tree, else the
+# shared/ directory beside the source tree (also when test/node_modules is
+# a link into it, as in make test's throwaway copy).
+my @candidates = grep { defined } (
+	$ENV{TWILIO_OPENAPI_SPEC},
+	"$testdir/twilio_api_v2010.json",
+	"$testdir/../twilio_api_v2010.json",
+	"$testdir/../../shared/twilio/twilio_api_v2010.json");
+if (-l "$testdir/node_modules")
+{
+	my $src = Cwd::abs_path("$testdir/node_modules/../..");
+	push @candidates, "$src/twilio_api_v2010.json",
+	  "$src/../shared/twilio/twilio_api_v2010.json" if defined $src;
+}
+push @candidates, '/work/shared/twilio/twilio_api_v2010.json';
+my ($spec) = grep { -r $_ } @candidates;
+unless (defined $spec)
+{
+	fail('Twilio OpenAPI spec twilio_api_v2010.json found');
+	diag("looked in: @candidates; set TWILIO_OPENAPI_SPEC to its path");
+	done_testing();
+	exit 1;
+}
+note("spec: $spec");
+
+# ---------- Prism ----------
+
+my $port = PostgreSQL::Test::Cluster::get_free_port();
+my $prism_log = "$PostgreSQL::Test::Utils::log_path/prism.log";
+my $prism_pid = fork();
+die "fork: $!" unless defined $prism_pid;
+if ($prism_pid == 0)
+{
+	# Its own process group, so that stopping it stops node and its children.
+	POSIX::setsid();
+	open(STDIN, '<', '/dev/null');
+	open(STDOUT, '>', $prism_log) or POSIX::_exit(126);
+	open(STDERR, '>&', \*STDOUT);
+	$ENV{NO_COLOR} = '1';
+	$ENV{SCARF_ANALYTICS} = 'false';
+	# --errors: a violation is an error response, never a logged warning only.
+	exec($prism, 'mock', $spec, '-h', '127.0.0.1', '-p', $port, '--errors')
+	  or POSIX::_exit(127);
+}
+
+sub stop_prism
+{
+	return unless $prism_pid;
+	kill 'TERM', -$prism_pid;
+	my $deadline = time + 10;
+	while (waitpid($prism_pid, WNOHANG) == 0)
+	{
+		if (time > $deadline)
+		{
+			kill 'KILL', -$prism_pid;
+			waitpid($prism_pid, 0);
+			last;
+		}
+		sleep 0.1;
+	}
+	$prism_pid = undef;
+	return;
+}
+END { stop_prism() if $prism_pid && $$ != $prism_pid; }
+
+# Startup parses a 1.8 MB spec: allow up to 60 s.
+my $listening = 0;
+my $started = time;
+while (time - $started < 60)
+{
+	if (waitpid($prism_pid, WNOHANG) != 0)
+	{
+		$prism_pid = undef;
+		last;
+	}
+	my $sock = IO::Socket::INET->new(
+		PeerAddr => '127.0.0.1',
+		PeerPort => $port,
+		Proto => 'tcp',
+		Timeout => 1);
+	if ($sock)
+	{
+		close $sock;
+		$listening = 1;
+		last;
+	}
+	sleep 0.25;
+}
+unless (ok($listening, "Prism listens on 127.0.0.1:$port"))
+{
+	my $log = -e $prism_log ? slurp_file($prism_log) : '(no log)';
+	diag('Prism log, last lines:');
+	diag(join("\n", (split /\n/, $log)[-20 .. -1]));
+	stop_prism();
+	done_testing();
+	exit 1;
+}
+note(sprintf('Prism up after %.1f s', time - $started));
+
+my $base = "http://127.0.0.1:$port";
+my $messages_url =
+  "$base/2010-04-01/Accounts/$OutboxTest::ACCOUNT_SID/Messages.json";
+
+# POST a form straight to Prism with curl; returns (http status, body).
+sub curl_post
+{
+	my (@fields) = @_;
+	my ($out, $err) = run_command([
+		'curl', '-sS', '-m', '20', '-w', '\n%{http_code}',
+		'-u', "$OutboxTest::ACCOUNT_SID:$OutboxTest::AUTH_TOKEN",
+		(map { ('--data-urlencode', $_) } @fields),
+		$messages_url ]);
+	my ($body, $code) = $out =~ /\A(.*)\n(\d{3})\z/s;
+	diag("curl: $err") if $err;
+	return ($code // 0, $body // $out);
+}
+
+# ---------- the outbox, pointed at Prism ----------
+
+my $node = OutboxTest::node('contract');
+my $service = 'MG' . ('a' x 32);
+OutboxTest::query($node, qq{
+	INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default)
+		VALUES ('main', '$OutboxTest::ACCOUNT_SID', '$base', true);
+	INSERT INTO twilio_outbox.account_credentials (account, secret_env)
+		VALUES ('main', 'TWILIO_TEST_AUTH_TOKEN');
+	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
+		VALUES ('main', '$OutboxTest::FROM', 'long_code', true);
+	INSERT INTO twilio_outbox.senders (account, messaging_service_sid, kind)
+		VALUES ('main', '$service', 'messaging_service');
+});
+
+# One message per kind of request, each to its own number.
+my %cases = (
+	'+14155550201' => [ 'SMS from the default sender',
+		q{body => 'Your code is 481516 & more'} ],
+	'+14155550202' => [ 'SMS through a Messaging Service',
+		qq{body => 'via service', messaging_service_sid => '$service'} ],
+	'+14155550203' => [ 'MMS with two media URLs',
+		q{body => 'look', media_urls => ARRAY['https://example.com/a.jpg',
+			'https://example.com/b.png?size=large&v=2']} ],
+	'+14155550204' => [ 'Content template with variables',
+		q{content_sid => 'HX' || repeat('b', 32),
+			content_variables => '{"1": "Ada", "2": "10:30 & \"soon\""}'::jsonb} ],
+	'+14155550205' => [ 'status callback',
+		q{body => 'with callback',
+			status_callback => 'https://app.example.com/twilio/status?tenant=7'} ],
+	'+14155550206' => [ 'ValidityPeriod in params',
+		q{body => 'valid ten minutes', params => '{"ValidityPeriod": 600}'} ],
+	'+14155550207' => [ 'scheduled send (ScheduleType fixed, SendAt)',
+		qq{body => 'tomorrow', messaging_service_sid => '$service',
+			params => jsonb_build_object('ScheduleType', 'fixed', 'SendAt',
+				to_char((now() + interval '1 day') AT TIME ZONE 'UTC',
+					'YYYY-MM-DD"T"HH24:MI:SS"Z"'))} ],
+	'+14155550208' => [ 'expires_at (the worker adds ValidityPeriod)',
+		q{body => 'expires in an hour', expires_at => now() + interval '1 hour'} ],
+	'+14155550209' => [ 'UCS-2 body',
+		q{body => 'Grüße, 你好 👍'} ],
+	'+14155550210' => [ 'several optional params at once',
+		q{body => 'options', params => '{"SmartEncoded": true, "ShortenUrls": false,
+			"RiskCheck": "disable", "Attempt": 1, "AddressRetention": "retain",
+			"ContentRetention": "discard", "ProvideFeedback": true}'} ],
+);
+
+my $pid = OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
+ok($pid > 0, 'dispatcher started');
+
+OutboxTest::query($node, join("\n",
+	map { "SELECT twilio_enqueue(to_number => '$_', $cases{$_}[1]);" }
+	  sort keys %cases));
+my $n = scalar keys %cases;
+is(OutboxTest::query($node, 'SELECT count(*) FROM twilio_outbox.messages'),
+	$n, "$n messages enqueued");
+
+OutboxTest::wait_until($node,
+	"SELECT count(*) = 0 FROM twilio_outbox.messages WHERE state IN ('queued', 'sending')",
+	'the dispatcher has finished with every message');
+
+my $failed = 0;
+for my $to (sort keys %cases)
+{
+	my $row = OutboxTest::query($node, qq{
+		SELECT m.state, m.attempts, a.http_status, a.outcome, m.twilio_sid
+		FROM twilio_outbox.messages m
+		LEFT JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		WHERE m.to_number = '$to' ORDER BY a.attempt});
+	is($row, "sent|1|201|sent|SM" . ('a' x 32),
+		"$cases{$to}[0]: accepted by Prism (201) on the first attempt")
+	  or $failed++;
+}
+if ($failed)
+{
+	diag("attempts:\n" . OutboxTest::query($node, q{
+		SELECT m.to_number, m.state, a.attempt, a.http_status, a.outcome,
+		       a.twilio_code, a.twilio_message, a.transport_error
+		FROM twilio_outbox.messages m
+		LEFT JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		ORDER BY m.to_number, a.attempt}));
+	diag("messages:\n" . OutboxTest::query($node, q{
+		SELECT to_number, state, last_http_status, last_error_code, last_error_message
+		FROM twilio_outbox.messages ORDER BY to_number}));
+}
+
+# Prism saw each of them and found no violation.
+my $log = slurp_file($prism_log);
+my $received = () = $log =~ m{\[HTTP SERVER\] post /2010-04-01/Accounts/\Q$OutboxTest::ACCOUNT_SID\E/Messages\.json \S+\s+info\s+Request received}g;
+my $passed = () = $log =~ /The request passed the validation rules/g;
+my @violations = $log =~ /\[VALIDATOR\] \S+\s+(?:error|warning)\s+(.*)/g;
+is($received, $n, "Prism received exactly $n Messages requests");
+is($passed, $n, 'each passed Prism\'s validation');
+is(scalar @violations, 0, 'Prism reported no violation')
+  or diag(join("\n", @violations));
+
+# Prism does validate: a valid request straight from curl is accepted, the
+# same without To, with a malformed SID or SendAt, is rejected.
+my ($code, $body) = curl_post("To=+14155550299", "From=$OutboxTest::FROM", 'Body=ok');
+is($code, 201, 'a valid request sent with curl: 201');
+($code, $body) = curl_post("From=$OutboxTest::FROM", 'Body=no recipient');
+is($code, 422, 'a request without To: 422');
+like($body, qr/required property 'To'/, 'Prism names the missing To');
+($code, $body) = curl_post('To=+14155550299', 'MessagingServiceSid=MG123', 'Body=x');
+is($code, 422, 'a malformed MessagingServiceSid: 422');
+($code, $body) = curl_post('To=+14155550299', "MessagingServiceSid=$service",
+	'Body=x', 'ScheduleType=fixed', 'SendAt=tomorrow at noon');
+is($code, 422, 'a SendAt that is not ISO 8601: 422');
+($code, $body) = curl_post('To=+14155550299', "From=$OutboxTest::FROM",
+	'Body=x', 'ValidityPeriod=ten');
+is($code, 422, 'a ValidityPeriod that is not an integer: 422');
+
+$node->stop;
+stop_prism();
+done_testing();
