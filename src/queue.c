@@ -301,12 +301,14 @@ col_text(HeapTuple tup, TupleDesc desc, int col)
 /*
  * Claim due messages, at most capacity in all, within each account's room,
  * starting from a rotating account so that none is always served last.
+ * *quota is set to how many could have been claimed (0: no account has
+ * room).
  * Returns the claimed messages, each with its request built, in a new batch
  * context (a child of TopMemoryContext).  Nothing is sent here: the caller
  * commits first.
  */
 List *
-outbox_claim(int capacity, TimestampTz now)
+outbox_claim(int capacity, TimestampTz now, int *quota)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			types[4] = {TEXTARRAYOID, INT4ARRAYOID, INT4OID, INT4OID};
@@ -333,6 +335,7 @@ outbox_claim(int capacity, TimestampTz now)
 			quotas[n] = Int32GetDatum(room);
 			n++;
 			capacity -= room;
+			*quota += room;
 		}
 	}
 	claim_rotor = naccounts > 0 ? (claim_rotor + 1) % naccounts : 0;
@@ -737,7 +740,7 @@ outbox_next_due(TimestampTz now)
 	{
 		OutboxAccount *a = lfirst(lc);
 
-		if (!a->seen || a->config_error != NULL)
+		if (!a->seen || a->config_error != NULL || a->in_flight >= a->max_concurrency)
 			continue;
 		if (a->paused_until != 0 && a->paused_until > now)
 		{

@@ -230,7 +230,7 @@ extern List *outbox_accounts;
 extern void outbox_refresh_accounts(TimestampTz now);
 extern int	outbox_expire(void);
 extern int	outbox_rescue(bool all);
-extern List *outbox_claim(int capacity, TimestampTz now);
+extern List *outbox_claim(int capacity, TimestampTz now, int *quota);
 extern void outbox_record(List *done);
 extern TimestampTz outbox_next_due(TimestampTz now);
 extern bool outbox_extension_present(void);

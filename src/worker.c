@@ -141,12 +141,17 @@ on_done(OutboxMessage *m)
 	MemoryContext old = MemoryContextSwitchTo(m->batch->cxt);
 
 	outbox_decide(m, GetCurrentTimestamp());
+	/* a pause holds from now on, before it is even recorded */
+	if (m->pause_account_until > m->account->paused_until)
+		m->account->paused_until = m->pause_account_until;
 	MemoryContextSwitchTo(worker_cxt);
 	self->done = lappend(self->done, m);
+	/* its account has room again */
+	self->claim_more = true;
 	MemoryContextSwitchTo(old);
 }
 
-/* After the outcomes are committed: account cache, counters, memory. */
+/* After the outcomes are committed: counters, memory. */
 static void
 release_done(void)
 {
@@ -157,8 +162,6 @@ release_done(void)
 		OutboxMessage *m = lfirst(lc);
 		OutboxBatch *batch = m->batch;
 
-		if (m->pause_account_until > m->account->paused_until)
-			m->account->paused_until = m->pause_account_until;
 		if (m->outcome == OUTCOME_SENT)
 			self->sent++;
 		else if (m->outcome == OUTCOME_DEAD || m->outcome == OUTCOME_SUPPRESSED)
@@ -264,10 +267,18 @@ database_phase(bool claim, int capacity)
 		}
 		if (claim)
 		{
-			claimed = outbox_claim(capacity, now);
-			self->claim_more = list_length(claimed) >= capacity;
+			int			quota = 0;
+
+			claimed = outbox_claim(capacity, now, &quota);
+			/* more may be due if the claim was full; else find when next */
+			self->claim_more = quota > 0 && list_length(claimed) >= quota;
 			if (!self->claim_more)
+			{
 				self->next_due = outbox_next_due(now);
+				/* due but not claimable (locked elsewhere): look again soon */
+				if (self->next_due != 0 && self->next_due < now + 100 * 1000L)
+					self->next_due = now + 100 * 1000L;
+			}
 		}
 		end_phase();
 
@@ -402,7 +413,10 @@ outbox_worker_main(Datum arg)
 
 		capacity = stopping ? 0 : outbox_max_in_flight - outbox_http_in_flight();
 		if (self->next_due != 0 && GetCurrentTimestamp() >= self->next_due)
+		{
+			self->next_due = 0;
 			self->claim_more = true;
+		}
 		if (self->done != NIL || (self->claim_more && capacity > 0) ||
 			GetCurrentTimestamp() - self->last_refresh >= REFRESH_INTERVAL_MS * 1000L)
 		{
@@ -421,8 +435,18 @@ outbox_worker_main(Datum arg)
 			}
 		}
 
+		/*
+		 * Drive the transfers; wait for network activity only when there is
+		 * nothing to record and nothing more to claim right now.
+		 */
 		if (outbox_http_in_flight() > 0)
-			outbox_http_poll(self->done != NIL || self->claim_more ? 0 : BUSY_POLL_MS, on_done);
+		{
+			bool		more_now = self->done != NIL ||
+				(self->claim_more && !stopping &&
+				 outbox_http_in_flight() < outbox_max_in_flight);
+
+			outbox_http_poll(more_now ? 0 : BUSY_POLL_MS, on_done);
+		}
 		else if (self->done == NIL)
 			idle_wait();
 	}
