@@ -5,15 +5,19 @@
 PG_BIN=/usr/lib/postgresql/15/bin
 PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
 
-# Debian packages the project needs, by the command or file that proves each.
+# Debian packages the project needs; tools that may come from elsewhere
+# (node and npm, say) count as present when their command is.
 need_packages()
 {
-	local missing=() pkg
+	local missing=() pkg cmd
 	for pkg in postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev \
 		postgresql-15-cron postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl \
-		libipc-run-perl make gcc python3 nodejs npm curl "$@"; do
+		libipc-run-perl "$@"; do
 		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
 			missing+=("$pkg")
+	done
+	for cmd in make:make gcc:gcc python3:python3 curl:curl node:nodejs npm:npm; do
+		command -v "${cmd%%:*}" >/dev/null || missing+=("${cmd#*:}")
 	done
 	[ ${#missing[@]} -eq 0 ] && return 0
 	if [ "$(id -u)" != 0 ]; then
