@@ -1,0 +1,193 @@
+# pg_cron supervision: schedule_supervisor() keeps one job per name that
+# runs twilio_outbox.start_worker() every minute, in the database pg_cron
+# lives in or, named, in another; the job really brings a stopped
+# dispatcher back.  Without the preload, start_worker() refuses cleanly and
+# enqueueing still works.
+#
+# The cron job fires on a minute boundary: this test waits up to 150 s.
+use strict;
+use warnings;
+
+use FindBin;
+use Time::HiRes qw(sleep time);
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib "$FindBin::RealBin/../perl";
+use OutboxTest;
+
+my $JOB_COMMAND = 'SELECT twilio_outbox.start_worker()';
+
+# Run $sql in $db, expecting an error: returns (sqlstate, full stderr).
+sub sql_error
+{
+	my ($node, $db, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql($db, $sql,
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	my ($state) = ($err // '') =~ /ERROR:\s+([0-9A-Z]{5}):/;
+	return ($ret == 0 ? 'no error' : $state // "unparsed: $err", $err // '');
+}
+
+# Poll a boolean query in $db once a second for up to $secs seconds.
+sub wait_for
+{
+	my ($node, $db, $sql, $secs) = @_;
+	my $deadline = time + $secs;
+	while (time < $deadline)
+	{
+		return 1 if $node->safe_psql($db, $sql) eq 't';
+		sleep 1;
+	}
+	return 0;
+}
+
+# ---------- scheduling ----------
+
+my $node = OutboxTest::node('supervisor');
+# pg_cron runs jobs over libpq (the default), by default to localhost over
+# TCP; this throwaway server listens on its own socket only.
+$node->append_conf('postgresql.conf', "cron.host = '" . $node->host . "'\n");
+$node->restart;
+
+my $job = OutboxTest::query($node, 'SELECT twilio_outbox.schedule_supervisor()');
+like($job, qr/^\d+$/, 'schedule_supervisor() returns a job id');
+is(OutboxTest::query($node, 'SELECT twilio_outbox.schedule_supervisor()'),
+	$job, 'a second call returns the same job');
+is(OutboxTest::query($node, q{
+		SELECT count(*), min(jobid), min(schedule), min(command), min(database), bool_and(active)
+		FROM cron.job WHERE jobname = 'twilio_outbox_supervisor'}),
+	"1|$job|* * * * *|$JOB_COMMAND|postgres|t",
+	'exactly one job twilio_outbox_supervisor: every minute, start_worker(), in postgres');
+
+# A database without pg_cron: a refusal that says what to run, and where.
+$node->safe_psql('postgres', 'CREATE DATABASE app');
+$node->safe_psql('app', 'CREATE EXTENSION twilio_outbox');
+my ($state, $err) = sql_error($node, 'app', 'SELECT twilio_outbox.schedule_supervisor()');
+is($state, '42704', 'schedule_supervisor() without pg_cron: undefined_object');
+like($err, qr/^HINT:.*cron\.schedule_in_database\(.*'app'\)/m,
+	'the hint gives the cron.schedule_in_database call for database app');
+is(OutboxTest::query($node, 'SELECT count(*) FROM cron.job'), '1',
+	'the failed call scheduled nothing');
+
+# From pg_cron's database, for the other one.
+my $app_job = OutboxTest::query($node, q{
+	SELECT twilio_outbox.schedule_supervisor(database => 'app',
+		job_name => 'twilio_outbox_supervisor_app')});
+like($app_job, qr/^\d+$/, 'schedule_supervisor(database => app, job_name => ...) returns a job id');
+isnt($app_job, $job, 'a job of its own');
+is(OutboxTest::query($node, q{
+		SELECT jobid, schedule, command, database FROM cron.job
+		WHERE jobname = 'twilio_outbox_supervisor_app'}),
+	"$app_job|* * * * *|$JOB_COMMAND|app", 'the job runs start_worker() in app');
+is(OutboxTest::query($node, q{
+		SELECT jobid, database FROM cron.job WHERE jobname = 'twilio_outbox_supervisor'}),
+	"$job|postgres", "postgres's own job is untouched");
+
+# schedule_supervisor('app') with the default job name.
+my $pos_job = OutboxTest::query($node, q{SELECT twilio_outbox.schedule_supervisor('app')});
+is(OutboxTest::query($node, qq{SELECT database FROM cron.job WHERE jobid = $pos_job}),
+	'app', "schedule_supervisor('app') schedules a job for database app");
+TODO:
+{
+	local $TODO = 'the default job name is the same for every database: '
+	  . 'supervising a second one silently repoints the first job';
+	is(OutboxTest::query($node, q{
+			SELECT string_agg(database, ',' ORDER BY database) FROM cron.job
+			WHERE command = 'SELECT twilio_outbox.start_worker()'}),
+		'app,app,postgres',
+		"schedule_supervisor('app') leaves postgres's supervisor in place");
+}
+# Back to one job per database for what follows.
+OutboxTest::query($node, q{
+	SELECT cron.unschedule(jobid) FROM cron.job
+	WHERE jobname NOT IN ('twilio_outbox_supervisor', 'twilio_outbox_supervisor_app');
+	SELECT twilio_outbox.schedule_supervisor();});
+is(OutboxTest::query($node, q{
+		SELECT string_agg(jobname || '=' || database, ',' ORDER BY jobname) FROM cron.job}),
+	'twilio_outbox_supervisor=postgres,twilio_outbox_supervisor_app=app',
+	'one supervisor job per database');
+
+# ---------- the jobs really start the dispatchers ----------
+
+my $old_pid = OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
+ok($old_pid > 0, 'dispatcher of postgres started by hand');
+is(OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()'), 't', 'and stopped');
+is(OutboxTest::query($node, 'SELECT twilio_outbox.worker_pid() IS NULL'), 't',
+	'no dispatcher runs in postgres');
+is($node->safe_psql('app', 'SELECT twilio_outbox.worker_pid() IS NULL'), 't',
+	'no dispatcher runs in app');
+my $since = OutboxTest::query($node, 'SELECT now()');
+
+my $t0 = time;
+my $back = wait_for($node, 'postgres',
+	'SELECT twilio_outbox.worker_pid() IS NOT NULL', 150);
+ok($back, 'the cron job brought the dispatcher of postgres back');
+note(sprintf('after %.0f s', time - $t0));
+ok(wait_for($node, 'app', 'SELECT twilio_outbox.worker_pid() IS NOT NULL',
+		$back ? 60 : 1),
+	'the cron job started the dispatcher of app');
+
+for my $case ([ 'twilio_outbox_supervisor', 'postgres' ],
+	[ 'twilio_outbox_supervisor_app', 'app' ])
+{
+	my ($name, $db) = @$case;
+	ok(wait_for($node, 'postgres', qq{
+			SELECT count(*) > 0 FROM cron.job_run_details d
+			JOIN cron.job j ON j.jobid = d.jobid
+			WHERE j.jobname = '$name' AND d.database = '$db'
+			  AND d.status = 'succeeded' AND d.start_time >= '$since'}, 30),
+		"cron.job_run_details: a succeeded run of $name")
+	  or diag(OutboxTest::query($node, q{
+			SELECT jobid, database, status, return_message, start_time
+			FROM cron.job_run_details ORDER BY runid}));
+}
+
+# Started by a cron session that has since ended, the dispatcher lives on.
+my $pid = OutboxTest::query($node, 'SELECT twilio_outbox.worker_pid()');
+isnt($pid, $old_pid, 'a new dispatcher process');
+sleep 2;
+is(OutboxTest::query($node, qq{
+		SELECT twilio_outbox.worker_pid() = $pid AND count(*) = 1
+		FROM pg_stat_activity WHERE pid = $pid AND backend_type = 'twilio_outbox dispatcher'}),
+	't', 'it keeps running after the job that started it');
+is(OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()'), $pid,
+	'start_worker() now returns the running one');
+
+$node->stop;
+
+# ---------- without twilio_outbox in shared_preload_libraries ----------
+
+my $plain = PostgreSQL::Test::Cluster->new('no_preload');
+$plain->init;
+$plain->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pg_cron'
+cron.database_name = 'postgres'
+});
+$plain->start;
+$plain->safe_psql('postgres', 'CREATE EXTENSION pg_cron; CREATE EXTENSION twilio_outbox;');
+($state, $err) = sql_error($plain, 'postgres', 'SELECT twilio_outbox.start_worker()');
+is($state, '55000', 'start_worker() without the preload: object_not_in_prerequisite_state');
+like($err, qr/^HINT:.*shared_preload_libraries/m, 'the hint names shared_preload_libraries');
+($state, $err) = sql_error($plain, 'postgres', 'SELECT twilio_outbox.stop_worker()');
+is($state, '55000', 'stop_worker() likewise');
+is($plain->safe_psql('postgres', 'SELECT twilio_outbox.worker_pid() IS NULL'), 't',
+	'worker_pid() is NULL, not an error');
+
+# Enqueueing does not need the dispatcher: the outbox fills up until one runs.
+# (This account's base URL is never reached: no dispatcher can run here.)
+$plain->safe_psql('postgres', qq{
+	INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default)
+		VALUES ('main', '$OutboxTest::ACCOUNT_SID', 'https://127.0.0.1:9', true);
+	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
+		VALUES ('main', '$OutboxTest::FROM', 'long_code', true);
+});
+my $id = $plain->safe_psql('postgres',
+	q{SELECT twilio_enqueue('+14155550301', 'queued without a dispatcher')});
+like($id, qr/^\d+$/, 'twilio_enqueue() works without the preload');
+is($plain->safe_psql('postgres',
+		"SELECT state, to_number FROM twilio_outbox.messages WHERE id = $id"),
+	'queued|+14155550301', 'the message waits, queued');
+$plain->stop;
+
+done_testing();
