@@ -370,13 +370,15 @@ COMMENT ON FUNCTION twilio_outbox.worker_pid() IS 'The pid of this database''s d
  */
 CREATE FUNCTION twilio_outbox.schedule_supervisor(
 	database	text DEFAULT pg_catalog.current_database(),
-	job_name	text DEFAULT 'twilio_outbox_supervisor')
+	job_name	text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	job bigint;
+	name	text := coalesce(job_name, 'twilio_outbox_supervisor_' OPERATOR(pg_catalog.||) database);
+	command	text := 'SELECT twilio_outbox.start_worker()';
+	job		bigint;
 BEGIN
 	IF pg_catalog.to_regnamespace('cron') IS NULL
 	   OR pg_catalog.to_regproc('cron.schedule_in_database') IS NULL THEN
@@ -384,11 +386,13 @@ BEGIN
 			USING ERRCODE = 'undefined_object',
 				  HINT = pg_catalog.format('Install pg_cron 1.4 or later (shared_preload_libraries = ''pg_cron''), then in the database named by cron.database_name run: %s',
 					pg_catalog.format('SELECT cron.schedule_in_database(%L, %L, %L, %L)',
-						job_name, '* * * * *', 'SELECT twilio_outbox.start_worker()', database));
+						name, '* * * * *', command, database));
 	END IF;
+	/* schedule_in_database keeps an existing job's database: set it again. */
 	EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
-		INTO job
-		USING job_name, '* * * * *', 'SELECT twilio_outbox.start_worker()', database;
+		INTO job USING name, '* * * * *', command, database;
+	EXECUTE 'SELECT cron.alter_job(job_id => $1, schedule => $2, command => $3, database => $4, active => true)'
+		USING job, '* * * * *', command, database;
 	RETURN job;
 END
 $$;

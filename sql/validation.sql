@@ -91,8 +91,12 @@ SELECT pg_temp.try(sql) AS result, sql FROM (VALUES
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"PersistentAction": [["a"]]}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": {"a": 1}}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => E'{"FallbackFrom": "+1\\r\\n"}')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": "tomorrow at noon", "ScheduleType": "fixed"}')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": "2020-01-01T00:00:00Z", "ScheduleType": "fixed"}')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": "2099-01-01T00:00:00Z", "ScheduleType": "fixed"}')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": "2030-01-01T00:00:00", "ScheduleType": "fixed"}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"ScheduleType": "fixed"}')$$),
-	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"ScheduleType": "fixed", "SendAt": "2030-01-01T00:00:00Z"}')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', params => pg_catalog.jsonb_build_object('ScheduleType', 'fixed', 'SendAt', to_char(now() AT TIME ZONE 'UTC' + interval '1 day', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')))$$),
 	-- and a valid one, so that the harness itself is shown to work
 	($$SELECT twilio_enqueue('+14155552671', 'fine', params => '{"ValidityPeriod": 36000, "RiskCheck": "disable", "ApplicationSid": "AP0123456789abcdef0123456789abcdef"}')$$)
 ) AS t(sql);

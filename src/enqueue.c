@@ -13,6 +13,8 @@
  */
 #include "twilio_outbox.h"
 
+#include <ctype.h>
+
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -56,7 +58,8 @@ typedef enum TwilioParamKind
 	PK_STRING,
 	PK_STRINGS,
 	PK_ENUM,
-	PK_SID
+	PK_SID,
+	PK_DATETIME
 } TwilioParamKind;
 
 typedef struct TwilioParamSpec
@@ -85,7 +88,7 @@ static const TwilioParamSpec param_specs[] = {
 	{"RiskCheck", PK_ENUM, "enable disable", 0, 0},
 	{"ScheduleType", PK_ENUM, "fixed", 0, 0},
 	{"SendAsMms", PK_BOOL, NULL, 0, 0},
-	{"SendAt", PK_STRING, NULL, 0, 0},
+	{"SendAt", PK_DATETIME, NULL, 0, 0},
 	{"ShortenUrls", PK_BOOL, NULL, 0, 0},
 	{"SmartEncoded", PK_BOOL, NULL, 0, 0},
 	{"TrafficType", PK_ENUM, "free", 0, 0},
@@ -216,6 +219,39 @@ param_error(const char *key, const char *detail)
 			 errdetail("%s", detail)));
 }
 
+/*
+ * SendAt: an ISO 8601 date-time with a zone ("2026-12-01T09:30:00Z"), in the
+ * future and no more than 35 days ahead, the most Twilio schedules.
+ */
+static void
+check_send_at(const char *key, const char *s)
+{
+	static const char pattern[] = "dddd-dd-ddTdd:dd:dd";
+	const char *p = s;
+	TimestampTz t;
+	int			i;
+
+	for (i = 0; pattern[i]; i++, p++)
+	{
+		if (pattern[i] == 'd' ? !isdigit((unsigned char) *p) : *p != pattern[i])
+			param_error(key, "It must be an ISO 8601 date-time such as 2026-12-01T09:30:00Z.");
+	}
+	if (*p == '.')
+		for (p++; isdigit((unsigned char) *p); p++)
+			;
+	if (!(strcmp(p, "Z") == 0 ||
+		  ((p[0] == '+' || p[0] == '-') && isdigit((unsigned char) p[1]) &&
+		   isdigit((unsigned char) p[2]) && p[3] == ':' && isdigit((unsigned char) p[4]) &&
+		   isdigit((unsigned char) p[5]) && p[6] == '\0')))
+		param_error(key, "It must be an ISO 8601 date-time with a zone (Z or +hh:mm).");
+	t = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(s),
+												ObjectIdGetDatum(InvalidOid),
+												Int32GetDatum(-1)));
+	if (t <= GetCurrentTimestamp() ||
+		t > GetCurrentTimestamp() + (int64) 35 * USECS_PER_DAY)
+		param_error(key, "Twilio schedules messages up to 35 days ahead, never in the past.");
+}
+
 /* Check one value of params against what Twilio's spec says of its key. */
 static void
 check_param_value(const TwilioParamSpec *spec, JsonbValue *v)
@@ -251,6 +287,7 @@ check_param_value(const TwilioParamSpec *spec, JsonbValue *v)
 		case PK_STRINGS:
 		case PK_ENUM:
 		case PK_SID:
+		case PK_DATETIME:
 			{
 				char	   *s;
 
@@ -259,6 +296,8 @@ check_param_value(const TwilioParamSpec *spec, JsonbValue *v)
 				s = pnstrdup(v->val.string.val, v->val.string.len);
 				if (*s == '\0' || outbox_has_control(s))
 					param_error(spec->name, "It must be a non-empty string without control characters.");
+				if (spec->kind == PK_DATETIME)
+					check_send_at(spec->name, s);
 				if (spec->kind == PK_SID && !outbox_is_sid(s, spec->extra))
 					param_error(spec->name,
 								psprintf("It must be %s followed by 32 hexadecimal digits.", spec->extra));

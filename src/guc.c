@@ -10,6 +10,7 @@
  */
 #include "twilio_outbox.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 int			outbox_poll_interval_ms = 1000;
@@ -128,10 +129,12 @@ outbox_guc_init(void)
 							   "Empty: secrets from files are disabled.",
 							   &outbox_secrets_dir, "",
 							   PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("twilio_outbox.max_databases",
-							"Most databases that can run a dispatcher at once.",
-							NULL, &outbox_max_databases, 16, 1, 1024,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/* Sizes shared memory: only meaningful, and only allowed, at preload. */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("twilio_outbox.max_databases",
+								"Most databases that can run a dispatcher at once.",
+								NULL, &outbox_max_databases, 16, 1, 1024,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("twilio_outbox");
 }

@@ -619,7 +619,8 @@ suppress_recipient(OutboxMessage *m)
 /*
  * Record finished attempts: the message rows (guarded by state sending and
  * the attempt number), one attempt row each, dead letters, then account
- * pauses and suppressions.  An outcome whose message changed meanwhile is
+ * pauses and suppressions.  "m.id = ANY ($1)" keeps the update on the
+ * primary key whatever the planner guesses of unnest()'s row count.  An outcome whose message changed meanwhile is
  * kept as an attempt row only.
  */
 void
@@ -666,7 +667,8 @@ outbox_record(List *done)
 			"  last_error_message = r.errmsg, updated_at = now(),"
 			"  sent_at = CASE WHEN r.state = 'sent' THEN now() ELSE m.sent_at END,"
 			"  finished_at = CASE WHEN r.state IN ('sent', 'dead') THEN now() END"
-			"  FROM r WHERE m.id = r.id AND m.state = 'sending' AND m.attempts = r.attempt"
+			"  FROM r WHERE m.id = r.id AND m.id = ANY ($1)"
+			"  AND m.state = 'sending' AND m.attempts = r.attempt"
 			"  RETURNING m.id, m.account, m.to_number, m.attempts, r.state,"
 			"  r.dead_reason, r.http, r.code, r.errmsg),"
 			" d AS (INSERT INTO twilio_outbox.dead_letters (message_id, account,"
