@@ -29,6 +29,7 @@ bool		outbox_allow_insecure_http = false;
 int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RETRY;
 int			outbox_max_databases = 16;
 char	   *outbox_secrets_dir = NULL;
+char	   *outbox_databases = NULL;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
@@ -135,6 +136,12 @@ outbox_guc_init(void)
 								"Most databases that can run a dispatcher at once.",
 								NULL, &outbox_max_databases, 16, 1, 1024,
 								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("twilio_outbox.databases",
+								   "Databases whose dispatcher starts with the server (comma-separated).",
+								   "The server restarts such a dispatcher if it fails; pg_cron supervision works beside it.",
+								   &outbox_databases, "",
+								   PGC_POSTMASTER, GUC_LIST_INPUT, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("twilio_outbox");
 }

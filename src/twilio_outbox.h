@@ -51,6 +51,7 @@ extern bool outbox_allow_insecure_http;
 extern int	outbox_ambiguous_policy;
 extern int	outbox_max_databases;
 extern char *outbox_secrets_dir;
+extern char *outbox_databases;
 
 extern void outbox_guc_init(void);
 

@@ -40,6 +40,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 
 PG_FUNCTION_INFO_V1(twilio_outbox_start_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_stop_worker);
@@ -224,6 +225,18 @@ end_phase(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * Leave without being restarted, unless started with the server
+ * (twilio_outbox.databases): the postmaster restarts those after a non-zero
+ * exit, so that they come back once the extension exists or the other
+ * dispatcher is gone.
+ */
+static void
+leave(void)
+{
+	proc_exit(MyBgworkerEntry->bgw_restart_time == BGW_NEVER_RESTART ? 0 : 1);
+}
+
 static void
 exit_if_dropped(void)
 {
@@ -233,7 +246,7 @@ exit_if_dropped(void)
 				(errmsg("twilio_outbox dispatcher exiting: the extension is not installed in database \"%s\"",
 						get_database_name(MyDatabaseId))));
 		AbortCurrentTransaction();
-		proc_exit(0);
+		leave();
 	}
 }
 
@@ -361,14 +374,17 @@ outbox_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
+	if (OidIsValid(DatumGetObjectId(arg)))
+		BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
+	else
+		BackgroundWorkerInitializeConnection(MyBgworkerEntry->bgw_extra, NULL, 0);
 
 	if (!attach_slot())
 	{
-		ereport(LOG,
+		ereport(DEBUG1,
 				(errmsg("twilio_outbox dispatcher not started: one already runs in database %u",
 						MyDatabaseId)));
-		proc_exit(0);
+		leave();
 	}
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("application_name", "twilio_outbox dispatcher", PGC_USERSET, PGC_S_SESSION);
@@ -668,6 +684,44 @@ outbox_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 								queryEnv, dest, qc);
 }
 
+/*
+ * Register a dispatcher for each database of twilio_outbox.databases, to
+ * start with the server and be restarted by it if it fails.
+ */
+static void
+register_static_workers(void)
+{
+	char	   *names = pstrdup(outbox_databases);
+	List	   *dbs;
+	ListCell   *lc;
+
+	if (!SplitGUCList(names, ',', &dbs))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid list syntax in twilio_outbox.databases")));
+	foreach(lc, dbs)
+	{
+		const char *db = lfirst(lc);
+		BackgroundWorker worker;
+
+		if (strlen(db) >= BGW_EXTRALEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_NAME_TOO_LONG),
+					 errmsg("database name \"%s\" in twilio_outbox.databases is too long", db)));
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = 10;
+		strlcpy(worker.bgw_library_name, "twilio_outbox", BGW_MAXLEN);
+		strlcpy(worker.bgw_function_name, "outbox_worker_main", BGW_MAXLEN);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "twilio_outbox dispatcher for %s", db);
+		strlcpy(worker.bgw_type, "twilio_outbox dispatcher", BGW_MAXLEN);
+		worker.bgw_main_arg = ObjectIdGetDatum(InvalidOid);
+		strlcpy(worker.bgw_extra, db, BGW_EXTRALEN);
+		RegisterBackgroundWorker(&worker);
+	}
+}
+
 void
 outbox_worker_init(void)
 {
@@ -675,4 +729,5 @@ outbox_worker_init(void)
 		return;
 	prev_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = outbox_utility;
+	register_static_workers();
 }
