@@ -419,8 +419,9 @@ outbox_worker_main(Datum arg)
 		MemoryContextReset(scratch);
 		process_signals();
 		stopping = ShutdownRequestPending;
-		if (stopping && outbox_http_in_flight() == 0 && self->done == NIL)
-			break;
+		if (stopping && outbox_http_in_flight() == 0 &&
+			(self->done == NIL || self->consecutive_errors >= 3))
+			break;				/* what could not be recorded is taken back at the next start */
 		if (MyLatch->is_set)
 		{
 			ResetLatch(MyLatch);
