@@ -11,6 +11,13 @@
 \echo Use "CREATE EXTENSION twilio_outbox" to load this file. \quit
 
 /*
+ * Resolve every operator and type of this script in pg_catalog only; the
+ * extension's own objects are always named with their schema.  (CREATE
+ * EXTENSION restores the caller's search_path afterwards.)
+ */
+SET search_path = pg_catalog, pg_temp;
+
+/*
  * Roles are cluster-wide, so they may already exist from another database.
  * twilio_outbox_enqueue: may call twilio_enqueue() and nothing else of note.
  * twilio_outbox_monitor: may read the tables and views, never a credential.
@@ -433,10 +440,456 @@ LANGUAGE c VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'twilio_outbox_wake_worker';
 COMMENT ON FUNCTION twilio_outbox.wake_worker() IS 'Wake the dispatcher when the current transaction commits';
 
+CREATE FUNCTION twilio_outbox.pause_sender(sender bigint, until timestamptz DEFAULT 'infinity', reason text DEFAULT 'paused by operator')
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE twilio_outbox.senders s SET paused_until = until, pause_reason = reason
+	WHERE s.id = sender;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sender % does not exist', sender USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+
+CREATE FUNCTION twilio_outbox.resume_sender(sender bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE twilio_outbox.senders s SET paused_until = NULL, pause_reason = NULL
+	WHERE s.id = sender;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sender % does not exist', sender USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM twilio_outbox.wake_worker();
+END
+$$;
+
+/*
+ * Cancel a message that has not been sent: queued (waiting, scheduled or
+ * between retries) or held as ambiguous.  A message in flight cannot be
+ * canceled: its request may already be at Twilio.
+ */
+CREATE FUNCTION twilio_outbox.cancel(message_id bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	current twilio_outbox.message_state;
+BEGIN
+	SELECT m.state INTO current FROM twilio_outbox.messages m
+	WHERE m.id = message_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'message % does not exist', message_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF current <> ALL (ARRAY['queued', 'ambiguous']::twilio_outbox.message_state[]) THEN
+		RAISE EXCEPTION 'cannot cancel message % in state %', message_id, current
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Only queued or ambiguous messages can be canceled.';
+	END IF;
+	UPDATE twilio_outbox.messages m
+	SET state = 'canceled', finished_at = pg_catalog.now(), updated_at = pg_catalog.now(),
+		last_error_message = 'canceled by ' || SESSION_USER
+	WHERE m.id = message_id AND m.state = current;
+END
+$$;
+
+/*
+ * Send dead or ambiguous messages again, with a fresh attempt budget and the
+ * same idempotency key: by id, or every open dead letter matching all the
+ * filters given.  Messages already expired, and recipients suppressed since,
+ * are left alone.  Returns how many were re-queued.
+ */
+CREATE FUNCTION twilio_outbox.requeue(message_ids bigint[] DEFAULT NULL,
+	twilio_code integer DEFAULT NULL, account text DEFAULT NULL,
+	reason text DEFAULT NULL, dead_after timestamptz DEFAULT NULL,
+	dead_before timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF message_ids IS NULL AND twilio_code IS NULL AND account IS NULL
+	   AND reason IS NULL AND dead_after IS NULL AND dead_before IS NULL THEN
+		RAISE EXCEPTION 'requeue needs message ids or at least one filter'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'To re-queue every dead letter, say so: dead_before => now().';
+	END IF;
+	WITH candidates AS (
+		SELECT m.id
+		FROM twilio_outbox.messages m
+		WHERE m.state = ANY (ARRAY['dead', 'ambiguous']::twilio_outbox.message_state[])
+		  AND (message_ids IS NULL OR m.id = ANY (message_ids))
+		  AND (m.expires_at IS NULL OR m.expires_at > pg_catalog.now())
+		  AND NOT EXISTS (SELECT 1 FROM twilio_outbox.suppressed_recipients r
+						  WHERE r.account = m.account
+							AND r.to_number = m.to_number)
+		  AND (m.state = 'ambiguous' OR EXISTS (
+				SELECT 1 FROM twilio_outbox.dead_letters d
+				WHERE d.message_id = m.id AND d.requeued_at IS NULL
+				  AND (requeue.twilio_code IS NULL OR d.twilio_code = requeue.twilio_code)
+				  AND (requeue.account IS NULL OR d.account = requeue.account)
+				  AND (requeue.reason IS NULL OR d.reason = requeue.reason)
+				  AND (dead_after IS NULL OR d.dead_at >= dead_after)
+				  AND (dead_before IS NULL OR d.dead_at < dead_before)))
+		  AND (m.state = 'dead' OR message_ids IS NOT NULL)
+		FOR UPDATE OF m
+	), requeued AS (
+		UPDATE twilio_outbox.messages m
+		SET state = 'queued', failures = 0, next_attempt_at = pg_catalog.now(),
+			finished_at = NULL, updated_at = pg_catalog.now()
+		FROM candidates c WHERE m.id = c.id
+		RETURNING m.id
+	), marked AS (
+		UPDATE twilio_outbox.dead_letters d
+		SET requeued_at = pg_catalog.now(), requeued_by = SESSION_USER
+		FROM requeued r
+		WHERE d.message_id = r.id AND d.requeued_at IS NULL
+	)
+	SELECT pg_catalog.count(*) INTO n FROM requeued;
+	IF n > 0 THEN
+		PERFORM twilio_outbox.wake_worker();
+	END IF;
+	RETURN n;
+END
+$$;
+
+/*
+ * An operator found out what became of an ambiguous message (in the Twilio
+ * console, by recipient and time): record it as sent, with its SID if known.
+ */
+CREATE FUNCTION twilio_outbox.resolve_ambiguous(message_id bigint, twilio_sid text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF twilio_sid IS NOT NULL AND twilio_sid !~ '^(SM|MM)[0-9a-fA-F]{32}$' THEN
+		RAISE EXCEPTION 'invalid message SID "%"', twilio_sid USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	UPDATE twilio_outbox.messages m
+	SET state = 'sent', twilio_sid = coalesce(resolve_ambiguous.twilio_sid, m.twilio_sid),
+		sent_at = pg_catalog.now(), finished_at = pg_catalog.now(), updated_at = pg_catalog.now(),
+		last_error_message = 'resolved as sent by ' || SESSION_USER
+	WHERE m.id = message_id AND m.state = 'ambiguous';
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'message % is not ambiguous', message_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+END
+$$;
+
+/*
+ * Delete finished messages (sent, delivered, undelivered, failed, dead,
+ * canceled) older than older_than, with their attempts and dead letters,
+ * and attempts and status events older than that, batch_size rows at a
+ * time, committing between batches so that no long transaction holds
+ * vacuum back.  CALL it, or schedule it with schedule_purge().
+ */
+CREATE PROCEDURE twilio_outbox.purge(older_than interval DEFAULT '30 days', batch_size integer DEFAULT 10000)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cutoff timestamptz := pg_catalog.now() - older_than;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	IF older_than < interval '0' OR batch_size < 1 THEN
+		RAISE EXCEPTION 'purge needs a non-negative interval and a positive batch size'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	LOOP
+		WITH doomed AS (
+			SELECT m.id FROM twilio_outbox.messages m
+			WHERE m.finished_at < cutoff
+			  AND m.state <> ALL (ARRAY['queued', 'sending', 'ambiguous']::twilio_outbox.message_state[])
+			ORDER BY m.finished_at LIMIT batch_size
+			FOR UPDATE SKIP LOCKED
+		), gone AS (
+			DELETE FROM twilio_outbox.messages m USING doomed d
+			WHERE m.id = d.id RETURNING m.id
+		), attempts_gone AS (
+			DELETE FROM twilio_outbox.attempts a USING gone g
+			WHERE a.message_id = g.id
+		), letters_gone AS (
+			DELETE FROM twilio_outbox.dead_letters l USING gone g
+			WHERE l.message_id = g.id
+		)
+		SELECT pg_catalog.count(*) INTO n FROM gone;
+		total := total + n;
+		COMMIT;
+		EXIT WHEN n < batch_size;
+	END LOOP;
+	LOOP
+		DELETE FROM twilio_outbox.attempts a WHERE a.id = ANY (ARRAY(
+			SELECT x.id FROM twilio_outbox.attempts x
+			WHERE x.started_at < cutoff LIMIT batch_size));
+		GET DIAGNOSTICS n = ROW_COUNT;
+		COMMIT;
+		EXIT WHEN n < batch_size;
+	END LOOP;
+	LOOP
+		DELETE FROM twilio_outbox.status_events e WHERE e.id = ANY (ARRAY(
+			SELECT x.id FROM twilio_outbox.status_events x
+			WHERE x.received_at < cutoff LIMIT batch_size));
+		GET DIAGNOSTICS n = ROW_COUNT;
+		COMMIT;
+		EXIT WHEN n < batch_size;
+	END LOOP;
+	RAISE NOTICE 'purged % finished messages older than %', total, cutoff;
+END
+$$;
+CREATE INDEX status_events_received ON twilio_outbox.status_events (received_at);
+
+CREATE FUNCTION twilio_outbox.schedule_purge(older_than interval DEFAULT '30 days',
+	schedule text DEFAULT '17 3 * * *',
+	database text DEFAULT pg_catalog.current_database(),
+	job_name text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	name	text := coalesce(job_name, 'twilio_outbox_purge_' || database);
+	command	text := pg_catalog.format('CALL twilio_outbox.purge(%L)', older_than);
+	job		bigint;
+BEGIN
+	IF pg_catalog.to_regproc('cron.schedule_in_database') IS NULL THEN
+		RAISE EXCEPTION 'pg_cron is not installed in database "%"', pg_catalog.current_database()
+			USING ERRCODE = 'undefined_object',
+				  HINT = pg_catalog.format('In the database named by cron.database_name run: SELECT cron.schedule_in_database(%L, %L, %L, %L)',
+						name, schedule, command, database);
+	END IF;
+	EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
+		INTO job USING name, schedule, command, database;
+	EXECUTE 'SELECT cron.alter_job(job_id => $1, schedule => $2, command => $3, database => $4, active => true)'
+		USING job, schedule, command, database;
+	RETURN job;
+END
+$$;
+
+/* ---------- monitoring ---------- */
+
+CREATE FUNCTION twilio_outbox.worker_status(
+	OUT pid integer, OUT started_at timestamptz, OUT in_flight integer,
+	OUT sent bigint, OUT dead bigint, OUT last_error text, OUT last_error_at timestamptz)
+RETURNS SETOF record
+LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'twilio_outbox_worker_status';
+
+/* What is waiting, per account and sender.  Reads only the partial indexes' rows. */
+CREATE VIEW twilio_outbox.backlog AS
+WITH live AS (
+	SELECT m.account, m.sender_id, m.state, m.attempts, m.next_attempt_at
+	FROM twilio_outbox.messages m WHERE m.state = 'queued'
+	UNION ALL
+	SELECT m.account, m.sender_id, m.state, m.attempts, m.next_attempt_at
+	FROM twilio_outbox.messages m WHERE m.state = 'sending'
+	UNION ALL
+	SELECT m.account, m.sender_id, m.state, m.attempts, m.next_attempt_at
+	FROM twilio_outbox.messages m WHERE m.state = 'ambiguous'
+)
+SELECT l.account,
+	coalesce(s.from_number, s.messaging_service_sid) AS sender,
+	pg_catalog.count(*) FILTER (WHERE l.state = 'queued'
+		AND l.next_attempt_at <= pg_catalog.now()) AS due_now,
+	pg_catalog.count(*) FILTER (WHERE l.state = 'queued'
+		AND l.next_attempt_at > pg_catalog.now() AND l.attempts = 0) AS scheduled,
+	pg_catalog.count(*) FILTER (WHERE l.state = 'queued'
+		AND l.attempts > 0) AS retrying,
+	pg_catalog.sum(l.attempts) FILTER (WHERE l.state = 'queued'
+		AND l.attempts > 0) AS retry_attempts_so_far,
+	pg_catalog.min(l.next_attempt_at) FILTER (WHERE l.state = 'queued'
+		AND l.attempts > 0) AS next_retry_at,
+	pg_catalog.count(*) FILTER (WHERE l.state = 'sending') AS in_flight,
+	pg_catalog.count(*) FILTER (WHERE l.state = 'ambiguous') AS ambiguous,
+	pg_catalog.date_trunc('second', pg_catalog.now() - pg_catalog.min(l.next_attempt_at)
+		FILTER (WHERE l.state = 'queued'
+			AND l.next_attempt_at <= pg_catalog.now())) AS oldest_due_age
+FROM live l
+LEFT JOIN twilio_outbox.senders s ON s.id = l.sender_id
+GROUP BY l.account, s.from_number, s.messaging_service_sid;
+COMMENT ON VIEW twilio_outbox.backlog IS 'Messages waiting, per account and sender: due now, scheduled, between retries, in flight, ambiguous';
+
+/* Dead letters with what they were about (never the body). */
+CREATE VIEW twilio_outbox.dead_letter_queue AS
+SELECT d.message_id, d.account, d.to_number,
+	CASE WHEN m.content_sid IS NOT NULL THEN 'template'
+		 WHEN m.media_urls IS NOT NULL THEN 'MMS'
+		 ELSE 'SMS' END AS kind,
+	m.segments, d.reason, d.http_status, d.twilio_code, d.error_message, d.attempts,
+	d.dead_at, d.requeued_at, d.requeued_by, m.state AS message_state
+FROM twilio_outbox.dead_letters d
+LEFT JOIN twilio_outbox.messages m ON m.id = d.message_id;
+COMMENT ON VIEW twilio_outbox.dead_letter_queue IS 'Dead letters: to whom, why, after how many attempts, and whether re-queued';
+
+CREATE VIEW twilio_outbox.attempt_log AS
+SELECT a.message_id, a.attempt, a.account, m.to_number, a.started_at, a.duration_ms,
+	a.http_status, a.twilio_code, a.twilio_message, a.transport_error, a.outcome,
+	a.ambiguous, a.delay, a.retry_after, a.twilio_sid, a.request_id,
+	a.concurrent_requests, a.request_duration
+FROM twilio_outbox.attempts a
+LEFT JOIN twilio_outbox.messages m ON m.id = a.message_id;
+COMMENT ON VIEW twilio_outbox.attempt_log IS 'Every HTTP attempt: outcome, Twilio code, delay chosen, duration, Twilio-* headers';
+
+/* Throughput and errors over the last minute, five minutes and hour. */
+CREATE VIEW twilio_outbox.stats AS
+WITH w(name, span) AS (
+	VALUES ('1 min', interval '1 minute'), ('5 min', interval '5 minutes'), ('1 hour', interval '1 hour')
+)
+SELECT w.name AS "window",
+	pg_catalog.count(a.id) AS attempts,
+	pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'sent') AS sent,
+	pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'retry') AS retries,
+	(SELECT pg_catalog.count(*) FROM twilio_outbox.dead_letters d
+	 WHERE d.dead_at >= pg_catalog.now() - w.span) AS dead_letters,
+	pg_catalog.count(a.id) FILTER (WHERE a.http_status = 429) AS rate_limited,
+	pg_catalog.round(coalesce(pg_catalog.count(a.id) FILTER (WHERE a.http_status = 429)::numeric
+		/ NULLIF(pg_catalog.count(a.id), 0), 0), 4) AS rate_limited_share,
+	pg_catalog.round(coalesce(pg_catalog.count(a.id) FILTER (WHERE a.http_status >= 500)::numeric
+		/ NULLIF(pg_catalog.count(a.id), 0), 0), 4) AS server_error_share,
+	pg_catalog.round(pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'sent')::numeric
+		/ pg_catalog.date_part('epoch', w.span)::numeric, 2) AS sent_per_second,
+	pg_catalog.round((pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY a.request_duration)
+		* 1000)::numeric, 1) AS p50_twilio_ms,
+	pg_catalog.round((pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY a.request_duration)
+		* 1000)::numeric, 1) AS p95_twilio_ms,
+	pg_catalog.round((pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms))::numeric, 1) AS p95_round_trip_ms
+FROM w
+LEFT JOIN twilio_outbox.attempts a ON a.started_at >= pg_catalog.now() - w.span
+GROUP BY w.name, w.span
+ORDER BY w.span;
+COMMENT ON VIEW twilio_outbox.stats IS 'Attempts, sends, retries, dead letters, 429 and 5xx shares, rate and Twilio latency over 1 min, 5 min, 1 hour';
+
+/*
+ * One row per check, with the threshold it is held to (settings
+ * twilio_outbox.health_*) and what to do about it.
+ */
+CREATE VIEW twilio_outbox.health AS
+WITH settings AS (
+	SELECT coalesce(pg_catalog.current_setting('twilio_outbox.health_rate_limited_share', true), '0.05')::numeric AS rl,
+		   coalesce(pg_catalog.current_setting('twilio_outbox.health_failure_share', true), '0.02')::numeric AS fail,
+		   coalesce(pg_catalog.current_setting('twilio_outbox.health_due_age', true), '300s')::interval AS due_age
+), recent AS (
+	SELECT pg_catalog.count(*) AS attempts,
+		   pg_catalog.count(*) FILTER (WHERE a.http_status = 429) AS limited
+	FROM twilio_outbox.attempts a
+	WHERE a.started_at >= pg_catalog.now() - interval '5 minutes'
+), finished AS (
+	SELECT pg_catalog.count(*) AS total,
+		   pg_catalog.count(*) FILTER (WHERE m.state = ANY (ARRAY['dead', 'undelivered', 'failed']::twilio_outbox.message_state[])) AS failed
+	FROM twilio_outbox.messages m
+	WHERE m.finished_at >= pg_catalog.now() - interval '1 hour'
+	  AND m.state <> 'canceled'
+), depth AS (
+	/* queue depth 5 and 2.5 minutes ago and now, from creation and finish times */
+	SELECT t.at, pg_catalog.count(m.id) AS n
+	FROM (VALUES (pg_catalog.now() - interval '5 minutes'),
+				 (pg_catalog.now() - interval '150 seconds'),
+				 (pg_catalog.now())) AS t(at)
+	LEFT JOIN (
+		SELECT m.id, m.created_at, m.finished_at FROM twilio_outbox.messages m
+		WHERE m.state = 'queued'
+		UNION ALL
+		SELECT m.id, m.created_at, m.finished_at FROM twilio_outbox.messages m
+		WHERE m.state = 'sending'
+		UNION ALL
+		SELECT m.id, m.created_at, m.finished_at FROM twilio_outbox.messages m
+		WHERE m.finished_at > pg_catalog.now() - interval '5 minutes'
+	) m ON m.created_at <= t.at
+		AND (m.finished_at IS NULL OR m.finished_at > t.at)
+	GROUP BY t.at
+), growth AS (
+	SELECT pg_catalog.array_agg(d.n ORDER BY d.at) AS n FROM depth d
+), oldest AS (
+	SELECT pg_catalog.now() - pg_catalog.min(m.next_attempt_at) AS age
+	FROM twilio_outbox.messages m
+	WHERE m.state = 'queued' AND m.next_attempt_at <= pg_catalog.now()
+), paused AS (
+	SELECT pg_catalog.count(*) AS n,
+		   pg_catalog.string_agg(a.name || ' until ' ||
+				a.paused_until::text || coalesce(' (' || a.pause_reason || ')', ''),
+				'; ' ORDER BY a.name) AS which
+	FROM twilio_outbox.accounts a WHERE a.paused_until > pg_catalog.now()
+)
+SELECT 'worker_running'::text AS "check",
+	CASE WHEN twilio_outbox.worker_pid() IS NULL THEN 'critical' ELSE 'ok' END AS status,
+	coalesce(twilio_outbox.worker_pid()::text, 'not running') AS value,
+	'running'::text AS threshold,
+	CASE WHEN twilio_outbox.worker_pid() IS NULL
+		 THEN 'SELECT twilio_outbox.start_worker(); and supervise it with schedule_supervisor() or twilio_outbox.databases' END AS hint
+UNION ALL
+SELECT 'rate_limited_share', 
+	CASE WHEN r.attempts = 0 THEN 'ok'
+		 WHEN r.limited::numeric / r.attempts > 2 * s.rl THEN 'critical'
+		 WHEN r.limited::numeric / r.attempts > s.rl THEN 'warning'
+		 ELSE 'ok' END,
+	pg_catalog.round(coalesce(r.limited::numeric / NULLIF(r.attempts, 0), 0), 4)::text,
+	s.rl::text,
+	CASE WHEN r.attempts > 0 AND r.limited::numeric / r.attempts > s.rl
+		 THEN 'Over 5 minutes Twilio answered 429 too often: lower the senders'' rates or the accounts'' max_concurrency.' END
+FROM recent r, settings s
+UNION ALL
+SELECT 'failure_share',
+	CASE WHEN f.total = 0 THEN 'ok'
+		 WHEN f.failed::numeric / f.total > 2 * s.fail THEN 'critical'
+		 WHEN f.failed::numeric / f.total > s.fail THEN 'warning'
+		 ELSE 'ok' END,
+	pg_catalog.round(coalesce(f.failed::numeric / NULLIF(f.total, 0), 0), 4)::text,
+	s.fail::text,
+	CASE WHEN f.total > 0 AND f.failed::numeric / f.total > s.fail
+		 THEN 'Too many messages finished dead, undelivered or failed in the last hour: see twilio_outbox.dead_letter_queue.' END
+FROM finished f, settings s
+UNION ALL
+SELECT 'queue_growing',
+	CASE WHEN g.n[1] < g.n[2] AND g.n[2] < g.n[3] THEN 'warning' ELSE 'ok' END,
+	pg_catalog.array_to_string(g.n, ' -> '),
+	'not growing for 5 minutes',
+	CASE WHEN g.n[1] < g.n[2] AND g.n[2] < g.n[3]
+		 THEN 'Messages arrive faster than they leave: see twilio_outbox.backlog for paused accounts, rate limits or retries.' END
+FROM growth g
+UNION ALL
+SELECT 'oldest_due_age',
+	CASE WHEN o.age > 2 * s.due_age THEN 'critical'
+		 WHEN o.age > s.due_age THEN 'warning' ELSE 'ok' END,
+	coalesce(pg_catalog.date_trunc('second', o.age)::text, 'none due'),
+	s.due_age::text,
+	CASE WHEN o.age > s.due_age
+		 THEN 'A message has been due too long: is the worker running, the account paused, or capacity too low?' END
+FROM oldest o, settings s
+UNION ALL
+SELECT 'accounts_paused',
+	CASE WHEN p.n > 0 THEN 'warning' ELSE 'ok' END,
+	p.n::text,
+	'0',
+	CASE WHEN p.n > 0 THEN 'Paused: ' || p.which ||
+		'. Resume with twilio_outbox.resume_account(name) once the cause is fixed.' END
+FROM paused p;
+COMMENT ON VIEW twilio_outbox.health IS 'One row per health check: status ok, warning or critical, the value, its threshold and a hint';
+
+/* The dispatcher as operators see it. */
+CREATE VIEW twilio_outbox.worker AS
+SELECT w.pid, w.started_at, a.state, a.wait_event, w.in_flight, w.sent AS sent_since_start,
+	w.dead AS dead_since_start, w.last_error, w.last_error_at,
+	(SELECT pg_catalog.string_agg(x.name || ' until ' || x.paused_until::text, '; ' ORDER BY x.name)
+	 FROM twilio_outbox.accounts x WHERE x.paused_until > pg_catalog.now()) AS paused_accounts
+FROM twilio_outbox.worker_status() w
+LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = w.pid;
+COMMENT ON VIEW twilio_outbox.worker IS 'The dispatcher: pid, state, requests in flight, sent since start, last error, paused accounts';
+
 /* Privileges: nothing for PUBLIC, then each role what it needs. */
 REVOKE ALL ON ALL TABLES IN SCHEMA twilio_outbox FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA twilio_outbox FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twilio_outbox FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA twilio_outbox FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb) FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb)
@@ -467,4 +920,15 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.start_worker(), twilio_outbox.stop_worke
 	twilio_outbox.pause_account(text, timestamptz, text),
 	twilio_outbox.resume_account(text)
 	TO twilio_outbox_admin;
-GRANT EXECUTE ON FUNCTION twilio_outbox.worker_pid() TO twilio_outbox_monitor;
+GRANT EXECUTE ON FUNCTION twilio_outbox.worker_pid(), twilio_outbox.worker_status()
+	TO twilio_outbox_monitor;
+GRANT SELECT ON twilio_outbox.backlog, twilio_outbox.dead_letter_queue, twilio_outbox.attempt_log,
+	twilio_outbox.stats, twilio_outbox.health, twilio_outbox.worker
+	TO twilio_outbox_monitor;
+GRANT EXECUTE ON FUNCTION twilio_outbox.pause_sender(bigint, timestamptz, text),
+	twilio_outbox.resume_sender(bigint), twilio_outbox.cancel(bigint),
+	twilio_outbox.requeue(bigint[], integer, text, text, timestamptz, timestamptz),
+	twilio_outbox.resolve_ambiguous(bigint, text),
+	twilio_outbox.schedule_purge(interval, text, text, text)
+	TO twilio_outbox_admin;
+GRANT EXECUTE ON PROCEDURE twilio_outbox.purge(interval, integer) TO twilio_outbox_admin;

@@ -30,6 +30,9 @@ int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RETRY;
 int			outbox_max_databases = 16;
 char	   *outbox_secrets_dir = NULL;
 char	   *outbox_databases = NULL;
+double		outbox_health_rate_limited_share = 0.05;
+double		outbox_health_failure_share = 0.02;
+int			outbox_health_due_age_s = 300;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
@@ -125,6 +128,18 @@ outbox_guc_init(void)
 							 "retry sends again with the same idempotency key; hold parks the message in state ambiguous for an operator.",
 							 &outbox_ambiguous_policy, OUTBOX_AMBIGUOUS_RETRY, ambiguous_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("twilio_outbox.health_rate_limited_share",
+							 "Share of attempts answered 429 over 5 minutes above which the health view warns (critical at twice).",
+							 NULL, &outbox_health_rate_limited_share, 0.05, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("twilio_outbox.health_failure_share",
+							 "Share of messages finished dead, undelivered or failed over an hour above which the health view warns (critical at twice).",
+							 NULL, &outbox_health_failure_share, 0.02, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.health_due_age",
+							"Age of the oldest due message above which the health view warns (critical at twice).",
+							NULL, &outbox_health_due_age_s, 300, 1, 7 * 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("twilio_outbox.secrets_dir",
 							   "Directory of the files that account_credentials.secret_file names.",
 							   "Empty: secrets from files are disabled.",

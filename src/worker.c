@@ -36,6 +36,8 @@
 #include "storage/pmsignal.h"
 #include "storage/proc.h"
 #include "tcop/utility.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -46,6 +48,7 @@ PG_FUNCTION_INFO_V1(twilio_outbox_start_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_stop_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_pid);
 PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
+PG_FUNCTION_INFO_V1(twilio_outbox_worker_status);
 
 #define REFRESH_INTERVAL_MS	1000
 #define BUSY_POLL_MS		10
@@ -656,6 +659,46 @@ Datum
 twilio_outbox_wake_worker(PG_FUNCTION_ARGS)
 {
 	outbox_wake_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * worker_status(): what this database's dispatcher published, one row
+ * (pid NULL when none runs), or none when no dispatcher ever ran here.
+ */
+Datum
+twilio_outbox_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	OutboxSlot	copy;
+	OutboxSlot *slot;
+	Datum		values[7];
+	bool		nulls[7];
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (!outbox_shmem_ready())
+		PG_RETURN_VOID();
+	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
+	slot = outbox_slot_find(MyDatabaseId, false);
+	if (slot != NULL)
+		copy = *slot;
+	LWLockRelease(outbox_shmem_lock());
+	if (slot == NULL)
+		PG_RETURN_VOID();
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = Int32GetDatum(copy.pid);
+	nulls[0] = copy.pid == 0;
+	values[1] = TimestampTzGetDatum(copy.started_at);
+	nulls[1] = copy.started_at == 0;
+	values[2] = Int32GetDatum(copy.in_flight);
+	values[3] = Int64GetDatum(copy.sent);
+	values[4] = Int64GetDatum(copy.failed);
+	values[5] = CStringGetTextDatum(copy.last_error);
+	nulls[5] = copy.last_error[0] == '\0';
+	values[6] = TimestampTzGetDatum(copy.last_error_at);
+	nulls[6] = copy.last_error_at == 0;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	PG_RETURN_VOID();
 }
 
