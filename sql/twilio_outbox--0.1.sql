@@ -12,10 +12,10 @@
 
 /*
  * Resolve every operator and type of this script in pg_catalog only; the
- * extension's own objects are always named with their schema.  (CREATE
- * EXTENSION restores the caller's search_path afterwards.)
+ * extension's own objects are always named with their schema.  SET LOCAL:
+ * CREATE EXTENSION restores the caller's search_path when the script ends.
  */
-SET search_path = pg_catalog, pg_temp;
+SET LOCAL search_path = pg_catalog, pg_temp;
 
 /*
  * Roles are cluster-wide, so they may already exist from another database.
