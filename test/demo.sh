@@ -75,20 +75,22 @@ echo "== CREATE EXTENSION, an account, a sender, the pg_cron supervisor"
 psql_demo <<SQL
 CREATE EXTENSION pg_cron;
 CREATE EXTENSION twilio_outbox;
-INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default)
-	VALUES ('main', '$sid', '$base_url', true);
+INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default, max_concurrency)
+	VALUES ('main', '$sid', '$base_url', true, 4);
 INSERT INTO twilio_outbox.account_credentials (account, secret_env)
 	VALUES ('main', 'TWILIO_AUTH_TOKEN');
 INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
 	VALUES ('main', '$from', 'long_code', true);
 SELECT twilio_outbox.schedule_supervisor() AS supervisor_job;
-SELECT twilio_outbox.start_worker() IS NOT NULL AS dispatcher_started;
 SQL
 
 echo "== the application's transactions"
 if [ $real = yes ]; then
 	psql_demo -c "SELECT twilio_enqueue('$TWILIO_TO', 'Hello from twilio_outbox', expires_at => now() + interval '10 minutes') AS message_id"
 else
+	# The stand-in takes 50 ms a request and the account sends 4 at a
+	# time, so that the progress below can be watched.
+	curl -sf -X POST "$base_url/_script" -d '{"steady": {"status": 201, "delay": 0.05}}' >/dev/null
 	psql_demo -e <<'SQL'
 -- An order is placed: the confirmation is queued in the same transaction.
 BEGIN;
@@ -101,41 +103,56 @@ COMMIT;
 BEGIN;
 SELECT twilio_enqueue('+14155550102', 'Payment received, thank you!') AS message_id;
 ROLLBACK;
--- A batch: one-time codes that must never arrive stale, a picture, a
+-- A campaign: one-time codes that must never arrive stale, a picture, a
 -- Unicode message, one to a number Twilio will refuse.
 BEGIN;
-SELECT twilio_enqueue('+1415555' || lpad(n::text, 4, '0'),
+SELECT count(twilio_enqueue('+1415555' || lpad(n::text, 4, '0'),
 	'Your verification code is ' || (100000 + n * 7919 % 900000),
-	expires_at => now() + interval '5 minutes')
-FROM generate_series(103, 112) AS n;
-SELECT twilio_enqueue('+14155550120', 'Your parcel has arrived',
-	media_urls => ARRAY['https://demo.example.com/parcel.jpg']);
-SELECT twilio_enqueue('+14155550121', 'Merci beaucoup ! 🎉');
-SELECT twilio_enqueue('+15005550001', 'This number is invalid');
+	expires_at => now() + interval '5 minutes')) AS codes
+FROM generate_series(103, 400) AS n;
+SELECT twilio_enqueue('+14155550920', 'Your parcel has arrived',
+	media_urls => ARRAY['https://demo.example.com/parcel.jpg']) AS mms;
+SELECT twilio_enqueue('+14155550921', 'Merci beaucoup ! 🎉') AS unicode;
+SELECT twilio_enqueue('+15005550001', 'This number is invalid') AS invalid;
 COMMIT;
 SQL
 fi
 
-echo "== the dispatcher at work (state counts until nothing is waiting)"
-for _ in $(seq 60); do
-	line=$(psql_demo -At -c "SELECT string_agg(state || '=' || n, '  ' ORDER BY state)
-		FROM (SELECT state::text, count(*) n FROM twilio_outbox.messages GROUP BY 1) s")
-	echo "   $line"
+echo "== the dispatcher starts; twilio_outbox.backlog until nothing is waiting"
+psql_demo -c "SELECT twilio_outbox.start_worker() IS NOT NULL AS dispatcher_started"
+for _ in $(seq 120); do
+	psql_demo -At -F ' ' -c "
+		SELECT to_char(now(), 'HH24:MI:SS.MS'), 'due', coalesce(sum(due_now), 0),
+			'retrying', coalesce(sum(retrying), 0), 'in flight', coalesce(sum(in_flight), 0),
+			'| sent', (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent'),
+			'dead', (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'dead'),
+			coalesce((SELECT '| paused: ' || pause_reason FROM twilio_outbox.accounts
+				WHERE paused_until > now()), '')
+		FROM twilio_outbox.backlog"
 	waiting=$(psql_demo -At -c "SELECT count(*) FROM twilio_outbox.messages WHERE state IN ('queued', 'sending')")
 	[ "$waiting" = 0 ] && break
 	sleep 0.5
 done
 
-echo "== what the outbox holds"
+echo "== what happened"
 psql_demo <<'SQL'
 \pset footer off
-SELECT id, to_number, state, attempts, twilio_sid, coalesce(last_error_message, '') AS last_error
-FROM twilio_outbox.messages ORDER BY id;
-SELECT message_id, attempt, http_status, twilio_code, outcome, ambiguous, delay,
-	round(duration_ms::numeric, 1) AS ms
-FROM twilio_outbox.attempts WHERE outcome <> 'sent' OR attempt > 1 ORDER BY id;
-SELECT message_id, to_number, reason, twilio_code, error_message FROM twilio_outbox.dead_letters;
-SELECT jobname, schedule, command FROM cron.job;
+\echo 'Attempts that did not simply succeed (twilio_outbox.attempt_log):'
+SELECT message_id, attempt, to_number, http_status, twilio_code, outcome, ambiguous,
+	delay, retry_after
+FROM twilio_outbox.attempt_log WHERE outcome <> 'sent' OR attempt > 1 ORDER BY started_at;
+\echo 'Dead letters (twilio_outbox.dead_letter_queue):'
+SELECT message_id, to_number, kind, reason, twilio_code, error_message
+FROM twilio_outbox.dead_letter_queue;
+\echo 'Throughput and errors (twilio_outbox.stats):'
+SELECT * FROM twilio_outbox.stats;
+\echo 'Health checks (twilio_outbox.health):'
+SELECT * FROM twilio_outbox.health;
+\echo 'The dispatcher (twilio_outbox.worker):'
+SELECT pid IS NOT NULL AS running, in_flight, sent_since_start, dead_since_start, last_error
+FROM twilio_outbox.worker;
+\echo 'Its pg_cron supervisor:'
+SELECT jobname, schedule, command, database FROM cron.job;
 SQL
 if [ $real = no ]; then
 	echo "== the stand-in received $(curl -sf "$base_url/_requests" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') requests"
