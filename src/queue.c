@@ -6,7 +6,9 @@
  *
  * Every function here runs inside a transaction the worker started, with
  * SPI connected and a snapshot pushed, and may throw; the worker rolls back
- * and tries again.  Every state change is guarded by the state (and for
+ * and tries again.  No query runs read-only: each must see what the ones
+ * before it in the same transaction wrote (a read-only one would see the
+ * transaction's first snapshot).  Every state change is guarded by the state (and for
  * outcomes the attempt number) it expects.  Queries are prepared once and
  * kept; the worker's search_path is pg_catalog, so unqualified operators
  * are the built-in ones.
@@ -198,7 +200,7 @@ outbox_refresh_accounts(TimestampTz now)
 			" FROM twilio_outbox.accounts a"
 			" LEFT JOIN twilio_outbox.account_credentials c ON c.account = a.name",
 			0, NULL);
-	rc = SPI_execute_plan(plan, NULL, NULL, true, 0);
+	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read accounts: %s", SPI_result_code_string(rc));
 
@@ -417,11 +419,13 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 
 /*
  * Dead-letter queued messages whose expiry has passed: they are never sent.
- * Bounded per call; returns how many.
+ * Bounded per call; returns how many.  Also clears account pauses that ran
+ * out.
  */
 int
 outbox_expire(void)
 {
+	static SPIPlanPtr clear_pauses = NULL;
 	static SPIPlanPtr plan = NULL;
 	int			rc;
 
@@ -443,6 +447,14 @@ outbox_expire(void)
 	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "expiry failed: %s", SPI_result_code_string(rc));
+
+	/* pauses that ran out are cleared, so that the table says what holds */
+	prepare(&clear_pauses,
+			"UPDATE twilio_outbox.accounts SET paused_until = NULL, pause_reason = NULL"
+			" WHERE paused_until <= now()",
+			0, NULL);
+	if (SPI_execute_plan(clear_pauses, NULL, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not clear expired pauses");
 	return (int) SPI_processed;
 }
 
@@ -762,7 +774,7 @@ outbox_next_due(TimestampTz now)
 			"  ORDER BY m.next_attempt_at LIMIT 1) n",
 			1, types);
 	value = make_array(names, NULL, n, TEXTOID);
-	rc = SPI_execute_plan(plan, &value, NULL, true, 1);
+	rc = SPI_execute_plan(plan, &value, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "next-due lookup failed: %s", SPI_result_code_string(rc));
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

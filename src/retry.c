@@ -48,7 +48,7 @@ outbox_policy_refresh(void)
 	int			rc;
 
 	rc = SPI_execute("SELECT source OPERATOR(pg_catalog.=) 'http', code, action::text"
-					 " FROM twilio_outbox.error_policy", true, 0);
+					 " FROM twilio_outbox.error_policy", false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read the error policy: %s", SPI_result_code_string(rc));
 

@@ -51,6 +51,7 @@ PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_status);
 
 #define REFRESH_INTERVAL_MS	1000
+#define WAKE_REFRESH_MS		100
 #define BUSY_POLL_MS		10
 #define START_WAIT_MS		10000
 #define ERROR_BACKOFF_MS	1000
@@ -62,7 +63,9 @@ typedef struct Dispatcher
 {
 	List	   *done;			/* finished attempts not yet recorded */
 	List	   *to_start;		/* claimed and committed, not yet in flight */
-	TimestampTz last_refresh;
+	TimestampTz last_refresh;	/* accounts */
+	TimestampTz last_housekeeping;	/* policy, expiry, lease rescue */
+	bool		refresh_pending;	/* woken: an account may be new */
 	TimestampTz next_due;		/* 0: nothing known to be waiting */
 	bool		claim_more;		/* woken, or the last claim was full */
 	int			consecutive_errors;
@@ -262,7 +265,9 @@ database_phase(bool claim, int capacity)
 {
 	MemoryContext scratch = CurrentMemoryContext;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		refresh = now - self->last_refresh >= REFRESH_INTERVAL_MS * 1000L;
+	bool		housekeeping = now - self->last_housekeeping >= REFRESH_INTERVAL_MS * 1000L;
+	bool		refresh = housekeeping ||
+		(self->refresh_pending && now - self->last_refresh >= WAKE_REFRESH_MS * 1000L);
 	volatile bool ok = true;
 	List	   *volatile claimed = NIL;
 
@@ -273,13 +278,18 @@ database_phase(bool claim, int capacity)
 		exit_if_dropped();
 		if (self->done != NIL)
 			outbox_record(self->done);
-		if (refresh)
+		if (housekeeping)
 		{
-			outbox_refresh_accounts(now);
 			outbox_policy_refresh();
 			outbox_expire();
 			outbox_rescue(false);
+			self->last_housekeeping = now;
+		}
+		if (refresh)
+		{
+			outbox_refresh_accounts(now);
 			self->last_refresh = now;
+			self->refresh_pending = false;
 		}
 		if (claim)
 		{
@@ -355,8 +365,14 @@ idle_wait(void)
 
 	if (self->consecutive_errors > 0)
 		timeout = Min((long) ERROR_BACKOFF_MS * self->consecutive_errors, 30000L);
-	else if (self->next_due != 0)
-		timeout = Min(timeout, Max(0, (self->next_due - now + 999) / 1000));
+	else
+	{
+		if (self->next_due != 0)
+			timeout = Min(timeout, Max(0, (self->next_due - now + 999) / 1000));
+		/* a wake-up not yet followed by an account refresh */
+		if (self->refresh_pending)
+			timeout = Min(timeout, WAKE_REFRESH_MS);
+	}
 	if (timeout == 0)
 	{
 		self->claim_more = true;
@@ -365,6 +381,8 @@ idle_wait(void)
 	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 				   timeout, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
+	if (rc & WL_LATCH_SET)
+		self->refresh_pending = true;
 	if (rc & (WL_LATCH_SET | WL_TIMEOUT))
 		self->claim_more = true;
 }
@@ -429,6 +447,7 @@ outbox_worker_main(Datum arg)
 		{
 			ResetLatch(MyLatch);
 			self->claim_more = true;
+			self->refresh_pending = true;
 		}
 
 		capacity = stopping ? 0 : outbox_max_in_flight - outbox_http_in_flight();
@@ -438,7 +457,7 @@ outbox_worker_main(Datum arg)
 			self->claim_more = true;
 		}
 		if (self->done != NIL || (self->claim_more && capacity > 0) ||
-			GetCurrentTimestamp() - self->last_refresh >= REFRESH_INTERVAL_MS * 1000L)
+			GetCurrentTimestamp() - self->last_housekeeping >= REFRESH_INTERVAL_MS * 1000L)
 		{
 			bool		claim = self->claim_more && capacity > 0 &&
 				self->consecutive_errors == 0;
@@ -448,7 +467,7 @@ outbox_worker_main(Datum arg)
 				start_claimed();
 				publish(NULL);
 			}
-			else if (outbox_http_in_flight() == 0)
+			else if (outbox_http_in_flight() == 0 && !stopping)
 			{
 				idle_wait();
 				continue;
@@ -467,7 +486,7 @@ outbox_worker_main(Datum arg)
 
 			outbox_http_poll(more_now ? 0 : BUSY_POLL_MS, on_done);
 		}
-		else if (self->done == NIL)
+		else if (self->done == NIL && !stopping)
 			idle_wait();
 	}
 
@@ -705,6 +724,7 @@ twilio_outbox_worker_status(PG_FUNCTION_ARGS)
 /*
  * DROP DATABASE fails while any session is connected, the dispatcher
  * included: stop it first, and keep pg_cron from restarting it meanwhile.
+ * DROP EXTENSION wakes it when it commits, so that it leaves at once.
  */
 static void
 outbox_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -719,6 +739,18 @@ outbox_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 
 		if (OidIsValid(dboid))
 			stop_dispatcher(dboid, 60 * 1000L);
+	}
+	/* DROP EXTENSION: the dispatcher finds out at once, and leaves. */
+	if (IsA(parsetree, DropStmt) &&
+		((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((DropStmt *) parsetree)->objects)
+		{
+			if (strcmp(strVal(lfirst(lc)), "twilio_outbox") == 0)
+				outbox_wake_at_commit();
+		}
 	}
 	if (prev_utility_hook)
 		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,

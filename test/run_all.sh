@@ -79,7 +79,7 @@ run_suite "pg_regress" count_regress make -s installcheck ISOLATION= TAP_TESTS=
 [ -f "$work/regression.diffs" ] && head -200 "$work/regression.diffs"
 run_suite "isolation" count_regress make -s installcheck REGRESS= TAP_TESTS=
 [ -f "$work/output_iso/regression.diffs" ] && head -200 "$work/output_iso/regression.diffs"
-run_suite "TAP" count_prove make -s installcheck REGRESS= ISOLATION=
+run_suite "TAP" count_prove make -s installcheck REGRESS= ISOLATION= PROVE_FLAGS=-j2
 run_suite "pgTAP" count_prove bash test/pgtap.sh
 
 if [ $status -ne 0 ] && [ "$work" != "$top" ]; then
