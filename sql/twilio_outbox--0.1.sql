@@ -574,6 +574,9 @@ BEGIN
 	IF twilio_sid IS NOT NULL AND twilio_sid !~ '^(SM|MM)[0-9a-fA-F]{32}$' THEN
 		RAISE EXCEPTION 'invalid message SID "%"', twilio_sid USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF NOT EXISTS (SELECT 1 FROM twilio_outbox.messages m WHERE m.id = message_id) THEN
+		RAISE EXCEPTION 'message % does not exist', message_id USING ERRCODE = 'undefined_object';
+	END IF;
 	UPDATE twilio_outbox.messages m
 	SET state = 'sent', twilio_sid = coalesce(resolve_ambiguous.twilio_sid, m.twilio_sid),
 		sent_at = pg_catalog.now(), finished_at = pg_catalog.now(), updated_at = pg_catalog.now(),
@@ -591,11 +594,12 @@ $$;
  * canceled) older than older_than, with their attempts and dead letters,
  * and attempts and status events older than that, batch_size rows at a
  * time, committing between batches so that no long transaction holds
- * vacuum back.  CALL it, or schedule it with schedule_purge().
+ * vacuum back.  CALL it, or schedule it with schedule_purge().  (No SET
+ * search_path clause: a procedure with one cannot commit.  It runs with the
+ * caller's rights and names every object with its schema.)
  */
 CREATE PROCEDURE twilio_outbox.purge(older_than interval DEFAULT '30 days', batch_size integer DEFAULT 10000)
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	cutoff timestamptz := pg_catalog.now() - older_than;
@@ -704,25 +708,29 @@ SELECT l.account,
 	pg_catalog.count(*) FILTER (WHERE l.state = 'queued'
 		AND l.next_attempt_at > pg_catalog.now() AND l.attempts = 0) AS scheduled,
 	pg_catalog.count(*) FILTER (WHERE l.state = 'queued'
-		AND l.attempts > 0) AS retrying,
+		AND l.next_attempt_at > pg_catalog.now() AND l.attempts > 0) AS retrying,
 	pg_catalog.sum(l.attempts) FILTER (WHERE l.state = 'queued'
-		AND l.attempts > 0) AS retry_attempts_so_far,
+		AND l.next_attempt_at > pg_catalog.now() AND l.attempts > 0) AS retry_attempts_so_far,
 	pg_catalog.min(l.next_attempt_at) FILTER (WHERE l.state = 'queued'
-		AND l.attempts > 0) AS next_retry_at,
+		AND l.next_attempt_at > pg_catalog.now() AND l.attempts > 0) AS next_retry_at,
 	pg_catalog.count(*) FILTER (WHERE l.state = 'sending') AS in_flight,
 	pg_catalog.count(*) FILTER (WHERE l.state = 'ambiguous') AS ambiguous,
 	pg_catalog.date_trunc('second', pg_catalog.now() - pg_catalog.min(l.next_attempt_at)
 		FILTER (WHERE l.state = 'queued'
-			AND l.next_attempt_at <= pg_catalog.now())) AS oldest_due_age
+			AND l.next_attempt_at <= pg_catalog.now())) AS oldest_due_age,
+	CASE WHEN GREATEST(a.paused_until, s.paused_until) > pg_catalog.now()
+		 THEN GREATEST(a.paused_until, s.paused_until) END AS paused_until
 FROM live l
 LEFT JOIN twilio_outbox.senders s ON s.id = l.sender_id
-GROUP BY l.account, s.from_number, s.messaging_service_sid;
-COMMENT ON VIEW twilio_outbox.backlog IS 'Messages waiting, per account and sender: due now, scheduled, between retries, in flight, ambiguous';
+LEFT JOIN twilio_outbox.accounts a ON a.name = l.account
+GROUP BY l.account, s.from_number, s.messaging_service_sid, a.paused_until, s.paused_until;
+COMMENT ON VIEW twilio_outbox.backlog IS 'Messages waiting, per account and sender: due now (retries included), scheduled for later, waiting for a retry, in flight, ambiguous; paused_until when the account or sender is paused';
 
 /* Dead letters with what they were about (never the body). */
 CREATE VIEW twilio_outbox.dead_letter_queue AS
 SELECT d.message_id, d.account, d.to_number,
-	CASE WHEN m.content_sid IS NOT NULL THEN 'template'
+	CASE WHEN m.id IS NULL THEN NULL
+		 WHEN m.content_sid IS NOT NULL THEN 'template'
 		 WHEN m.media_urls IS NOT NULL THEN 'MMS'
 		 ELSE 'SMS' END AS kind,
 	m.segments, d.reason, d.http_status, d.twilio_code, d.error_message, d.attempts,
@@ -757,7 +765,7 @@ SELECT w.name AS "window",
 	pg_catalog.round(coalesce(pg_catalog.count(a.id) FILTER (WHERE a.http_status >= 500)::numeric
 		/ NULLIF(pg_catalog.count(a.id), 0), 0), 4) AS server_error_share,
 	pg_catalog.round(pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'sent')::numeric
-		/ pg_catalog.date_part('epoch', w.span)::numeric, 2) AS sent_per_second,
+		/ pg_catalog.date_part('epoch', w.span)::numeric, 3) AS sent_per_second,
 	pg_catalog.round((pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY a.request_duration)
 		* 1000)::numeric, 1) AS p50_twilio_ms,
 	pg_catalog.round((pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY a.request_duration)
@@ -790,21 +798,22 @@ WITH settings AS (
 	WHERE m.finished_at >= pg_catalog.now() - interval '1 hour'
 	  AND m.state <> 'canceled'
 ), depth AS (
-	/* queue depth 5 and 2.5 minutes ago and now, from creation and finish times */
+	/* depth 5 and 2.5 minutes ago and now: created, due (send_after) and not yet finished */
 	SELECT t.at, pg_catalog.count(m.id) AS n
 	FROM (VALUES (pg_catalog.now() - interval '5 minutes'),
 				 (pg_catalog.now() - interval '150 seconds'),
 				 (pg_catalog.now())) AS t(at)
 	LEFT JOIN (
-		SELECT m.id, m.created_at, m.finished_at FROM twilio_outbox.messages m
+		SELECT m.id, m.created_at, m.send_after, m.finished_at FROM twilio_outbox.messages m
 		WHERE m.state = 'queued'
 		UNION ALL
-		SELECT m.id, m.created_at, m.finished_at FROM twilio_outbox.messages m
+		SELECT m.id, m.created_at, m.send_after, m.finished_at FROM twilio_outbox.messages m
 		WHERE m.state = 'sending'
 		UNION ALL
-		SELECT m.id, m.created_at, m.finished_at FROM twilio_outbox.messages m
+		SELECT m.id, m.created_at, m.send_after, m.finished_at FROM twilio_outbox.messages m
 		WHERE m.finished_at > pg_catalog.now() - interval '5 minutes'
 	) m ON m.created_at <= t.at
+		AND (m.send_after IS NULL OR m.send_after <= t.at)
 		AND (m.finished_at IS NULL OR m.finished_at > t.at)
 	GROUP BY t.at
 ), growth AS (
@@ -815,10 +824,14 @@ WITH settings AS (
 	WHERE m.state = 'queued' AND m.next_attempt_at <= pg_catalog.now()
 ), paused AS (
 	SELECT pg_catalog.count(*) AS n,
-		   pg_catalog.string_agg(a.name || ' until ' ||
-				a.paused_until::text || coalesce(' (' || a.pause_reason || ')', ''),
-				'; ' ORDER BY a.name) AS which
-	FROM twilio_outbox.accounts a WHERE a.paused_until > pg_catalog.now()
+		   pg_catalog.string_agg(p.what || ' until ' || p.paused_until::text ||
+				coalesce(' (' || p.pause_reason || ')', ''), '; ' ORDER BY p.what) AS which
+	FROM (SELECT 'account ' || a.name AS what, a.paused_until, a.pause_reason
+		  FROM twilio_outbox.accounts a WHERE a.paused_until > pg_catalog.now()
+		  UNION ALL
+		  SELECT 'sender ' || s.id || ' ' || coalesce(s.from_number, s.messaging_service_sid),
+				 s.paused_until, s.pause_reason
+		  FROM twilio_outbox.senders s WHERE s.paused_until > pg_catalog.now()) p
 )
 SELECT 'worker_running'::text AS "check",
 	CASE WHEN twilio_outbox.worker_pid() IS NULL THEN 'critical' ELSE 'ok' END AS status,
@@ -846,7 +859,7 @@ SELECT 'failure_share',
 	pg_catalog.round(coalesce(f.failed::numeric / NULLIF(f.total, 0), 0), 4)::text,
 	s.fail::text,
 	CASE WHEN f.total > 0 AND f.failed::numeric / f.total > s.fail
-		 THEN 'Too many messages finished dead, undelivered or failed in the last hour: see twilio_outbox.dead_letter_queue.' END
+		 THEN 'Too many messages finished dead, undelivered or failed in the last hour: see twilio_outbox.dead_letter_queue, and messages in state undelivered or failed.' END
 FROM finished f, settings s
 UNION ALL
 SELECT 'queue_growing',
@@ -863,15 +876,15 @@ SELECT 'oldest_due_age',
 	coalesce(pg_catalog.date_trunc('second', o.age)::text, 'none due'),
 	s.due_age::text,
 	CASE WHEN o.age > s.due_age
-		 THEN 'A message has been due too long: is the worker running, the account paused, or capacity too low?' END
+		 THEN 'A message has been due too long: is the worker running, its account or sender paused, or capacity too low?' END
 FROM oldest o, settings s
 UNION ALL
-SELECT 'accounts_paused',
+SELECT 'paused',
 	CASE WHEN p.n > 0 THEN 'warning' ELSE 'ok' END,
 	p.n::text,
 	'0',
 	CASE WHEN p.n > 0 THEN 'Paused: ' || p.which ||
-		'. Resume with twilio_outbox.resume_account(name) once the cause is fixed.' END
+		'. Resume with twilio_outbox.resume_account(name) or resume_sender(id) once the cause is fixed.' END
 FROM paused p;
 COMMENT ON VIEW twilio_outbox.health IS 'One row per health check: status ok, warning or critical, the value, its threshold and a hint';
 

@@ -1,0 +1,296 @@
+-- The monitoring views on known data: backlog, dead_letter_queue,
+-- attempt_log, stats, health and worker, and what the monitoring role may
+-- read through them.  No dispatcher runs here: the rows a worker would
+-- write are inserted directly, at times relative to now().  Each section
+-- runs in one transaction, so now() is the same for the rows and the views.
+CREATE EXTENSION IF NOT EXISTS twilio_outbox;
+SET client_min_messages = warning;
+TRUNCATE twilio_outbox.messages, twilio_outbox.attempts, twilio_outbox.dead_letters,
+	twilio_outbox.suppressed_recipients, twilio_outbox.status_events;
+INSERT INTO twilio_outbox.accounts (name, account_sid)
+	VALUES ('mon', 'AC00000000000000000000000000000001'),
+	       ('mon2', 'AC00000000000000000000000000000002') ON CONFLICT DO NOTHING;
+INSERT INTO twilio_outbox.senders (id, account, from_number, messaging_service_sid, kind)
+	OVERRIDING SYSTEM VALUE VALUES
+	(901, 'mon', '+15005550101', NULL, 'long_code'),
+	(902, 'mon', '+15005550102', NULL, 'long_code'),
+	(903, 'mon2', NULL, 'MG00000000000000000000000000000003', 'messaging_service')
+	ON CONFLICT DO NOTHING;
+-- No account paused by an earlier test.
+UPDATE twilio_outbox.accounts SET paused_until = NULL, pause_reason = NULL;
+DROP ROLE IF EXISTS mon_viewer;
+RESET client_min_messages;
+
+CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE sql;
+	RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+
+-- A message as the dispatcher leaves it, by id, in a given state; returns the id.
+CREATE FUNCTION pg_temp.msg(id bigint, sender bigint, state twilio_outbox.message_state,
+	attempts integer DEFAULT 0, next_attempt_at timestamptz DEFAULT now(),
+	created_at timestamptz DEFAULT now(), finished_at timestamptz DEFAULT NULL,
+	media_urls text[] DEFAULT NULL, content_sid text DEFAULT NULL,
+	to_number text DEFAULT '+14155550100')
+RETURNS bigint LANGUAGE sql AS $$
+	INSERT INTO twilio_outbox.messages (id, account, sender_id, to_number, body,
+		media_urls, content_sid, encoding, segments, idempotency_key, state,
+		attempts, failures, next_attempt_at, created_at, finished_at)
+	OVERRIDING SYSTEM VALUE
+	SELECT msg.id, s.account, msg.sender, msg.to_number,
+		CASE WHEN msg.content_sid IS NULL THEN 'secret code 123456' END,
+		msg.media_urls, msg.content_sid, 'GSM-7', 1, gen_random_uuid(), msg.state,
+		msg.attempts, msg.attempts, msg.next_attempt_at, msg.created_at, msg.finished_at
+	FROM twilio_outbox.senders s WHERE s.id = msg.sender
+	RETURNING id;
+$$;
+
+-- backlog: one row per account and sender, of what is still to be sent.
+-- Sent, dead and canceled messages are not in it.
+BEGIN;
+SELECT pg_temp.msg(1, 901, 'queued', next_attempt_at => now() - interval '10 minutes'),
+	pg_temp.msg(2, 901, 'queued', next_attempt_at => now() - interval '30 seconds'),
+	pg_temp.msg(3, 901, 'queued', next_attempt_at => now() + interval '1 hour'),
+	pg_temp.msg(4, 901, 'queued', 2, now() + interval '20 seconds'),
+	pg_temp.msg(5, 901, 'queued', 3, now() + interval '1 minute'),
+	pg_temp.msg(6, 901, 'sending', 1),
+	pg_temp.msg(7, 901, 'ambiguous', 1),
+	pg_temp.msg(8, 901, 'sent', 1, finished_at => now()),
+	pg_temp.msg(9, 901, 'dead', 5, finished_at => now()),
+	pg_temp.msg(10, 902, 'queued', 1, now() - interval '5 seconds'),
+	pg_temp.msg(11, 902, 'canceled', finished_at => now()),
+	pg_temp.msg(12, 903, 'queued', next_attempt_at => now() - interval '2 minutes'),
+	pg_temp.msg(13, 903, 'sending', 1);
+-- due_now: queued and due (first attempts and retries); scheduled: first
+-- attempts not due yet; retrying: waiting for a retry that is not due yet
+-- (the three add up to what is queued); oldest_due_age: how long the
+-- longest-waiting due message has waited.
+SELECT account, sender, due_now, scheduled, retrying, retry_attempts_so_far,
+	in_flight, ambiguous, oldest_due_age
+FROM twilio_outbox.backlog ORDER BY account, sender;
+-- next_retry_at: the earliest retry still to come; none once all are due.
+SELECT sender, next_retry_at = now() + interval '20 seconds' AS in_20s,
+	next_retry_at = now() - interval '5 seconds' AS due_5s_ago, next_retry_at IS NULL AS none
+FROM twilio_outbox.backlog ORDER BY account, sender;
+ROLLBACK;
+-- Nothing waiting: no rows at all.
+SELECT count(*) AS backlog_rows FROM twilio_outbox.backlog;
+
+-- dead_letter_queue: what each dead message was (SMS, MMS or template), why
+-- it died, its codes, and whether it was re-queued since.
+BEGIN;
+SELECT pg_temp.msg(20, 901, 'dead', 1, finished_at => now(), to_number => '+14155550120'),
+	pg_temp.msg(21, 901, 'dead', 5, finished_at => now(), to_number => '+14155550121',
+		media_urls => ARRAY['https://example.com/a.png']),
+	pg_temp.msg(22, 903, 'dead', 1, finished_at => now(), to_number => '+14155550122',
+		content_sid => 'HX00000000000000000000000000000022'),
+	pg_temp.msg(23, 902, 'queued', 5, to_number => '+14155550123');
+INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number, reason,
+	http_status, twilio_code, error_message, attempts, dead_at, requeued_at, requeued_by) VALUES
+	(20, 'mon', '+14155550120', 'rejected', 400, 21211, 'invalid To phone number', 1, now() - interval '1 minute', NULL, NULL),
+	(21, 'mon', '+14155550121', 'attempts_exhausted', 500, NULL, 'internal server error', 5, now() - interval '2 minutes', NULL, NULL),
+	(22, 'mon2', '+14155550122', 'suppressed', 400, 21610, 'unsubscribed recipient', 1, now() - interval '3 minutes', NULL, NULL),
+	(23, 'mon', '+14155550123', 'attempts_exhausted', 503, NULL, 'service unavailable', 5, now() - interval '1 hour', now(), 'ops_admin');
+SELECT message_id, account, to_number, kind, segments, reason, http_status, twilio_code,
+	error_message, attempts, now() - dead_at AS dead_for, requeued_at IS NOT NULL AS requeued,
+	requeued_by, message_state
+FROM twilio_outbox.dead_letter_queue ORDER BY message_id;
+ROLLBACK;
+-- Its columns: never the body, the media or the template variables.
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'twilio_outbox' AND table_name = 'dead_letter_queue'
+ORDER BY ordinal_position;
+
+-- attempt_log: every attempt, with the recipient of its message.
+BEGIN;
+SELECT pg_temp.msg(30, 901, 'queued', 2, now() + interval '1 minute', to_number => '+14155550130'),
+	pg_temp.msg(31, 902, 'sent', 1, finished_at => now(), to_number => '+14155550131');
+INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at, duration_ms,
+	http_status, twilio_code, twilio_message, transport_error, retry_after, delay, outcome,
+	ambiguous, twilio_sid, request_id, request_duration) VALUES
+	(30, 1, 'mon', now() - interval '2 minutes', 30000, NULL, NULL, NULL, 'Timeout was reached', NULL, '2 seconds', 'retry', true, NULL, NULL, NULL),
+	(30, 2, 'mon', now() - interval '1 minute', 85, 429, 20429, 'Too Many Requests', NULL, '5', '5 seconds', 'rate_limited', false, NULL, 'RQ01', 0.012),
+	(31, 1, 'mon', now() - interval '30 seconds', 120, 201, NULL, NULL, NULL, NULL, NULL, 'sent', false, 'SM00000000000000000000000000000031', 'RQ02', 0.095);
+SELECT message_id, attempt, account, to_number, now() - started_at AS ago, duration_ms,
+	http_status, twilio_code, twilio_message, transport_error, outcome, ambiguous, delay,
+	retry_after, twilio_sid, request_id, request_duration
+FROM twilio_outbox.attempt_log ORDER BY message_id, attempt;
+ROLLBACK;
+
+-- stats: attempts 30 seconds, 3 minutes, 30 minutes and 2 hours ago fall
+-- into the 1 min, 5 min and 1 hour windows accordingly (the windows nest).
+BEGIN;
+INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at, duration_ms,
+	http_status, outcome, request_duration)
+SELECT 100 + n, 1, 'mon', now() - ago, dur * 1000 + 50, status, outcome::twilio_outbox.attempt_outcome, dur
+FROM (VALUES
+	(1, interval '30 seconds', 201, 'sent', 0.1),
+	(2, interval '30 seconds', 201, 'sent', 0.2),
+	(3, interval '30 seconds', 429, 'rate_limited', NULL),
+	(4, interval '30 seconds', 500, 'retry', NULL),
+	(5, interval '3 minutes', 201, 'sent', 0.3),
+	(6, interval '3 minutes', 201, 'sent', 0.4),
+	(7, interval '3 minutes', 503, 'retry', NULL),
+	(8, interval '30 minutes', 201, 'sent', 0.5),
+	(9, interval '30 minutes', 201, 'sent', 0.6),
+	(10, interval '30 minutes', 201, 'sent', 0.7),
+	(11, interval '2 hours', 201, 'sent', 9.0)
+) AS t(n, ago, status, outcome, dur);
+INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number, reason, attempts, dead_at) VALUES
+	(104, 'mon', '+14155550104', 'attempts_exhausted', 5, now() - interval '30 seconds'),
+	(107, 'mon', '+14155550107', 'attempts_exhausted', 5, now() - interval '10 minutes');
+-- 1 min: 4 attempts, 2 sent (100 and 200 ms at Twilio), one 429, one 500.
+-- 5 min: 7 attempts, 4 sent, one 429, two 5xx.
+-- 1 hour: 10 attempts, 7 sent; the attempt 2 hours ago is in no window.
+SELECT "window", attempts, sent, retries, dead_letters, rate_limited, rate_limited_share,
+	server_error_share, sent_per_second, p50_twilio_ms, p95_twilio_ms, p95_round_trip_ms
+FROM twilio_outbox.stats;
+ROLLBACK;
+-- No attempts: zeros, and no latency rather than a made-up one.
+SELECT "window", attempts, sent, rate_limited_share, sent_per_second, p50_twilio_ms
+FROM twilio_outbox.stats;
+
+-- health: one row per check.  With nothing going on, only the dispatcher
+-- (none runs in this test) is a problem.
+SELECT "check", status, value, threshold, hint FROM twilio_outbox.health;
+
+-- rate_limited_share over the last 5 minutes: above 5 % warns, above 10 %
+-- (twice that) is critical.  A 429 older than 5 minutes does not count.
+BEGIN;
+INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at, http_status, outcome)
+SELECT n, 1, 'mon', now() - interval '1 minute', 201, 'sent' FROM generate_series(1, 100) n;
+INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at, http_status, outcome)
+SELECT n, 1, 'mon', now() - interval '6 minutes', 429, 'rate_limited' FROM generate_series(1, 50) n;
+CREATE TEMP TABLE shares (limited integer);
+INSERT INTO shares VALUES (4), (5), (6), (10), (11);
+CREATE FUNCTION pg_temp.rate_limited(k integer) RETURNS TABLE (status text, value text, hinted boolean)
+LANGUAGE sql AS $$
+	UPDATE twilio_outbox.attempts SET http_status = CASE WHEN message_id <= k THEN 429 ELSE 201 END
+	WHERE started_at > now() - interval '5 minutes';
+	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE "check" = 'rate_limited_share';
+$$;
+SELECT s.limited AS of_100, h.* FROM shares s, pg_temp.rate_limited(s.limited) h ORDER BY s.limited;
+ROLLBACK;
+
+-- failure_share over the last hour: messages finished dead, undelivered or
+-- failed against all finished (canceled ones aside); above 2 % warns, above
+-- 4 % is critical.  Failures finished more than an hour ago do not count.
+BEGIN;
+SELECT count(pg_temp.msg(n, 901, 'sent', 1, finished_at => now() - interval '10 minutes')) AS sent
+FROM generate_series(1, 100) n;
+SELECT count(pg_temp.msg(n, 901, 'dead', 1, finished_at => now() - interval '2 hours')) AS dead_long_ago
+FROM generate_series(201, 250) n;
+SELECT count(pg_temp.msg(n, 901, 'canceled', finished_at => now() - interval '10 minutes')) AS canceled
+FROM generate_series(301, 350) n;
+CREATE FUNCTION pg_temp.failures(k integer) RETURNS TABLE (status text, value text, hinted boolean)
+LANGUAGE sql AS $$
+	UPDATE twilio_outbox.messages
+	SET state = CASE WHEN id > k THEN 'sent' WHEN id % 3 = 0 THEN 'dead'
+					 WHEN id % 3 = 1 THEN 'undelivered' ELSE 'failed' END::twilio_outbox.message_state
+	WHERE id <= 100;
+	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE "check" = 'failure_share';
+$$;
+SELECT s.failed AS of_100, h.* FROM (VALUES (0), (2), (3), (4), (5)) s(failed), pg_temp.failures(s.failed) h
+ORDER BY s.failed;
+ROLLBACK;
+
+-- queue_growing: the queue's depth 5 minutes ago, 2.5 minutes ago and now,
+-- from when messages were created and finished.  Strictly growing warns.
+BEGIN;
+SELECT pg_temp.msg(1, 901, 'queued', created_at => now() - interval '10 minutes'),
+	pg_temp.msg(2, 901, 'queued', created_at => now() - interval '4 minutes'),
+	pg_temp.msg(3, 902, 'sending', 1, created_at => now() - interval '1 minute');
+SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE "check" = 'queue_growing';
+-- Message 2 was sent a minute ago: 1 -> 2 -> 2 is not growing.
+UPDATE twilio_outbox.messages SET state = 'sent', finished_at = now() - interval '1 minute' WHERE id = 2;
+SELECT status, value, hint FROM twilio_outbox.health WHERE "check" = 'queue_growing';
+-- And 1 -> 2 -> 1 neither.
+UPDATE twilio_outbox.messages SET state = 'sent', finished_at = now() - interval '30 seconds' WHERE id = 3;
+SELECT status, value, hint FROM twilio_outbox.health WHERE "check" = 'queue_growing';
+ROLLBACK;
+
+-- oldest_due_age: the longest a due message has waited; above
+-- twilio_outbox.health_due_age (5 minutes) warns, above twice that is
+-- critical.  A message scheduled for later is not due.
+BEGIN;
+SELECT pg_temp.msg(1, 901, 'queued', next_attempt_at => now() + interval '1 hour');
+SELECT status, value, threshold, hint IS NOT NULL AS hinted
+FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+CREATE FUNCTION pg_temp.due_for(age interval) RETURNS TABLE (status text, value text, hinted boolean)
+LANGUAGE sql AS $$
+	UPDATE twilio_outbox.messages SET next_attempt_at = now() - age WHERE id = 1;
+	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+$$;
+SELECT a.age AS due_for, h.* FROM (VALUES (interval '90 seconds'), ('4 minutes'), ('5 minutes'),
+	('6 minutes'), ('10 minutes'), ('11 minutes')) a(age), pg_temp.due_for(a.age) h
+ORDER BY a.age;
+SELECT hint FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+COMMIT;
+-- The threshold is a server setting (reloaded, not SET per session).
+SET twilio_outbox.health_due_age = '1min';
+ALTER SYSTEM SET twilio_outbox.health_due_age = '1min';
+SELECT pg_reload_conf();
+SELECT 1 AS waited FROM pg_sleep(0.5);
+SELECT 1 AS waited FROM pg_sleep(CASE WHEN current_setting('twilio_outbox.health_due_age') = '1min' THEN 0 ELSE 3 END);
+SELECT a.age AS due_for, h.* FROM (VALUES (interval '50 seconds'), ('90 seconds'), ('4 minutes')) a(age),
+	pg_temp.due_for(a.age) h ORDER BY a.age;
+SELECT threshold FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+ALTER SYSTEM RESET twilio_outbox.health_due_age;
+SELECT pg_reload_conf();
+SELECT 1 AS waited FROM pg_sleep(0.5);
+SELECT 1 AS waited FROM pg_sleep(CASE WHEN current_setting('twilio_outbox.health_due_age') = '5min' THEN 0 ELSE 3 END);
+SELECT threshold FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+TRUNCATE twilio_outbox.messages;
+
+-- paused: a paused account (or sender) warns, naming it, until when and why.
+-- A pause that has run out does not count.
+SELECT twilio_outbox.pause_account('mon', reason => 'carrier outage');
+SELECT twilio_outbox.pause_account('mon2', now() - interval '1 minute', 'over');
+SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE "check" = 'paused';
+SELECT twilio_outbox.resume_account('mon');
+SELECT twilio_outbox.resume_account('mon2');
+SELECT status, value, hint FROM twilio_outbox.health WHERE "check" = 'paused';
+
+-- worker: what the dispatcher published: no row when no dispatcher ever ran
+-- in this database (one with pid NULL once one ran and stopped).
+SELECT count(*) AS worker_rows FROM twilio_outbox.worker;
+SELECT count(*) AS status_rows FROM twilio_outbox.worker_status();
+
+-- The monitoring role reads every view, but no message content, no
+-- credential, and changes nothing.
+CREATE ROLE mon_viewer LOGIN IN ROLE twilio_outbox_monitor;
+SET ROLE mon_viewer;
+SELECT pg_temp.try(sql) AS mon_viewer, sql FROM (VALUES
+	($$SELECT count(*) FROM twilio_outbox.backlog$$),
+	($$SELECT count(*) FROM twilio_outbox.dead_letter_queue$$),
+	($$SELECT count(*) FROM twilio_outbox.attempt_log$$),
+	($$SELECT count(*) FROM twilio_outbox.stats$$),
+	($$SELECT count(*) FROM twilio_outbox.health$$),
+	($$SELECT count(*) FROM twilio_outbox.worker$$),
+	($$SELECT body FROM twilio_outbox.messages$$),
+	($$SELECT content_variables FROM twilio_outbox.messages$$),
+	($$SELECT * FROM twilio_outbox.messages$$),
+	($$SELECT secret FROM twilio_outbox.account_credentials$$),
+	($$SELECT account FROM twilio_outbox.account_credentials$$),
+	($$SELECT twilio_outbox.cancel(1)$$),
+	($$SELECT twilio_outbox.requeue(ARRAY[1])$$),
+	($$SELECT twilio_outbox.resolve_ambiguous(1)$$),
+	($$SELECT twilio_outbox.pause_account('mon')$$),
+	($$CALL twilio_outbox.purge()$$),
+	($$SELECT twilio_outbox.start_worker()$$)
+) AS t(sql);
+RESET ROLE;
+-- No view has a column for a message body, a secret, template variables or
+-- request parameters, and every view of the schema is checked.
+SELECT count(*) AS views FROM information_schema.views WHERE table_schema = 'twilio_outbox';
+SELECT c.table_name, c.column_name
+FROM information_schema.columns c
+JOIN information_schema.views v USING (table_schema, table_name)
+WHERE c.table_schema = 'twilio_outbox'
+  AND c.column_name IN ('body', 'secret', 'secret_env', 'secret_file', 'content_variables', 'params');
+
+DROP ROLE mon_viewer;
