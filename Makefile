@@ -16,7 +16,8 @@ OBJS = \
 	src/queue.o \
 	src/http.o \
 	src/twilio.o \
-	src/retry.o
+	src/retry.o \
+	src/ratelimit.o
 
 DATA = $(wildcard sql/twilio_outbox--*.sql)
 
@@ -52,3 +53,6 @@ demo:
 
 bench:
 	bash bench/run.sh
+
+# Every object depends on the shared header (PGXS tracks no header changes).
+$(OBJS): src/twilio_outbox.h

@@ -259,6 +259,8 @@ SELECT status, value, hint FROM twilio_outbox.health WHERE "check" = 'paused';
 -- in this database (one with pid NULL once one ran and stopped).
 SELECT count(*) AS worker_rows FROM twilio_outbox.worker;
 SELECT count(*) AS status_rows FROM twilio_outbox.worker_status();
+-- worker_accounts: per account caps in use; none without a dispatcher.
+SELECT count(*) AS account_rows FROM twilio_outbox.worker_accounts;
 
 -- The monitoring role reads every view, but no message content, no
 -- credential, and changes nothing.
@@ -271,6 +273,7 @@ SELECT pg_temp.try(sql) AS mon_viewer, sql FROM (VALUES
 	($$SELECT count(*) FROM twilio_outbox.stats$$),
 	($$SELECT count(*) FROM twilio_outbox.health$$),
 	($$SELECT count(*) FROM twilio_outbox.worker$$),
+	($$SELECT count(*) FROM twilio_outbox.worker_accounts$$),
 	($$SELECT body FROM twilio_outbox.messages$$),
 	($$SELECT content_variables FROM twilio_outbox.messages$$),
 	($$SELECT * FROM twilio_outbox.messages$$),

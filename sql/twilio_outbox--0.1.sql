@@ -131,7 +131,7 @@ CREATE TABLE twilio_outbox.senders (
 		CHECK (messaging_service_sid OPERATOR(pg_catalog.~) '^MG[0-9a-fA-F]{32}$'),
 	kind			twilio_outbox.sender_kind NOT NULL,
 	rate			numeric CHECK (rate OPERATOR(pg_catalog.>) 0),
-	burst			integer CHECK (burst OPERATOR(pg_catalog.>=) 1),
+	burst			numeric CHECK (burst OPERATOR(pg_catalog.>=) 1),
 	is_default		boolean NOT NULL DEFAULT false,
 	paused_until	timestamptz,
 	pause_reason	text,
@@ -143,7 +143,7 @@ CREATE TABLE twilio_outbox.senders (
 	UNIQUE (account, messaging_service_sid)
 );
 CREATE UNIQUE INDEX senders_one_default ON twilio_outbox.senders (account) WHERE is_default;
-COMMENT ON TABLE twilio_outbox.senders IS 'From-numbers and Messaging Services; rate is in segments per second (NULL: the default for its kind)';
+COMMENT ON TABLE twilio_outbox.senders IS 'From-numbers and Messaging Services; rate is in segments per second (NULL: the default for its kind; ''Infinity'': unlimited), burst the most sent at once (NULL: one second''s worth)';
 
 /* The outbox itself. */
 CREATE TABLE twilio_outbox.messages (
@@ -186,8 +186,11 @@ CREATE TABLE twilio_outbox.messages (
 );
 COMMENT ON TABLE twilio_outbox.messages IS 'One row per message; attempts counts HTTP attempts, failures those charged against twilio_outbox.max_attempts';
 
-/* The claim path: only due rows are in it, however much history piles up. */
-CREATE INDEX messages_due ON twilio_outbox.messages (account, next_attempt_at)
+/*
+ * The claim path, per sender in due order: only queued rows are in it,
+ * however much history piles up.
+ */
+CREATE INDEX messages_due ON twilio_outbox.messages (sender_id, next_attempt_at, id)
 	WHERE state OPERATOR(pg_catalog.=) 'queued';
 CREATE INDEX messages_expiring ON twilio_outbox.messages (expires_at)
 	WHERE state OPERATOR(pg_catalog.=) 'queued' AND expires_at IS NOT NULL;
@@ -888,6 +891,18 @@ SELECT 'paused',
 FROM paused p;
 COMMENT ON VIEW twilio_outbox.health IS 'One row per health check: status ok, warning or critical, the value, its threshold and a hint';
 
+CREATE FUNCTION twilio_outbox.worker_accounts(
+	OUT account text, OUT max_concurrency integer, OUT current_cap integer,
+	OUT in_flight integer, OUT paused_until timestamptz)
+RETURNS SETOF record
+LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'twilio_outbox_worker_accounts';
+
+/* Per account, what the dispatcher holds it to right now. */
+CREATE VIEW twilio_outbox.worker_accounts AS
+SELECT * FROM twilio_outbox.worker_accounts();
+COMMENT ON VIEW twilio_outbox.worker_accounts IS 'Per account: max_concurrency, the cap in use now (halved by a 429, regained with successes), requests in flight, pause';
+
 /* The dispatcher as operators see it. */
 CREATE VIEW twilio_outbox.worker AS
 SELECT w.pid, w.started_at, a.state, a.wait_event, w.in_flight, w.sent AS sent_since_start,
@@ -933,10 +948,12 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.start_worker(), twilio_outbox.stop_worke
 	twilio_outbox.pause_account(text, timestamptz, text),
 	twilio_outbox.resume_account(text)
 	TO twilio_outbox_admin;
-GRANT EXECUTE ON FUNCTION twilio_outbox.worker_pid(), twilio_outbox.worker_status()
+GRANT EXECUTE ON FUNCTION twilio_outbox.worker_pid(), twilio_outbox.worker_status(),
+	twilio_outbox.worker_accounts()
 	TO twilio_outbox_monitor;
 GRANT SELECT ON twilio_outbox.backlog, twilio_outbox.dead_letter_queue, twilio_outbox.attempt_log,
-	twilio_outbox.stats, twilio_outbox.health, twilio_outbox.worker
+	twilio_outbox.stats, twilio_outbox.health, twilio_outbox.worker,
+	twilio_outbox.worker_accounts
 	TO twilio_outbox_monitor;
 GRANT EXECUTE ON FUNCTION twilio_outbox.pause_sender(bigint, timestamptz, text),
 	twilio_outbox.resume_sender(bigint), twilio_outbox.cancel(bigint),

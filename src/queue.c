@@ -17,6 +17,8 @@
  */
 #include "twilio_outbox.h"
 
+#include <math.h>
+
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -260,22 +262,84 @@ outbox_refresh_accounts(TimestampTz now)
 			pfree(a->config_error);
 		a->config_error = tm_strdup(problem);
 
-		a->max_concurrency = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		outbox_concurrency_configure(a, DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull)));
 		paused = SPI_getbinval(tup, desc, 5, &isnull);
 		a->paused_until = isnull ? 0 : DatumGetTimestampTz(paused);
 		a->seen = true;
 	}
 }
 
-/* Whether claims for this account may go out now, and how many. */
-static int
-account_room(OutboxAccount *a, TimestampTz now)
+static OutboxSender *
+find_sender(int64 id)
 {
-	if (!a->seen || a->config_error != NULL)
-		return 0;
-	if (a->paused_until != 0 && a->paused_until > now)
-		return 0;
-	return Max(0, a->max_concurrency - a->in_flight);
+	ListCell   *lc;
+
+	foreach(lc, outbox_senders)
+	{
+		OutboxSender *snd = lfirst(lc);
+
+		if (snd->id == id)
+			return snd;
+	}
+	return NULL;
+}
+
+/*
+ * Reload senders: their account, rate, burst and pause.  Structs are
+ * updated in place and never freed (claimed messages point at them), so a
+ * rate change applies to the bucket as it stands.
+ */
+void
+outbox_refresh_senders(TimestampTz now)
+{
+	static SPIPlanPtr plan = NULL;
+	ListCell   *lc;
+	uint64		i;
+	int			rc;
+
+	prepare(&plan,
+			"SELECT id, account, kind::text, coalesce(rate::float8, 'NaN'),"
+			" coalesce(burst::float8, 'NaN'), paused_until FROM twilio_outbox.senders",
+			0, NULL);
+	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read senders: %s", SPI_result_code_string(rc));
+
+	foreach(lc, outbox_senders)
+		((OutboxSender *) lfirst(lc))->seen = false;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		OutboxSender *snd = find_sender(id);
+		Datum		paused;
+
+		if (snd == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			snd = palloc0(sizeof(OutboxSender));
+			snd->id = id;
+			outbox_senders = lappend(outbox_senders, snd);
+			MemoryContextSwitchTo(old);
+		}
+		snd->account = find_account(SPI_getvalue(tup, desc, 2));
+		outbox_sender_configure(snd, SPI_getvalue(tup, desc, 3),
+								DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull)),
+								DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull)), now);
+		paused = SPI_getbinval(tup, desc, 6, &isnull);
+		snd->paused_until = isnull ? 0 : DatumGetTimestampTz(paused);
+		snd->seen = snd->account != NULL;
+	}
+}
+
+/* Whether a sender may send now (its bucket aside). */
+static bool
+sender_open(OutboxSender *snd, TimestampTz now)
+{
+	return snd->seen && (snd->paused_until == 0 || snd->paused_until <= now);
 }
 
 /* Build a one-dimensional array from values (NULL where nulls[i]). */
@@ -301,10 +365,14 @@ col_text(HeapTuple tup, TupleDesc desc, int col)
 }
 
 /*
- * Claim due messages, at most capacity in all, within each account's room,
- * starting from a rotating account so that none is always served last.
- * *quota is set to how many could have been claimed (0: no account has
- * room).
+ * Claim due messages: at most capacity in all, within each account's room
+ * (its concurrency cap less what it has in flight) and each sender's
+ * bucket, so that only messages whose sender can send now are taken.
+ * Accounts and senders are visited from a rotating start, and an account's
+ * room is shared round-robin over its senders (each one's oldest first), so
+ * that a sender with a huge backlog never starves another.  *quota is set
+ * to how many could have been claimed (0: no sender can send).
+ *
  * Returns the claimed messages, each with its request built, in a new batch
  * context (a child of TopMemoryContext).  Nothing is sent here: the caller
  * commits first.
@@ -313,11 +381,18 @@ List *
 outbox_claim(int capacity, TimestampTz now, int *quota)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[4] = {TEXTARRAYOID, INT4ARRAYOID, INT4OID, INT4OID};
+	Oid			types[8] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID,
+	BOOLARRAYOID, INT4ARRAYOID, INT4OID, INT4OID};
+	/* the senders' order in q is their turn: it rotates from claim to claim */
 	int			naccounts = list_length(outbox_accounts);
-	Datum	   *names = palloc(sizeof(Datum) * Max(naccounts, 1));
-	Datum	   *quotas = palloc(sizeof(Datum) * Max(naccounts, 1));
-	Datum		values[4];
+	int			nsenders = list_length(outbox_senders);
+	Datum	   *ids = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *accounts = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *max_n = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *budget = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *full = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *room = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum		values[8];
 	int			n = 0;
 	int			i;
 	int			rc;
@@ -326,48 +401,98 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 	MemoryContext cxt;
 	MemoryContext old;
 
-	for (i = 0; i < naccounts && capacity > 0; i++)
+	/* Share the capacity over the accounts that may send. */
+	for (i = 0; i < naccounts; i++)
 	{
 		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor + i) % naccounts);
-		int			room = Min(account_room(a, now), capacity);
 
-		if (room > 0)
-		{
-			names[n] = CStringGetTextDatum(a->name);
-			quotas[n] = Int32GetDatum(room);
-			n++;
-			capacity -= room;
-			*quota += room;
-		}
+		a->claim_room = Min(outbox_account_room(a, now), capacity);
+		capacity -= a->claim_room;
 	}
-	claim_rotor = naccounts > 0 ? (claim_rotor + 1) % naccounts : 0;
+	/* Every sender that may send now, with what its bucket allows. */
+	for (i = 0; i < nsenders; i++)
+	{
+		OutboxSender *snd = list_nth(outbox_senders, (claim_rotor + i) % nsenders);
+		OutboxAccount *a = snd->account;
+		int			most;
+
+		if (a == NULL || a->claim_room <= 0 || !sender_open(snd, now))
+			continue;
+		outbox_bucket_refill(snd, now);
+		if (!snd->unlimited && snd->tokens < 1.0)
+			continue;
+		most = snd->unlimited ? a->claim_room : Min(a->claim_room, (int) snd->tokens);
+		ids[n] = Int64GetDatum(snd->id);
+		accounts[n] = CStringGetTextDatum(a->name);
+		max_n[n] = Int32GetDatum(most);
+		budget[n] = Float8GetDatum(snd->unlimited ? INFINITY : snd->tokens);
+		/* a full bucket lets one message through even if it is longer */
+		full[n] = BoolGetDatum(!snd->unlimited && snd->tokens >= snd->burst);
+		room[n] = Int32GetDatum(a->claim_room);
+		n++;
+	}
+	for (i = 0; i < naccounts; i++)
+	{
+		OutboxAccount *a = list_nth(outbox_accounts, i);
+		bool		used = false;
+		int			j;
+
+		for (j = 0; j < n && !used; j++)
+			used = strcmp(TextDatumGetCString(accounts[j]), a->name) == 0;
+		if (used)
+			*quota += a->claim_room;
+	}
+	claim_rotor++;
 	if (n == 0)
 		return NIL;
 
 	prepare(&plan,
-			"WITH q AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS q(account, quota)),"
+			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
+			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
+			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
+			/* per sender: its oldest due messages, as many segments as its bucket holds */
+			" per_sender AS ("
+			"  SELECT z.id, q.account, q.account_room, q.turn, z.rn"
+			"  FROM q CROSS JOIN LATERAL ("
+			"   SELECT y.id, y.next_attempt_at, y.rn FROM ("
+			"    SELECT x.id, x.next_attempt_at,"
+			"     sum(x.segments) OVER (ORDER BY x.next_attempt_at, x.id) AS cum,"
+			"     row_number() OVER (ORDER BY x.next_attempt_at, x.id) AS rn"
+			"    FROM (SELECT m.id, m.next_attempt_at, m.segments"
+			"     FROM twilio_outbox.messages m"
+			"     WHERE m.state = 'queued' AND m.sender_id = q.sender_id"
+			"     AND m.next_attempt_at <= now()"
+			"     AND (m.expires_at IS NULL OR m.expires_at > now())"
+			"     ORDER BY m.next_attempt_at, m.id LIMIT q.max_n) x) y"
+			"   WHERE y.cum <= q.budget OR (y.rn = 1 AND q.full_bucket)) z),"
+			/* per account: round-robin over its senders, within its room */
+			" pick AS ("
+			"  SELECT p.id FROM (SELECT per_sender.*, row_number() OVER ("
+			"    PARTITION BY account ORDER BY rn, turn) AS arn"
+			"   FROM per_sender) p"
+			"  WHERE p.arn <= p.account_room),"
 			" c AS MATERIALIZED ("
-			"  SELECT x.id FROM q CROSS JOIN LATERAL ("
-			"   SELECT m.id FROM twilio_outbox.messages m"
-			"   WHERE m.state = 'queued' AND m.account = q.account"
-			"   AND m.next_attempt_at <= now()"
-			"   AND (m.expires_at IS NULL OR m.expires_at > now())"
-			"   ORDER BY m.next_attempt_at LIMIT q.quota"
-			"   FOR UPDATE SKIP LOCKED) x)"
+			"  SELECT m.id FROM twilio_outbox.messages m"
+			"  WHERE m.id = ANY (ARRAY(SELECT id FROM pick)) AND m.state = 'queued'"
+			"  FOR UPDATE SKIP LOCKED)"
 			" UPDATE twilio_outbox.messages m SET state = 'sending',"
-			"  attempts = m.attempts + 1, lease_until = now() + make_interval(secs => $3),"
-			"  worker_pid = $4, updated_at = now()"
+			"  attempts = m.attempts + 1, lease_until = now() + make_interval(secs => $7),"
+			"  worker_pid = $8, updated_at = now()"
 			" FROM c WHERE m.id = c.id AND m.state = 'queued'"
 			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
 			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
 			"  m.content_sid, m.content_variables::text, m.status_callback, m.params,"
-			"  m.expires_at, m.idempotency_key::text, m.segments",
-			4, types);
+			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id",
+			8, types);
 
-	values[0] = make_array(names, NULL, n, TEXTOID);
-	values[1] = make_array(quotas, NULL, n, INT4OID);
-	values[2] = Int32GetDatum(Max(outbox_lease_s, 2 * outbox_request_timeout_ms / 1000 + 10));
-	values[3] = Int32GetDatum(MyProcPid);
+	values[0] = make_array(ids, NULL, n, INT8OID);
+	values[1] = make_array(accounts, NULL, n, TEXTOID);
+	values[2] = make_array(max_n, NULL, n, INT4OID);
+	values[3] = make_array(budget, NULL, n, FLOAT8OID);
+	values[4] = make_array(full, NULL, n, BOOLOID);
+	values[5] = make_array(room, NULL, n, INT4OID);
+	values[6] = Int32GetDatum(Max(outbox_lease_s, 2 * outbox_request_timeout_ms / 1000 + 10));
+	values[7] = Int32GetDatum(MyProcPid);
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -403,13 +528,15 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		m->expires_at = isnull ? 0 : DatumGetTimestampTz(expires);
 		m->idempotency_key = col_text(tup, desc, 15);
 		m->segments = DatumGetInt32(SPI_getbinval(tup, desc, 16, &isnull));
+		m->sender = find_sender(DatumGetInt64(SPI_getbinval(tup, desc, 17, &isnull)));
 		m->form = outbox_build_form(m->to_number,
 									col_text(tup, desc, 6), col_text(tup, desc, 7),
 									col_text(tup, desc, 8), media, media_null,
 									col_text(tup, desc, 10), col_text(tup, desc, 11),
 									col_text(tup, desc, 12), params, params_null,
 									m->expires_at, now);
-		Assert(m->account != NULL);
+		Assert(m->account != NULL && m->sender != NULL);
+		outbox_bucket_take(m->sender, m->segments);
 		claimed = lappend(claimed, m);
 		batch->pending++;
 	}
@@ -733,52 +860,65 @@ outbox_record(List *done)
 }
 
 /*
- * When the next queued message of an account that may send becomes due, or
- * a paused account resumes; 0 when nothing is waiting.
+ * When the dispatcher should look again: the soonest moment a sender that
+ * has a queued message may send it (its due time, its bucket's next token,
+ * the end of its or its account's pause).  Senders of accounts without room
+ * are left out: a finishing request wakes the dispatcher for those.  0 when
+ * nothing is waiting.
  */
 TimestampTz
 outbox_next_due(TimestampTz now)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[1] = {TEXTARRAYOID};
-	int			naccounts = list_length(outbox_accounts);
-	Datum	   *names = palloc(sizeof(Datum) * Max(naccounts, 1));
+	Oid			types[1] = {INT8ARRAYOID};
+	int			nsenders = list_length(outbox_senders);
+	Datum	   *ids = palloc(sizeof(Datum) * Max(nsenders, 1));
 	TimestampTz next = 0;
 	Datum		value;
-	bool		isnull;
 	ListCell   *lc;
+	uint64		i;
 	int			n = 0;
 	int			rc;
 
-	foreach(lc, outbox_accounts)
+	foreach(lc, outbox_senders)
 	{
-		OutboxAccount *a = lfirst(lc);
+		OutboxSender *snd = lfirst(lc);
+		OutboxAccount *a = snd->account;
 
-		if (!a->seen || a->config_error != NULL || a->in_flight >= a->max_concurrency)
-			continue;
-		if (a->paused_until != 0 && a->paused_until > now)
-		{
-			if (a->paused_until != DT_NOEND && (next == 0 || a->paused_until < next))
-				next = a->paused_until;
-			continue;
-		}
-		names[n++] = CStringGetTextDatum(a->name);
+		if (a != NULL && snd->seen && a->seen && a->config_error == NULL &&
+			a->in_flight < a->cap)
+			ids[n++] = Int64GetDatum(snd->id);
 	}
 	if (n == 0)
-		return next;
+		return 0;
 
 	prepare(&plan,
-			"SELECT min(n.next_attempt_at) FROM unnest($1::text[]) AS a(account)"
-			" CROSS JOIN LATERAL (SELECT m.next_attempt_at FROM twilio_outbox.messages m"
-			"  WHERE m.state = 'queued' AND m.account = a.account"
+			"SELECT s.sender_id, n.next_attempt_at, n.segments FROM unnest($1::int8[]) AS s(sender_id)"
+			" CROSS JOIN LATERAL (SELECT m.next_attempt_at, m.segments FROM twilio_outbox.messages m"
+			"  WHERE m.state = 'queued' AND m.sender_id = s.sender_id"
 			"  ORDER BY m.next_attempt_at LIMIT 1) n",
 			1, types);
-	value = make_array(names, NULL, n, TEXTOID);
-	rc = SPI_execute_plan(plan, &value, NULL, false, 1);
+	value = make_array(ids, NULL, n, INT8OID);
+	rc = SPI_execute_plan(plan, &value, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "next-due lookup failed: %s", SPI_result_code_string(rc));
-	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull && (next == 0 || DatumGetTimestampTz(value) < next))
-		next = DatumGetTimestampTz(value);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		OutboxSender *snd = find_sender(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+																	SPI_tuptable->tupdesc, 1, &isnull)));
+		TimestampTz at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 2, &isnull));
+
+		at = Max(at, outbox_bucket_ready_at(snd, now,
+											DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+																		SPI_tuptable->tupdesc, 3, &isnull))));
+		if (snd->paused_until > now)
+			at = Max(at, snd->paused_until);
+		if (snd->account->paused_until > now)
+			at = Max(at, snd->account->paused_until);
+		if (at != DT_NOEND && (next == 0 || at < next))
+			next = at;
+	}
 	return next;
 }

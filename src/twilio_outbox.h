@@ -80,6 +80,18 @@ extern void outbox_count_segments(const char *utf8, OutboxSegments *out);
 extern const char *outbox_encoding_name(OutboxEncoding e);
 
 /* shmem.c: one slot per database with a dispatcher */
+#define OUTBOX_PUBLISHED_ACCOUNTS 32
+
+/* An account as the dispatcher sees it, for monitoring. */
+typedef struct OutboxAccountState
+{
+	char		name[64];
+	int			max_concurrency;
+	int			cap;
+	int			in_flight;
+	TimestampTz paused_until;
+} OutboxAccountState;
+
 typedef struct OutboxSlot
 {
 	Oid			dboid;			/* InvalidOid: free */
@@ -94,6 +106,8 @@ typedef struct OutboxSlot
 	int64		failed;
 	TimestampTz last_error_at;
 	char		last_error[256];
+	int			naccounts;
+	OutboxAccountState accounts[OUTBOX_PUBLISHED_ACCOUNTS];
 } OutboxSlot;
 
 extern bool outbox_shmem_ready(void);
@@ -118,12 +132,32 @@ typedef struct OutboxAccount
 	char	   *auth_user;		/* Account SID or API key SID */
 	char	   *auth_secret;	/* never logged, never copied further */
 	char	   *config_error;	/* why it cannot be used, or NULL */
-	int			max_concurrency;
+	int			max_concurrency;	/* accounts.max_concurrency */
+	int			cap;			/* current cap: halved by a 429, regained by successes */
+	int			successes;		/* since the cap last grew */
 	TimestampTz paused_until;	/* 0 when not paused */
 	int			in_flight;
 	int			consecutive_429;
+	int			claim_room;		/* scratch for one claim */
 	bool		seen;			/* still in the table at the last refresh */
 } OutboxAccount;
+
+/*
+ * A sender's token bucket, in segments: rate per second up to burst.  A
+ * message of N segments takes N tokens.  Unlimited senders have no bucket.
+ */
+typedef struct OutboxSender
+{
+	int64		id;
+	OutboxAccount *account;
+	bool		unlimited;
+	double		rate;
+	double		burst;
+	double		tokens;
+	TimestampTz refilled_at;
+	TimestampTz paused_until;	/* 0 when not paused */
+	bool		seen;
+} OutboxSender;
 
 /* What the response and the transport said of one attempt. */
 typedef struct OutboxResponse
@@ -177,6 +211,7 @@ typedef struct OutboxMessage
 	char	   *to_number;
 	char	   *idempotency_key;
 	int			segments;
+	OutboxSender *sender;
 	TimestampTz expires_at;		/* 0 when none */
 	char	   *form;			/* x-www-form-urlencoded request body */
 	/* transport */
@@ -226,9 +261,21 @@ extern int	outbox_http_poll(int timeout_ms, OutboxHttpDone done);
 extern int	outbox_http_in_flight(void);
 extern void outbox_http_shutdown(void);
 
+/* ratelimit.c: token buckets per sender, concurrency caps per account */
+extern List *outbox_senders;
+extern void outbox_sender_configure(OutboxSender *s, const char *kind,
+									double rate, double burst, TimestampTz now);
+extern void outbox_bucket_refill(OutboxSender *s, TimestampTz now);
+extern void outbox_bucket_take(OutboxSender *s, int segments);
+extern TimestampTz outbox_bucket_ready_at(OutboxSender *s, TimestampTz now, int segments);
+extern int	outbox_account_room(OutboxAccount *a, TimestampTz now);
+extern void outbox_concurrency_after(OutboxAccount *a, bool rate_limited);
+extern void outbox_concurrency_configure(OutboxAccount *a, int max_concurrency);
+
 /* queue.c: claiming and recording, each in a short transaction */
 extern List *outbox_accounts;
 extern void outbox_refresh_accounts(TimestampTz now);
+extern void outbox_refresh_senders(TimestampTz now);
 extern int	outbox_expire(void);
 extern int	outbox_rescue(bool all);
 extern List *outbox_claim(int capacity, TimestampTz now, int *quota);

@@ -49,6 +49,7 @@ PG_FUNCTION_INFO_V1(twilio_outbox_stop_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_pid);
 PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_status);
+PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts);
 
 #define REFRESH_INTERVAL_MS	1000
 #define WAKE_REFRESH_MS		100
@@ -127,9 +128,26 @@ publish(const char *error)
 	slot = outbox_slot_find(MyDatabaseId, false);
 	if (slot != NULL && slot->pid == MyProcPid)
 	{
+		ListCell   *lc;
+
 		slot->in_flight = outbox_http_in_flight();
 		slot->sent = self->sent;
 		slot->failed = self->failed;
+		slot->naccounts = 0;
+		foreach(lc, outbox_accounts)
+		{
+			OutboxAccount *a = lfirst(lc);
+			OutboxAccountState *st;
+
+			if (!a->seen || slot->naccounts >= OUTBOX_PUBLISHED_ACCOUNTS)
+				continue;
+			st = &slot->accounts[slot->naccounts++];
+			strlcpy(st->name, a->name, sizeof(st->name));
+			st->max_concurrency = a->max_concurrency;
+			st->cap = a->cap;
+			st->in_flight = a->in_flight;
+			st->paused_until = a->paused_until;
+		}
 		if (error)
 		{
 			strlcpy(slot->last_error, error, sizeof(slot->last_error));
@@ -151,6 +169,8 @@ on_done(OutboxMessage *m)
 	/* a pause holds from now on, before it is even recorded */
 	if (m->pause_account_until > m->account->paused_until)
 		m->account->paused_until = m->pause_account_until;
+	if (m->outcome == OUTCOME_RATE_LIMITED || m->outcome == OUTCOME_SENT)
+		outbox_concurrency_after(m->account, m->outcome == OUTCOME_RATE_LIMITED);
 	MemoryContextSwitchTo(worker_cxt);
 	self->done = lappend(self->done, m);
 	/* its account has room again */
@@ -288,6 +308,7 @@ database_phase(bool claim, int capacity)
 		if (refresh)
 		{
 			outbox_refresh_accounts(now);
+			outbox_refresh_senders(now);
 			self->last_refresh = now;
 			self->refresh_pending = false;
 		}
@@ -301,8 +322,8 @@ database_phase(bool claim, int capacity)
 			if (!self->claim_more)
 			{
 				self->next_due = outbox_next_due(now);
-				/* due but not claimable (locked elsewhere): look again soon */
-				if (self->next_due != 0 && self->next_due < now + 100 * 1000L)
+				/* due but not claimed (locked elsewhere): look again soon */
+				if (self->next_due != 0 && self->next_due <= now)
 					self->next_due = now + 100 * 1000L;
 			}
 		}
@@ -718,6 +739,47 @@ twilio_outbox_worker_status(PG_FUNCTION_ARGS)
 	values[6] = TimestampTzGetDatum(copy.last_error_at);
 	nulls[6] = copy.last_error_at == 0;
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	PG_RETURN_VOID();
+}
+
+/*
+ * worker_accounts(): per account, the concurrency cap the dispatcher uses
+ * now (below max_concurrency after 429s), requests in flight, the pause.
+ */
+Datum
+twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	OutboxSlot *slot;
+	OutboxAccountState states[OUTBOX_PUBLISHED_ACCOUNTS];
+	int			n = 0;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (!outbox_shmem_ready())
+		PG_RETURN_VOID();
+	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
+	slot = outbox_slot_find(MyDatabaseId, false);
+	if (slot != NULL && slot->pid != 0)
+	{
+		n = slot->naccounts;
+		memcpy(states, slot->accounts, sizeof(OutboxAccountState) * n);
+	}
+	LWLockRelease(outbox_shmem_lock());
+
+	for (i = 0; i < n; i++)
+	{
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		values[0] = CStringGetTextDatum(states[i].name);
+		values[1] = Int32GetDatum(states[i].max_concurrency);
+		values[2] = Int32GetDatum(states[i].cap);
+		values[3] = Int32GetDatum(states[i].in_flight);
+		values[4] = TimestampTzGetDatum(states[i].paused_until);
+		nulls[4] = states[i].paused_until == 0 || states[i].paused_until <= GetCurrentTimestamp();
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
 	PG_RETURN_VOID();
 }
 

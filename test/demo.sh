@@ -55,6 +55,7 @@ if [ $real = yes ]; then
 	base_url=https://api.twilio.com
 	sid=$TWILIO_ACCOUNT_SID
 	from=$TWILIO_FROM
+	kind=${TWILIO_FROM_KIND:-long_code}
 	echo "== real mode: one message from $from to $TWILIO_TO through $base_url"
 else
 	python3 "$top/test/twilio_standin.py" --port 0 --port-file "$dir/standin.port" --quiet &
@@ -63,6 +64,7 @@ else
 	base_url=http://127.0.0.1:$(cat "$dir/standin.port")
 	sid=AC$(printf '%032d' 0)
 	from=+15005550006
+	kind=short_code   # 100 segments a second
 	echo "== a Twilio stand-in at $base_url"
 	# What the stand-in will answer: a 500 then success for one recipient,
 	# a 429 for another, and Twilio's invalid-number error for a third.
@@ -80,7 +82,7 @@ INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default, max
 INSERT INTO twilio_outbox.account_credentials (account, secret_env)
 	VALUES ('main', 'TWILIO_AUTH_TOKEN');
 INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
-	VALUES ('main', '$from', 'long_code', true);
+	VALUES ('main', '$from', '$kind', true);
 SELECT twilio_outbox.schedule_supervisor() AS supervisor_job;
 SQL
 

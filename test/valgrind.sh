@@ -59,8 +59,8 @@ CREATE EXTENSION twilio_outbox;
 INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default)
 	VALUES ('main', 'AC' || repeat('0', 32), '$base', true);
 INSERT INTO twilio_outbox.account_credentials (account, secret) VALUES ('main', 'vg');
-INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
-	VALUES ('main', '+15005550006', 'long_code', true);
+INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default, rate)
+	VALUES ('main', '+15005550006', 'long_code', true, 'Infinity');
 SELECT count(twilio_enqueue('+1415555' || lpad(i::text, 4, '0'), 'valgrind ' || i,
 	media_urls => CASE WHEN i % 7 = 0 THEN ARRAY['https://example.com/a.png'] END,
 	params => CASE WHEN i % 5 = 0 THEN '{"ValidityPeriod": 60, "SmartEncoded": true}'::jsonb END,

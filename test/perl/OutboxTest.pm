@@ -51,19 +51,22 @@ sub node
 	return $node;
 }
 
-# The account "main" pointing at the stand-in, with its default sender.
+# The account "main" pointing at the stand-in, with its default sender
+# (options: max_concurrency, rate in segments per second).
 sub add_account
 {
 	my ($node, $standin, %opt) = @_;
 	my $concurrency = $opt{max_concurrency} // 25;
+	# Unlimited unless a test is about rates (a long code's default is 1/s).
+	my $rate = defined $opt{rate} ? "'$opt{rate}'" : "'Infinity'";
 	my $base = $standin->base_url;
 	$node->safe_psql('postgres', qq{
 		INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default, max_concurrency)
 			VALUES ('main', '$ACCOUNT_SID', '$base', true, $concurrency);
 		INSERT INTO twilio_outbox.account_credentials (account, secret_env)
 			VALUES ('main', 'TWILIO_TEST_AUTH_TOKEN');
-		INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
-			VALUES ('main', '$FROM', 'long_code', true);
+		INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default, rate)
+			VALUES ('main', '$FROM', 'long_code', true, $rate);
 	});
 	return;
 }

@@ -63,8 +63,8 @@ OutboxTest::query($node, qq{
 		VALUES ('second', '$OutboxTest::ACCOUNT_SID', '${\ $standin->base_url}');
 	INSERT INTO twilio_outbox.account_credentials (account, secret_env)
 		VALUES ('second', 'TWILIO_TEST_AUTH_TOKEN');
-	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
-		VALUES ('second', '$OutboxTest::FROM', 'long_code', true);
+	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default, rate)
+		VALUES ('second', '$OutboxTest::FROM', 'long_code', true, 'Infinity');
 	SELECT twilio_enqueue('+14155550604', 'new account', account => 'second');
 	COMMIT;
 });

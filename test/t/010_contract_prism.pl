@@ -188,8 +188,8 @@ OutboxTest::query($node, qq{
 		VALUES ('main', '$OutboxTest::ACCOUNT_SID', '$base', true);
 	INSERT INTO twilio_outbox.account_credentials (account, secret_env)
 		VALUES ('main', 'TWILIO_TEST_AUTH_TOKEN');
-	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
-		VALUES ('main', '$OutboxTest::FROM', 'long_code', true);
+	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default, rate)
+		VALUES ('main', '$OutboxTest::FROM', 'long_code', true, 'Infinity');
 	INSERT INTO twilio_outbox.senders (account, messaging_service_sid, kind)
 		VALUES ('main', '$service', 'messaging_service');
 });

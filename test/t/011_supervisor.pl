@@ -182,8 +182,8 @@ SKIP:
 	$plain->safe_psql('postgres', qq{
 		INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default)
 			VALUES ('main', '$OutboxTest::ACCOUNT_SID', 'https://127.0.0.1:9', true);
-		INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
-			VALUES ('main', '$OutboxTest::FROM', 'long_code', true);
+		INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default, rate)
+			VALUES ('main', '$OutboxTest::FROM', 'long_code', true, 'Infinity');
 	});
 	my ($eret, $id, $eerr) = $plain->psql('postgres',
 		q{SELECT twilio_enqueue('+14155550301', 'queued without a dispatcher')});

@@ -1,0 +1,136 @@
+/*-------------------------------------------------------------------------
+ *
+ * ratelimit.c
+ *		How fast the dispatcher may send: a token bucket per sender, in
+ *		segments per second, and a concurrency cap per account that a 429
+ *		halves and successes win back one step at a time.
+ *
+ * State lives in the dispatcher's memory (TopMemoryContext, like the
+ * account and sender lists it belongs to); nothing here touches the
+ * database or throws.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "twilio_outbox.h"
+
+#include <math.h>
+
+#include "utils/timestamp.h"
+
+/* The senders the dispatcher knows; see outbox_refresh_senders(). */
+List	   *outbox_senders = NIL;
+
+/*
+ * Twilio's throughput by kind of sender, in segments per second: a US long
+ * code sends about one, toll-free three, a short code a hundred, WhatsApp
+ * eighty.  A Messaging Service pools its numbers and queues at Twilio, so
+ * without a configured rate it is held only by its account's concurrency.
+ */
+static double
+default_rate(const char *kind)
+{
+	if (strcmp(kind, "long_code") == 0 || strcmp(kind, "alphanumeric") == 0)
+		return 1;
+	if (strcmp(kind, "toll_free") == 0)
+		return 3;
+	if (strcmp(kind, "short_code") == 0)
+		return 100;
+	if (strcmp(kind, "whatsapp") == 0)
+		return 80;
+	return INFINITY;
+}
+
+/*
+ * Apply a sender's configuration: rate (NaN: the default for its kind;
+ * infinite: unlimited) and burst (NaN: one second's worth, at least one
+ * segment).  Tokens carry over a change, within the new burst; a new
+ * sender starts with a full bucket.
+ */
+void
+outbox_sender_configure(OutboxSender *s, const char *kind, double rate,
+						double burst, TimestampTz now)
+{
+	bool		fresh = s->refilled_at == 0;
+
+	if (!fresh)
+		outbox_bucket_refill(s, now);
+	if (isnan(rate))
+		rate = default_rate(kind);
+	s->unlimited = isinf(rate);
+	s->rate = rate;
+	s->burst = isnan(burst) ? Max(1.0, s->unlimited ? 1.0 : rate) : burst;
+	if (fresh || s->tokens > s->burst)
+		s->tokens = s->burst;
+	s->refilled_at = now;
+}
+
+void
+outbox_bucket_refill(OutboxSender *s, TimestampTz now)
+{
+	if (!s->unlimited && now > s->refilled_at)
+		s->tokens = Min(s->burst,
+						s->tokens + s->rate * (double) (now - s->refilled_at) / USECS_PER_SEC);
+	s->refilled_at = Max(s->refilled_at, now);
+}
+
+/* A claimed message of this many segments takes its tokens (maybe into debt). */
+void
+outbox_bucket_take(OutboxSender *s, int segments)
+{
+	if (!s->unlimited)
+		s->tokens -= Max(segments, 1);
+}
+
+/*
+ * When the bucket will hold enough for a message of this many segments (a
+ * full bucket lets any message through): now if it already does.
+ */
+TimestampTz
+outbox_bucket_ready_at(OutboxSender *s, TimestampTz now, int segments)
+{
+	double		need = Min((double) Max(segments, 1), s->burst);
+
+	outbox_bucket_refill(s, now);
+	if (s->unlimited || s->tokens >= need)
+		return now;
+	return now + (TimestampTz) ceil((need - s->tokens) / s->rate * USECS_PER_SEC);
+}
+
+/* How many more requests an account may have in flight now. */
+int
+outbox_account_room(OutboxAccount *a, TimestampTz now)
+{
+	if (!a->seen || a->config_error != NULL)
+		return 0;
+	if (a->paused_until != 0 && a->paused_until > now)
+		return 0;
+	return Max(0, a->cap - a->in_flight);
+}
+
+/* A new or changed accounts.max_concurrency: the cap follows it down, or up when not throttled. */
+void
+outbox_concurrency_configure(OutboxAccount *a, int max_concurrency)
+{
+	if (a->cap == 0 || a->cap == a->max_concurrency || a->cap > max_concurrency)
+		a->cap = max_concurrency;
+	a->max_concurrency = max_concurrency;
+}
+
+/*
+ * After an answer: a 429 halves the cap (never below one request); each
+ * cap's worth of other answers grows it by one, up to max_concurrency.
+ */
+void
+outbox_concurrency_after(OutboxAccount *a, bool rate_limited)
+{
+	if (rate_limited)
+	{
+		a->cap = Max(1, a->cap / 2);
+		a->successes = 0;
+	}
+	else if (a->cap < a->max_concurrency && ++a->successes >= a->cap)
+	{
+		a->cap++;
+		a->successes = 0;
+	}
+}
