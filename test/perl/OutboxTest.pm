@@ -34,7 +34,6 @@ twilio_outbox.backoff_base = '300ms'
 twilio_outbox.backoff_max = '5s'
 twilio_outbox.connect_timeout = '2s'
 twilio_outbox.request_timeout = '2s'
-log_min_messages = 'log'
 CONF
 
 sub node
