@@ -1,5 +1,4 @@
 -- twilio_enqueue(): the happy paths, what the row holds, rollback, dedupe.
-CREATE EXTENSION twilio_outbox;
 
 INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
 	VALUES ('main', 'AC0123456789abcdef0123456789abcdef', true),

@@ -21,15 +21,6 @@ UPDATE twilio_outbox.accounts SET paused_until = NULL, pause_reason = NULL;
 DROP ROLE IF EXISTS mon_viewer;
 RESET client_min_messages;
 
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-
 -- A message as the dispatcher leaves it, by id, in a given state; returns the id.
 CREATE FUNCTION pg_temp.msg(id bigint, sender bigint, state twilio_outbox.message_state,
 	attempts integer DEFAULT 0, next_attempt_at timestamptz DEFAULT now(),
@@ -266,7 +257,7 @@ SELECT count(*) AS account_rows FROM twilio_outbox.worker_accounts;
 -- credential, and changes nothing.
 CREATE ROLE mon_viewer LOGIN IN ROLE twilio_outbox_monitor;
 SET ROLE mon_viewer;
-SELECT pg_temp.try(sql) AS mon_viewer, sql FROM (VALUES
+SELECT try(sql) AS mon_viewer, sql FROM (VALUES
 	($$SELECT count(*) FROM twilio_outbox.backlog$$),
 	($$SELECT count(*) FROM twilio_outbox.dead_letter_queue$$),
 	($$SELECT count(*) FROM twilio_outbox.attempt_log$$),

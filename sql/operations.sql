@@ -19,15 +19,6 @@ RESET client_min_messages;
 -- Errors show their hint, not the PL/pgSQL line they come from.
 \set SHOW_CONTEXT never
 
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-
 -- A message as the dispatcher leaves it; its idempotency key is derived
 -- from its id, so that it can be checked after a requeue.  Returns the id.
 CREATE FUNCTION pg_temp.msg(id bigint, state twilio_outbox.message_state,
@@ -67,7 +58,7 @@ $$;
 SELECT pg_temp.msg(101, 'queued'), pg_temp.msg(102, 'sent', finished_at => now()),
 	pg_temp.msg(103, 'sending', attempts => 1), pg_temp.msg(104, 'dead', finished_at => now()),
 	pg_temp.msg(105, 'ambiguous', attempts => 1);
-SELECT pg_temp.try(sql) AS cancel, sql FROM (VALUES
+SELECT try(sql) AS cancel, sql FROM (VALUES
 	($$SELECT twilio_outbox.cancel(101)$$),
 	($$SELECT twilio_outbox.cancel(101)$$),
 	($$SELECT twilio_outbox.cancel(102)$$),
@@ -139,7 +130,7 @@ SELECT twilio_outbox.resolve_ambiguous(302);
 SELECT id, state, twilio_sid, sent_at IS NOT NULL AS sent_at_set, finished_at IS NOT NULL AS finished,
 	last_error_message = 'resolved as sent by ' || session_user AS says_who
 FROM twilio_outbox.messages WHERE id IN (301, 302) ORDER BY id;
-SELECT pg_temp.try(sql) AS resolve_ambiguous, sql FROM (VALUES
+SELECT try(sql) AS resolve_ambiguous, sql FROM (VALUES
 	($$SELECT twilio_outbox.resolve_ambiguous(301, 'SM0123456789abcdef0123456789abcdef')$$),
 	($$SELECT twilio_outbox.resolve_ambiguous(303)$$),
 	($$SELECT twilio_outbox.resolve_ambiguous(303, 'not-a-sid')$$),
@@ -159,7 +150,7 @@ SELECT twilio_outbox.pause_sender(911, reason => 'number being ported');
 SELECT id, paused_until, pause_reason FROM twilio_outbox.senders WHERE id = 911;
 SELECT twilio_outbox.resume_sender(911);
 SELECT id, paused_until, pause_reason FROM twilio_outbox.senders WHERE id = 911;
-SELECT pg_temp.try(sql) AS pause_resume, sql FROM (VALUES
+SELECT try(sql) AS pause_resume, sql FROM (VALUES
 	($$SELECT twilio_outbox.pause_account('nope')$$),
 	($$SELECT twilio_outbox.resume_account('nope')$$),
 	($$SELECT twilio_outbox.pause_sender(999999)$$),
@@ -203,7 +194,7 @@ INSERT INTO twilio_outbox.status_events (message_sid, message_status, received_a
 	('SM00000000000000000000000000000401', 'delivered', now() - interval '2 days'),
 	('SM00000000000000000000000000000406', 'delivered', now() - interval '1 hour');
 
-SELECT pg_temp.try(sql) AS purge, sql FROM (VALUES
+SELECT try(sql) AS purge, sql FROM (VALUES
 	($$CALL twilio_outbox.purge('-1 day')$$),
 	($$CALL twilio_outbox.purge('1 day', 0)$$)
 ) AS t(sql);

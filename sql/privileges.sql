@@ -17,18 +17,9 @@ CREATE ROLE app_user LOGIN IN ROLE twilio_outbox_enqueue;
 CREATE ROLE ops_viewer LOGIN IN ROLE twilio_outbox_monitor;
 CREATE ROLE ops_admin LOGIN IN ROLE twilio_outbox_admin;
 
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-
 -- The application role.
 SET ROLE app_user;
-SELECT pg_temp.try(sql) AS app_user, sql FROM (VALUES
+SELECT try(sql) AS app_user, sql FROM (VALUES
 	($$SELECT twilio_enqueue('+14155552671', 'from the app')$$),
 	($$SELECT secret FROM twilio_outbox.account_credentials$$),
 	($$SELECT * FROM twilio_outbox.account_credentials$$),
@@ -45,7 +36,7 @@ SELECT enqueued_by FROM twilio_outbox.messages WHERE body = 'from the app';
 
 -- The monitoring role.
 SET ROLE ops_viewer;
-SELECT pg_temp.try(sql) AS ops_viewer, sql FROM (VALUES
+SELECT try(sql) AS ops_viewer, sql FROM (VALUES
 	($$SELECT count(*) FROM twilio_outbox.attempts$$),
 	($$SELECT count(*) FROM twilio_outbox.dead_letters$$),
 	($$SELECT name, account_sid, paused_until FROM twilio_outbox.accounts$$),
@@ -61,7 +52,7 @@ RESET ROLE;
 
 -- The admin role.
 SET ROLE ops_admin;
-SELECT pg_temp.try(sql) AS ops_admin, sql FROM (VALUES
+SELECT try(sql) AS ops_admin, sql FROM (VALUES
 	($$UPDATE twilio_outbox.account_credentials SET secret = 'rotated-token' WHERE account = 'main'$$),
 	($$SELECT account, api_key_sid, updated_at FROM twilio_outbox.account_credentials$$),
 	($$SELECT secret FROM twilio_outbox.account_credentials$$),
@@ -74,7 +65,7 @@ RESET ROLE;
 SELECT secret FROM twilio_outbox.account_credentials WHERE account = 'main';
 
 -- Credentials: exactly one way to give the secret, names checked.
-SELECT pg_temp.try(sql) AS credentials, sql FROM (VALUES
+SELECT try(sql) AS credentials, sql FROM (VALUES
 	($$UPDATE twilio_outbox.account_credentials SET secret_env = 'TWILIO_TOKEN'$$),
 	($$UPDATE twilio_outbox.account_credentials SET secret = NULL, secret_env = 'PATH'$$),
 	($$UPDATE twilio_outbox.account_credentials SET secret = NULL, secret_file = '../../etc/passwd'$$),

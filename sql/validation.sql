@@ -14,17 +14,7 @@ INSERT INTO twilio_outbox.suppressed_recipients (account, to_number, reason)
 	VALUES ('main', '+14155550199', 'replied STOP');
 RESET client_min_messages;
 
--- try(sql): the SQLSTATE and message of the error sql raises, or 'ok'.
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-
-SELECT pg_temp.try(sql) AS result, sql FROM (VALUES
+SELECT try(sql) AS result, sql FROM (VALUES
 	-- recipient
 	($$SELECT twilio_enqueue(NULL, 'x')$$),
 	($$SELECT twilio_enqueue('', 'x')$$),

@@ -419,23 +419,6 @@ random_uuid(void)
 	return UUIDPGetDatum(uuid);
 }
 
-/* Prepare and keep a plan, once per backend. */
-static SPIPlanPtr
-keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*slot == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		*slot = plan;
-	}
-	return *slot;
-}
-
 /*
  * Find the account (the named one, or the default) and the sender the
  * message names (by from-number or Messaging Service SID, or the account's
@@ -472,7 +455,7 @@ resolve_sender(const char *account, const char *from, const char *service,
 								   "  ELSE a.name OPERATOR(pg_catalog.=) $1 END",
 								   sender_match[which]);
 
-		keep_plan(&lookup_plans[which], sql, 3, argtypes);
+		outbox_prepare(&lookup_plans[which], sql, 3, argtypes);
 	}
 	plan = lookup_plans[which];
 
@@ -548,7 +531,7 @@ insert_message(Datum *values, const char *nulls, const char *account,
 	bool		isnull;
 	int			rc;
 
-	keep_plan(&insert_plan,
+	outbox_prepare(&insert_plan,
 			  "INSERT INTO twilio_outbox.messages (account, sender_id, to_number,"
 			  " from_number, messaging_service_sid, body, media_urls, content_sid,"
 			  " content_variables, status_callback, params, encoding, segments,"
@@ -572,7 +555,7 @@ insert_message(Datum *values, const char *nulls, const char *account,
 		Oid			find_types[2] = {TEXTOID, TEXTOID};
 		Datum		find_values[2];
 
-		keep_plan(&find_dedupe_plan,
+		outbox_prepare(&find_dedupe_plan,
 				  "SELECT id FROM twilio_outbox.messages"
 				  " WHERE account OPERATOR(pg_catalog.=) $1"
 				  " AND dedupe_key OPERATOR(pg_catalog.=) $2",

@@ -59,8 +59,12 @@ static const char *const outcome_states[] = {
 	[OUTCOME_LOST] = "queued",
 };
 
-static SPIPlanPtr
-prepare(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
+/*
+ * A plan prepared on first use and kept for the life of the backend (the
+ * plan cache re-plans it after DDL).  Needs SPI connected.
+ */
+SPIPlanPtr
+outbox_prepare(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 {
 	if (*slot == NULL)
 	{
@@ -196,7 +200,7 @@ outbox_refresh_accounts(TimestampTz now)
 	uint64		i;
 	int			rc;
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"SELECT a.name, a.account_sid, a.base_url, a.max_concurrency,"
 			" a.paused_until, c.api_key_sid, c.secret, c.secret_env, c.secret_file"
 			" FROM twilio_outbox.accounts a"
@@ -297,7 +301,7 @@ outbox_refresh_senders(TimestampTz now)
 	uint64		i;
 	int			rc;
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"SELECT id, account, kind::text, coalesce(rate::float8, 'NaN'),"
 			" coalesce(burst::float8, 'NaN'), paused_until FROM twilio_outbox.senders",
 			0, NULL);
@@ -446,7 +450,7 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 	if (n == 0)
 		return NIL;
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
 			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
 			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
@@ -556,7 +560,7 @@ outbox_expire(void)
 	static SPIPlanPtr plan = NULL;
 	int			rc;
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"WITH x AS (SELECT id FROM twilio_outbox.messages"
 			"  WHERE state = 'queued' AND expires_at <= now()"
 			"  ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED),"
@@ -576,7 +580,7 @@ outbox_expire(void)
 		elog(ERROR, "expiry failed: %s", SPI_result_code_string(rc));
 
 	/* pauses that ran out are cleared, so that the table says what holds */
-	prepare(&clear_pauses,
+	outbox_prepare(&clear_pauses,
 			"UPDATE twilio_outbox.accounts SET paused_until = NULL, pause_reason = NULL"
 			" WHERE paused_until <= now()",
 			0, NULL);
@@ -600,7 +604,7 @@ outbox_rescue(bool all)
 	Datum		values[3];
 	int			rc;
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"WITH x AS (SELECT id, worker_pid FROM twilio_outbox.messages"
 			"  WHERE state = 'sending'"
 			"  AND ($1 OR (lease_until < now() AND worker_pid IS DISTINCT FROM $2))"
@@ -723,7 +727,7 @@ pause_account(OutboxMessage *m)
 		psprintf("Twilio refused the credentials (HTTP %ld, code %d): fix them, then call twilio_outbox.resume_account()",
 				 m->resp.http_status, m->resp.twilio_code);
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"UPDATE twilio_outbox.accounts SET paused_until = $2, pause_reason = $3"
 			" WHERE name = $1 AND (paused_until IS NULL OR paused_until < $2)",
 			3, types);
@@ -741,7 +745,7 @@ suppress_recipient(OutboxMessage *m)
 	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID};
 	Datum		values[5];
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"INSERT INTO twilio_outbox.suppressed_recipients"
 			" (account, to_number, reason, twilio_code, message_id)"
 			" VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -782,7 +786,7 @@ outbox_record(List *done)
 	}
 	types[NUM_COLS] = INT4OID;
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"WITH r AS (SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[],"
 			"  $4::text[], $5::timestamptz[], $6::int4[], $7::int4[], $8::text[],"
 			"  $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::text[],"
@@ -892,7 +896,7 @@ outbox_next_due(TimestampTz now)
 	if (n == 0)
 		return 0;
 
-	prepare(&plan,
+	outbox_prepare(&plan,
 			"SELECT s.sender_id, n.next_attempt_at, n.segments FROM unnest($1::int8[]) AS s(sender_id)"
 			" CROSS JOIN LATERAL (SELECT m.next_attempt_at, m.segments FROM twilio_outbox.messages m"
 			"  WHERE m.state = 'queued' AND m.sender_id = s.sender_id"

@@ -273,6 +273,9 @@ extern void outbox_concurrency_after(OutboxAccount *a, bool rate_limited);
 extern void outbox_concurrency_configure(OutboxAccount *a, int max_concurrency);
 
 /* queue.c: claiming and recording, each in a short transaction */
+struct _SPI_plan;
+extern struct _SPI_plan *outbox_prepare(struct _SPI_plan **slot, const char *sql,
+										int nargs, Oid *types);
 extern List *outbox_accounts;
 extern void outbox_refresh_accounts(TimestampTz now);
 extern void outbox_refresh_senders(TimestampTz now);
