@@ -36,6 +36,18 @@ List	   *outbox_accounts = NIL;
 /* Where claiming starts in the account list, rotated for fairness. */
 static int	claim_rotor = 0;
 
+/* Counts claimed messages; a sender remembers when it was last served. */
+static uint64 served_seq = 0;
+
+static int
+served_earlier(const ListCell *a, const ListCell *b)
+{
+	uint64		x = ((OutboxSender *) lfirst(a))->served;
+	uint64		y = ((OutboxSender *) lfirst(b))->served;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
 static const char *const outcome_names[] = {
 	[OUTCOME_SENT] = "sent",
 	[OUTCOME_RETRY] = "retry",
@@ -372,9 +384,10 @@ col_text(HeapTuple tup, TupleDesc desc, int col)
  * Claim due messages: at most capacity in all, within each account's room
  * (its concurrency cap less what it has in flight) and each sender's
  * bucket, so that only messages whose sender can send now are taken.
- * Accounts and senders are visited from a rotating start, and an account's
- * room is shared round-robin over its senders (each one's oldest first), so
- * that a sender with a huge backlog never starves another.  *quota is set
+ * Accounts are visited from a rotating start, and an account's room is
+ * shared round-robin over its senders, least recently served first (each
+ * one's oldest message first), so that a sender with a huge backlog never
+ * starves another.  *quota is set
  * to how many could have been claimed (0: no sender can send).
  *
  * Returns the claimed messages, each with its request built, in a new batch
@@ -387,7 +400,6 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 	static SPIPlanPtr plan = NULL;
 	Oid			types[8] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID,
 	BOOLARRAYOID, INT4ARRAYOID, INT4OID, INT4OID};
-	/* the senders' order in q is their turn: it rotates from claim to claim */
 	int			naccounts = list_length(outbox_accounts);
 	int			nsenders = list_length(outbox_senders);
 	Datum	   *ids = palloc(sizeof(Datum) * Max(nsenders, 1));
@@ -413,10 +425,14 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		a->claim_room = Min(outbox_account_room(a, now), capacity);
 		capacity -= a->claim_room;
 	}
-	/* Every sender that may send now, with what its bucket allows. */
+	/*
+	 * Every sender that may send now, with what its bucket allows, least
+	 * recently served first: that order is each one's turn in its account.
+	 */
+	list_sort(outbox_senders, served_earlier);
 	for (i = 0; i < nsenders; i++)
 	{
-		OutboxSender *snd = list_nth(outbox_senders, (claim_rotor + i) % nsenders);
+		OutboxSender *snd = list_nth(outbox_senders, i);
 		OutboxAccount *a = snd->account;
 		int			most;
 
@@ -541,6 +557,7 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 									m->expires_at, now);
 		Assert(m->account != NULL && m->sender != NULL);
 		outbox_bucket_take(m->sender, m->segments);
+		m->sender->served = ++served_seq;
 		claimed = lappend(claimed, m);
 		batch->pending++;
 	}

@@ -156,6 +156,7 @@ typedef struct OutboxSender
 	double		tokens;
 	TimestampTz refilled_at;
 	TimestampTz paused_until;	/* 0 when not paused */
+	uint64		served;			/* when a message of it was last claimed */
 	bool		seen;
 } OutboxSender;
 

@@ -23,25 +23,12 @@ if [ -n "${TWILIO_ACCOUNT_SID:-}" ] && [ -n "${TWILIO_AUTH_TOKEN:-}" ] &&
 	real=yes
 fi
 
-dir=$(mktemp -d /tmp/twilio_outbox_demo.XXXXXX)
-[ "$(id -u)" = 0 ] && chown postgres "$dir"
-standin_pid=
-cleanup()
-{
-	as_pg pg_ctl -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
-	[ -n "$standin_pid" ] && kill "$standin_pid" 2>/dev/null || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
+make_scratch demo
 
 echo "== a throwaway cluster with pg_cron, in $dir"
-as_pg initdb -D "$dir/data" -A trust -U postgres >/dev/null
-cat >>"$dir/data/postgresql.conf" <<CONF
+init_cluster <<CONF
 shared_preload_libraries = 'pg_cron,twilio_outbox'
 cron.database_name = 'postgres'
-listen_addresses = ''
-unix_socket_directories = '$dir'
-port = 5432
 twilio_outbox.allow_insecure_http = $([ $real = yes ] && echo off || echo on)
 twilio_outbox.backoff_base = '500ms'
 CONF
@@ -58,10 +45,8 @@ if [ $real = yes ]; then
 	kind=${TWILIO_FROM_KIND:-long_code}
 	echo "== real mode: one message from $from to $TWILIO_TO through $base_url"
 else
-	python3 "$top/test/twilio_standin.py" --port 0 --port-file "$dir/standin.port" --quiet &
-	standin_pid=$!
-	for _ in $(seq 100); do [ -s "$dir/standin.port" ] && break; sleep 0.1; done
-	base_url=http://127.0.0.1:$(cat "$dir/standin.port")
+	start_standin
+	base_url=$standin_url
 	sid=AC$(printf '%032d' 0)
 	from=+15005550006
 	kind=short_code   # 100 segments a second

@@ -73,3 +73,47 @@ work_copy()
 	chmod 755 "$dst"
 	echo "$dst"
 }
+
+# A scratch directory for a throwaway cluster and stand-in, owned by the
+# postgres user; on exit the cluster is stopped, the stand-in killed and the
+# directory removed (KEEP=1 keeps it).  Sets $dir.
+scratch=
+standin_pid=
+scratch_cleanup()
+{
+	[ -n "$scratch" ] || return 0
+	[ -f "$scratch/data/postmaster.pid" ] &&
+		as_pg pg_ctl -D "$scratch/data" -m fast -t 60 stop >/dev/null 2>&1
+	[ -n "$standin_pid" ] && kill "$standin_pid" 2>/dev/null
+	[ "${KEEP:-}" = 1 ] || rm -rf "$scratch"
+	return 0
+}
+make_scratch()
+{
+	scratch=$(mktemp -d "/tmp/twilio_outbox_$1.XXXXXX")
+	[ "$(id -u)" = 0 ] && chown postgres "$scratch"
+	chmod 755 "$scratch"
+	dir=$scratch
+	trap scratch_cleanup EXIT
+}
+
+# initdb in $dir/data, on a Unix socket in $dir only; further settings come
+# on standard input.
+init_cluster()
+{
+	as_pg initdb -D "$dir/data" -A trust -U postgres >/dev/null
+	{
+		printf "listen_addresses = ''\nunix_socket_directories = '%s'\nport = 5432\n" "$dir"
+		cat
+	} >>"$dir/data/postgresql.conf"
+}
+
+# The Twilio stand-in on 127.0.0.1 (a free port); sets $standin_pid and
+# $standin_url.
+start_standin()
+{
+	python3 "$top/test/twilio_standin.py" --port 0 --port-file "$dir/standin.port" --quiet &
+	standin_pid=$!
+	for _ in $(seq 100); do [ -s "$dir/standin.port" ] && break; sleep 0.1; done
+	standin_url=http://127.0.0.1:$(cat "$dir/standin.port")
+}

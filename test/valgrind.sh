@@ -14,32 +14,16 @@ need_packages valgrind
 build_and_install "$top" >/dev/null
 n=${1:-300}
 
-dir=$(mktemp -d /tmp/twilio_outbox_vg.XXXXXX)
-[ "$(id -u)" = 0 ] && chown postgres "$dir"
-standin_pid=
-cleanup()
-{
-	as_pg pg_ctl -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-	[ -n "$standin_pid" ] && kill "$standin_pid" 2>/dev/null || true
-	[ "${KEEP:-}" = 1 ] || rm -rf "$dir"
-}
-trap cleanup EXIT
-
-python3 "$top/test/twilio_standin.py" --port 0 --port-file "$dir/port" --quiet &
-standin_pid=$!
-for _ in $(seq 100); do [ -s "$dir/port" ] && break; sleep 0.1; done
-base=http://127.0.0.1:$(cat "$dir/port")
+make_scratch vg
+start_standin
+base=$standin_url
 curl -sf -X POST "$base/_script" -d '{"default": [
 	{"status": 500}, {"status": 429, "retry_after": "1"}, {"reset": true},
 	{"malformed": true}, {"status": 400, "code": 21211}, {"status": 400, "code": 21610},
 	{"hang": 3}, {"status": 503}, {"status": 201, "delay": 0.2}]}' >/dev/null
 
-as_pg initdb -D "$dir/data" -A trust -U postgres >/dev/null
-cat >>"$dir/data/postgresql.conf" <<CONF
+init_cluster <<CONF
 shared_preload_libraries = 'twilio_outbox'
-listen_addresses = ''
-unix_socket_directories = '$dir'
-port = 5432
 max_connections = 10
 twilio_outbox.allow_insecure_http = on
 twilio_outbox.backoff_base = '100ms'

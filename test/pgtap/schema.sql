@@ -15,8 +15,8 @@ SELECT ok((SELECT proconfig @> ARRAY['search_path=pg_catalog, pg_temp']
 		   FROM pg_proc WHERE proname = 'twilio_enqueue'),
 	'twilio_enqueue pins its search_path');
 
--- The claim path: a partial index on due rows, keyed by account then time.
-SELECT has_index('twilio_outbox', 'messages', 'messages_due', ARRAY['account', 'next_attempt_at']);
+-- The claim path: a partial index on queued rows, per sender in due order.
+SELECT has_index('twilio_outbox', 'messages', 'messages_due', ARRAY['sender_id', 'next_attempt_at', 'id']);
 SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
 		   WHERE indexrelid = 'twilio_outbox.messages_due'::regclass),
 	'(state = ''queued''::twilio_outbox.message_state)',
