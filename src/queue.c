@@ -423,6 +423,7 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor + i) % naccounts);
 
 		a->claim_room = Min(outbox_account_room(a, now), capacity);
+		a->claim_counted = false;
 		capacity -= a->claim_room;
 	}
 	/*
@@ -442,6 +443,12 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		if (!snd->unlimited && snd->tokens < 1.0)
 			continue;
 		most = snd->unlimited ? a->claim_room : Min(a->claim_room, (int) snd->tokens);
+		/* the account's room counts once towards what could be claimed */
+		if (!a->claim_counted)
+		{
+			*quota += a->claim_room;
+			a->claim_counted = true;
+		}
 		ids[n] = Int64GetDatum(snd->id);
 		accounts[n] = CStringGetTextDatum(a->name);
 		max_n[n] = Int32GetDatum(most);
@@ -450,17 +457,6 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		full[n] = BoolGetDatum(!snd->unlimited && snd->tokens >= snd->burst);
 		room[n] = Int32GetDatum(a->claim_room);
 		n++;
-	}
-	for (i = 0; i < naccounts; i++)
-	{
-		OutboxAccount *a = list_nth(outbox_accounts, i);
-		bool		used = false;
-		int			j;
-
-		for (j = 0; j < n && !used; j++)
-			used = strcmp(TextDatumGetCString(accounts[j]), a->name) == 0;
-		if (used)
-			*quota += a->claim_room;
 	}
 	claim_rotor++;
 	if (n == 0)

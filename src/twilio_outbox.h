@@ -139,6 +139,7 @@ typedef struct OutboxAccount
 	int			in_flight;
 	int			consecutive_429;
 	int			claim_room;		/* scratch for one claim */
+	bool		claim_counted;
 	bool		seen;			/* still in the table at the last refresh */
 } OutboxAccount;
 
