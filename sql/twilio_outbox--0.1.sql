@@ -138,7 +138,7 @@ CREATE TABLE twilio_outbox.senders (
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	CHECK ((from_number IS NULL) OPERATOR(pg_catalog.<>) (messaging_service_sid IS NULL)),
 	CHECK ((kind OPERATOR(pg_catalog.=) 'messaging_service') OPERATOR(pg_catalog.=) (messaging_service_sid IS NOT NULL)),
-	CHECK (from_number OPERATOR(pg_catalog.~) '^(\+[1-9][0-9]{1,14}|[a-z]+:\+[1-9][0-9]{1,14}|[0-9]{3,8}|[A-Za-z0-9 ]{1,11})$'),
+	CHECK (from_number OPERATOR(pg_catalog.~) '^(\+[1-9][0-9]{1,14}|whatsapp:\+[1-9][0-9]{1,14}|[0-9]{3,8}|[A-Za-z0-9 ]{1,11})$'),
 	UNIQUE (account, from_number),
 	UNIQUE (account, messaging_service_sid)
 );

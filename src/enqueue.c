@@ -117,7 +117,6 @@ typedef enum SenderLookup
 } SenderLookup;
 
 static SPIPlanPtr lookup_plans[NUM_LOOKUPS];
-static SPIPlanPtr insert_plan;
 static SPIPlanPtr find_dedupe_plan;
 
 /* What the lookup found: the account and the sender resolved for it. */
@@ -515,63 +514,92 @@ resolve_sender(const char *account, const char *from, const char *service,
 }
 
 /*
- * Insert the row; on a dedupe-key conflict return the existing message's id.
- * In READ COMMITTED a concurrent insert of the same key waits for the other
- * transaction: if it commits, the lookup that follows sees its row.
+ * The insert, resolving the account and sender and checking suppression,
+ * channel and scheduling in the same statement: one round through the
+ * executor for a message that is fine.  Returns false when no row went in
+ * (a check failed, or the dedupe key exists); the caller finds out which.
  */
-static int64
-insert_message(Datum *values, const char *nulls, const char *account,
-			   const char *dedupe_key)
+static bool
+try_insert(SenderLookup which, Datum *values, const char *nulls, int64 *id)
 {
+	static SPIPlanPtr plans[NUM_LOOKUPS];
+	static const char *const sender_match[NUM_LOOKUPS] = {
+		"s.from_number OPERATOR(pg_catalog.=) $2",
+		"s.messaging_service_sid OPERATOR(pg_catalog.=) $2",
+		"s.is_default AND $2::text IS NULL",
+	};
 	static Oid	argtypes[] = {
-		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
-		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID,
-		TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, JSONBOID,
+		TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, NAMEOID, TEXTOID, BOOLOID
 	};
 	bool		isnull;
 	int			rc;
 
-	outbox_prepare(&insert_plan,
-			  "INSERT INTO twilio_outbox.messages (account, sender_id, to_number,"
-			  " from_number, messaging_service_sid, body, media_urls, content_sid,"
-			  " content_variables, status_callback, params, encoding, segments,"
-			  " idempotency_key, dedupe_key, send_after, expires_at, next_attempt_at,"
-			  " enqueued_by)"
-			  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-			  " $15, $16, $17, GREATEST($16, pg_catalog.now()), $18)"
-			  " ON CONFLICT (account, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
-			  " RETURNING id",
-			  lengthof(argtypes), argtypes);
+	if (plans[which] == NULL)
+		outbox_prepare(&plans[which],
+					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
+								" to_number, from_number, messaging_service_sid, body, media_urls,"
+								" content_sid, content_variables, status_callback, params,"
+								" encoding, segments, idempotency_key, dedupe_key, send_after,"
+								" expires_at, next_attempt_at, enqueued_by)"
+								" SELECT a.name, s.id, $3, s.from_number, s.messaging_service_sid,"
+								" $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+								" GREATEST($14, pg_catalog.now()), $16"
+								" FROM twilio_outbox.accounts a"
+								" JOIN twilio_outbox.senders s"
+								"  ON s.account OPERATOR(pg_catalog.=) a.name AND %s"
+								" WHERE CASE WHEN $1 IS NULL THEN a.is_default"
+								"  ELSE a.name OPERATOR(pg_catalog.=) $1 END"
+								" AND NOT EXISTS (SELECT 1 FROM twilio_outbox.suppressed_recipients r"
+								"  WHERE r.account OPERATOR(pg_catalog.=) a.name"
+								"  AND r.to_number OPERATOR(pg_catalog.=) $3)"
+								" AND (s.from_number IS NULL OR COALESCE("
+								"  pg_catalog.substring(s.from_number, '^([a-z]+):'), '')"
+								"  OPERATOR(pg_catalog.=) $17)"
+								" AND (NOT $18 OR s.messaging_service_sid IS NOT NULL)"
+								" ON CONFLICT (account, dedupe_key) WHERE dedupe_key IS NOT NULL"
+								" DO NOTHING RETURNING id",
+								sender_match[which]),
+					   lengthof(argtypes), argtypes);
 
-	rc = SPI_execute_plan(insert_plan, values, nulls, false, 1);
+	rc = SPI_execute_plan(plans[which], values, nulls, false, 1);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed == 1)
-		return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull));
+	if (SPI_processed != 1)
+		return false;
+	*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return true;
+}
 
-	/* Dedupe hit: the same key was enqueued before. */
-	{
-		Oid			find_types[2] = {TEXTOID, TEXTOID};
-		Datum		find_values[2];
+/*
+ * The message with this dedupe key, enqueued before.  In READ COMMITTED a
+ * concurrent insert of the same key made ours wait for the other
+ * transaction; it committed, so this statement's snapshot sees its row.
+ */
+static int64
+find_dedupe(const char *account, const char *dedupe_key)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	bool		isnull;
+	int			rc;
 
-		outbox_prepare(&find_dedupe_plan,
-				  "SELECT id FROM twilio_outbox.messages"
-				  " WHERE account OPERATOR(pg_catalog.=) $1"
-				  " AND dedupe_key OPERATOR(pg_catalog.=) $2",
-				  2, find_types);
-		find_values[0] = CStringGetTextDatum(account);
-		find_values[1] = CStringGetTextDatum(dedupe_key);
-		rc = SPI_execute_plan(find_dedupe_plan, find_values, NULL, false, 1);
-		if (rc != SPI_OK_SELECT || SPI_processed != 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not find the message with dedupe key \"%s\"", dedupe_key),
-					 errdetail("A concurrent transaction holds that key."),
-					 errhint("Retry the transaction.")));
-		return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull));
-	}
+	outbox_prepare(&find_dedupe_plan,
+				   "SELECT id FROM twilio_outbox.messages"
+				   " WHERE account OPERATOR(pg_catalog.=) $1"
+				   " AND dedupe_key OPERATOR(pg_catalog.=) $2",
+				   2, types);
+	values[0] = CStringGetTextDatum(account);
+	values[1] = CStringGetTextDatum(dedupe_key);
+	rc = SPI_execute_plan(find_dedupe_plan, values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not find the message with dedupe key \"%s\"", dedupe_key),
+				 errdetail("A concurrent transaction holds that key."),
+				 errhint("Retry the transaction.")));
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*
@@ -696,55 +724,65 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("Twilio parameters ScheduleType and SendAt go together")));
 
-	/* Only now the database: account, sender, suppression, insert. */
+	/* Only now the database: one statement when all is well. */
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = account ? CStringGetTextDatum(account) : (Datum) 0;
+	nulls[0] = account ? ' ' : 'n';
+	values[1] = from ? CStringGetTextDatum(from) :
+		service ? CStringGetTextDatum(service) : (Datum) 0;
+	nulls[1] = (from || service) ? ' ' : 'n';
+	values[2] = CStringGetTextDatum(to);
+	values[3] = body ? CStringGetTextDatum(body) : (Datum) 0;
+	nulls[3] = body ? ' ' : 'n';
+	values[4] = nmedia > 0 ? PG_GETARG_DATUM(ARG_MEDIA) : (Datum) 0;
+	nulls[4] = nmedia > 0 ? ' ' : 'n';
+	values[5] = content_sid ? CStringGetTextDatum(content_sid) : (Datum) 0;
+	nulls[5] = content_sid ? ' ' : 'n';
+	values[6] = has_vars ? PG_GETARG_DATUM(ARG_CONTENT_VARS) : (Datum) 0;
+	nulls[6] = has_vars ? ' ' : 'n';
+	values[7] = callback ? CStringGetTextDatum(callback) : (Datum) 0;
+	nulls[7] = callback ? ' ' : 'n';
+	values[8] = has_params ? PG_GETARG_DATUM(ARG_PARAMS) : (Datum) 0;
+	nulls[8] = has_params ? ' ' : 'n';
+	values[9] = CStringGetTextDatum(outbox_encoding_name(seg.encoding));
+	values[10] = Int32GetDatum(seg.segments);
+	values[11] = random_uuid();
+	values[12] = dedupe_key ? CStringGetTextDatum(dedupe_key) : (Datum) 0;
+	nulls[12] = dedupe_key ? ' ' : 'n';
+	values[13] = PG_GETARG_DATUM(ARG_SEND_AFTER);
+	nulls[13] = PG_ARGISNULL(ARG_SEND_AFTER) ? 'n' : ' ';
+	values[14] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
+	nulls[14] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
+	/* the role that called us, not the definer we run as */
+	values[15] = DirectFunctionCall1(namein,
+									 CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
+	values[16] = CStringGetTextDatum(outbox_channel_of(to) ? outbox_channel_of(to) : "");
+	values[17] = BoolGetDatum(has_schedule);
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	resolve_sender(account, from, service, to, &sender);
-	if (has_schedule && sender.service_sid == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a scheduled send (ScheduleType) requires a Messaging Service sender")));
-	if (sender.from_number &&
-		outbox_channel_of(sender.from_number) != outbox_channel_of(to))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("sender \"%s\" cannot send to \"%s\"", sender.from_number, to),
-				 errdetail("Sender and recipient must use the same channel.")));
-
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = CStringGetTextDatum(sender.account);
-	values[1] = Int64GetDatum(sender.sender_id);
-	values[2] = CStringGetTextDatum(to);
-	values[3] = sender.from_number ? CStringGetTextDatum(sender.from_number) : (Datum) 0;
-	nulls[3] = sender.from_number ? ' ' : 'n';
-	values[4] = sender.service_sid ? CStringGetTextDatum(sender.service_sid) : (Datum) 0;
-	nulls[4] = sender.service_sid ? ' ' : 'n';
-	values[5] = body ? CStringGetTextDatum(body) : (Datum) 0;
-	nulls[5] = body ? ' ' : 'n';
-	values[6] = nmedia > 0 ? PG_GETARG_DATUM(ARG_MEDIA) : (Datum) 0;
-	nulls[6] = nmedia > 0 ? ' ' : 'n';
-	values[7] = content_sid ? CStringGetTextDatum(content_sid) : (Datum) 0;
-	nulls[7] = content_sid ? ' ' : 'n';
-	values[8] = has_vars ? PG_GETARG_DATUM(ARG_CONTENT_VARS) : (Datum) 0;
-	nulls[8] = has_vars ? ' ' : 'n';
-	values[9] = callback ? CStringGetTextDatum(callback) : (Datum) 0;
-	nulls[9] = callback ? ' ' : 'n';
-	values[10] = has_params ? PG_GETARG_DATUM(ARG_PARAMS) : (Datum) 0;
-	nulls[10] = has_params ? ' ' : 'n';
-	values[11] = CStringGetTextDatum(outbox_encoding_name(seg.encoding));
-	values[12] = Int32GetDatum(seg.segments);
-	values[13] = random_uuid();
-	values[14] = dedupe_key ? CStringGetTextDatum(dedupe_key) : (Datum) 0;
-	nulls[14] = dedupe_key ? ' ' : 'n';
-	values[15] = PG_GETARG_DATUM(ARG_SEND_AFTER);
-	nulls[15] = PG_ARGISNULL(ARG_SEND_AFTER) ? 'n' : ' ';
-	values[16] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
-	nulls[16] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
-	/* the role that called us, not the definer we run as */
-	values[17] = DirectFunctionCall1(namein,
-									 CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
-
-	id = insert_message(values, nulls, sender.account, dedupe_key);
+	if (!try_insert(from ? LOOKUP_BY_FROM : service ? LOOKUP_BY_SERVICE : LOOKUP_DEFAULT,
+					values, nulls, &id))
+	{
+		/* Nothing went in: say why, or it was a dedupe key seen before. */
+		resolve_sender(account, from, service, to, &sender);
+		if (has_schedule && sender.service_sid == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a scheduled send (ScheduleType) requires a Messaging Service sender")));
+		if (sender.from_number &&
+			outbox_channel_of(sender.from_number) != outbox_channel_of(to))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("sender \"%s\" cannot send to \"%s\"", sender.from_number, to),
+					 errdetail("Sender and recipient must use the same channel.")));
+		if (dedupe_key == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not enqueue the message: its account or sender changed meanwhile"),
+					 errhint("Retry the transaction.")));
+		id = find_dedupe(sender.account, dedupe_key);
+	}
 	SPI_finish();
 
 	outbox_wake_at_commit();
