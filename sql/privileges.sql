@@ -83,5 +83,21 @@ FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::re
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'twilio_outbox'
 ORDER BY 1;
 
+-- A caller's search_path cannot lend twilio_enqueue, which runs as its
+-- owner, an operator or a type of the caller's: with a schema that shadows
+-- = and text first in the path, enqueueing works and checks as usual.
+CREATE SCHEMA evil;
+CREATE FUNCTION evil.always(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.always);
+CREATE DOMAIN evil.text AS pg_catalog.text CHECK (false);
+SET ROLE app_user;
+SET search_path = evil, pg_catalog, public;
+SELECT try($$SELECT twilio_enqueue('+14155552671', 'hijack?', account => 'nope')$$) AS unknown_account,
+	try($$SELECT twilio_enqueue('+14155552671', 'not hijacked')$$) AS enqueued;
+RESET search_path;
+RESET ROLE;
+SELECT count(*) AS rows_from_hostile_path FROM twilio_outbox.messages WHERE body = 'not hijacked';
+DROP SCHEMA evil CASCADE;
+
 DROP OWNED BY app_user, ops_viewer, ops_admin;
 DROP ROLE app_user, ops_viewer, ops_admin;

@@ -351,8 +351,8 @@ CREATE FUNCTION @extschema@.twilio_enqueue(
 	params				jsonb DEFAULT NULL)
 RETURNS bigint
 LANGUAGE c VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'twilio_enqueue';
+/* No SET search_path clause: the C function pins its own (pg_catalog only) for its queries. */
 COMMENT ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb)
 	IS 'Queue a Twilio message in the caller''s transaction; returns the message id';
 

@@ -7,7 +7,8 @@
  * Everything that can be checked without the database is checked before the
  * first query, so bad input costs nothing and leaves nothing behind.  The
  * function is SECURITY DEFINER: the application role needs EXECUTE on it and
- * nothing else.  Queries go through plans prepared once per backend.
+ * nothing else.  Queries go through plans prepared once per backend, under
+ * a search path of pg_catalog alone, pushed for the duration of the call.
  *
  *-------------------------------------------------------------------------
  */
@@ -15,6 +16,7 @@
 
 #include <ctype.h>
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -118,6 +120,9 @@ typedef enum SenderLookup
 
 static SPIPlanPtr lookup_plans[NUM_LOOKUPS];
 static SPIPlanPtr find_dedupe_plan;
+
+/* pg_catalog alone, not even pg_temp */
+static OverrideSearchPath pinned_path = {NIL, true, false, 0};
 
 /* What the lookup found: the account and the sender resolved for it. */
 typedef struct ResolvedSender
@@ -759,6 +764,14 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	values[16] = CStringGetTextDatum(outbox_channel_of(to) ? outbox_channel_of(to) : "");
 	values[17] = BoolGetDatum(has_schedule);
 
+	/*
+	 * Our queries resolve names in pg_catalog only, whatever the caller's
+	 * search_path (we run as the owner: a caller's schema must never supply
+	 * an operator or a function), and the saved plans are never re-planned
+	 * for a caller's path.  Cheaper than a SET clause: no GUC work per call.
+	 * An error pops it with the transaction.
+	 */
+	PushOverrideSearchPath(&pinned_path);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (!try_insert(from ? LOOKUP_BY_FROM : service ? LOOKUP_BY_SERVICE : LOOKUP_DEFAULT,
@@ -784,6 +797,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 		id = find_dedupe(sender.account, dedupe_key);
 	}
 	SPI_finish();
+	PopOverrideSearchPath();
 
 	outbox_wake_at_commit();
 	PG_RETURN_INT64(id);
