@@ -11,10 +11,11 @@ SELECT is_definer('public', 'twilio_enqueue',
 	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
 		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb'],
 	'twilio_enqueue runs as its owner');
-SELECT ok((SELECT bool_and(proconfig @> ARRAY['search_path=pg_catalog, pg_temp'])
-		   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		   WHERE n.nspname = 'twilio_outbox' AND p.prosecdef),
-	'every other SECURITY DEFINER function pins its search_path (twilio_enqueue pins its own in C)');
+SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		   WHERE n.nspname = 'twilio_outbox' AND p.prokind = 'f'
+		     AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql')
+		     AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)),
+	'every PL/pgSQL function of the schema pins its search_path (twilio_enqueue pins its own in C)');
 
 -- The claim path: a partial index on queued rows, per sender in due order.
 SELECT has_index('twilio_outbox', 'messages', 'messages_due', ARRAY['sender_id', 'next_attempt_at', 'id']);
