@@ -1,5 +1,81 @@
 #!/usr/bin/env bash
-# make bench: the benchmarks (never part of make test).
+# make bench: every benchmark, BENCH_RUNS times each (default 3), each run on
+# its own throwaway cluster; prints each figure, then a summary (medians),
+# and appends a dated section to BENCHMARKS.md.  Never part of make test.
+# Sizes and what each benchmark measures: the header of BENCHMARKS.md
+# (bench/report.py writes it when the file is missing).
+#
+#   make bench                      # everything, 3 runs, about 15 minutes
+#   BENCH_QUICK=1 make bench        # one small run of each, not recorded
+#   BENCH_ONLY="latency rate" make bench
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bash "$here/drain.sh" "${BENCH_MESSAGES:-100000}" "${BENCH_ACCOUNTS:-4}"
+top=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
+
+quick=${BENCH_QUICK:-0}
+q() { [ "$quick" = 1 ] && echo "$1" || echo "$2"; }
+runs=${BENCH_RUNS:-$(q 1 3)}
+only=${BENCH_ONLY:-enqueue dispatch latency rate claim}
+record=${BENCH_RECORD:-$(q 0 1)}
+# a profiled drain is slower: not for the record unless asked
+[ "${BENCH_PERF:-0}" = 1 ] && record=${BENCH_RECORD:-0}
+enqueue_secs=${BENCH_ENQUEUE_SECONDS:-$(q 3 20)}
+enqueue_warm=${BENCH_ENQUEUE_WARMUP:-$(q 1 5)}
+messages=${BENCH_MESSAGES:-$(q 5000 50000)}
+accounts=${BENCH_ACCOUNTS:-4}
+senders=${BENCH_SENDERS:-5}
+wrk_secs=${BENCH_WRK_SECONDS:-$(q 3 10)}
+latency_n=${BENCH_LATENCY_MESSAGES:-$(q 100 1000)}
+latency_pause=${BENCH_LATENCY_PAUSE_MS:-30}
+rate_window=${BENCH_RATE_WINDOW:-$(q 10 30)}
+rate_settle=${BENCH_RATE_SETTLE:-2}
+history=${BENCH_HISTORY:-$(q 100000 1000000)}
+
+bench_prepare
+results=$(mktemp -d /tmp/twilio_outbox_bench_results.XXXXXX)
+trap 'rm -rf "$results"' EXIT
+
+{
+	echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "nproc: $(nproc)"
+	echo "CPU: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+	echo "memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+	echo "PostgreSQL: $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) //')"
+	echo "libcurl: $(curl-config --version | sed 's/^libcurl //')"
+	echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: nginx\///')"
+	commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
+	dirty=$(git -C "$top" status --porcelain -- src sql Makefile 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
+	echo "commit: $commit${dirty:+ with uncommitted changes to ${dirty% }}"
+	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim history $history"
+} >"$results/facts"
+sed 's/^/  /' "$results/facts"
+
+status=0
+for bench in $only; do
+	case $bench in
+	enqueue) cmd=("$here/enqueue.sh" "$enqueue_secs" "$enqueue_warm") ;;
+	dispatch) cmd=("$here/drain.sh" "$messages" "$accounts" "$senders" "$wrk_secs") ;;
+	latency) cmd=("$here/latency.sh" "$latency_n" "$latency_pause") ;;
+	rate) cmd=("$here/rate.sh" "$rate_window" "$rate_settle") ;;
+	claim) cmd=("$here/claim.sh" "$history") ;;
+	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue dispatch latency rate claim)" >&2; exit 2 ;;
+	esac
+	for run in $(seq "$runs"); do
+		echo "== $bench, run $run of $runs"
+		rc=0
+		BENCH_RUN=$run BENCH_RESULTS="$results/$bench.$run" bash "${cmd[@]}" || rc=$?
+		echo "$rc" >"$results/$bench.$run.status"
+		if [ "$rc" != 0 ]; then
+			echo "== $bench, run $run failed (exit status $rc)"
+			status=1
+		fi
+	done
+done
+
+if [ "$record" = 1 ]; then
+	python3 "$here/report.py" "$results" "$results/facts" "$top/BENCHMARKS.md" || status=1
+else
+	python3 "$here/report.py" "$results" "$results/facts" || status=1
+fi
+exit $status

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Summarise the runs of make bench; append a dated section to BENCHMARKS.md.
+
+    python3 bench/report.py RESULTS_DIR FACTS_FILE [BENCHMARKS.md]
+
+RESULTS_DIR holds, per benchmark and run, NAME.RUN ("key value" lines and
+"note:key text" lines, written by bench/lib.sh) and NAME.RUN.status (the
+script's exit status).  FACTS_FILE holds "key: value" lines about the
+machine and the sizes.  Without a BENCHMARKS.md argument only the summary is
+printed.
+"""
+import os
+import re
+import statistics
+import sys
+
+HEADER = """\
+# Benchmarks
+
+Reproduce with `make bench` (runs `bench/run.sh`) as root on a Debian
+bookworm machine: it installs what is missing (PostgreSQL 15, pg_cron,
+libcurl, nginx-light, wrk), builds and installs the extension, runs each
+benchmark 3 times, each on a throwaway cluster (`initdb` in /tmp,
+`shared_preload_libraries = 'pg_cron,twilio_outbox'`, Unix socket only,
+`shared_buffers` 1GB, `synchronous_commit` on) with its responder on
+127.0.0.1, prints every figure, and appends a dated section below: the
+machine, the median of each figure with the individual runs, its target and
+whether it was met.  Every benchmark is bounded in time and stops by itself;
+the whole suite takes about 15 minutes.
+
+Sizes (environment variables; defaults in brackets):
+
+| variable | what |
+|---|---|
+| `BENCH_QUICK=1` | a quick check: one run of each, small sizes (below), not recorded here unless `BENCH_RECORD=1` |
+| `BENCH_RUNS` | runs of each benchmark [3; quick 1] |
+| `BENCH_ONLY` | the benchmarks to run, of `enqueue dispatch latency rate claim` [all] |
+| `BENCH_ENQUEUE_SECONDS`, `BENCH_ENQUEUE_WARMUP` | pgbench measurement and warm-up per variant [20, 5; quick 3, 1] |
+| `BENCH_MESSAGES`, `BENCH_ACCOUNTS`, `BENCH_SENDERS` | dispatch: messages, accounts, senders per account [50000, 4, 5; quick 5000] |
+| `BENCH_WRK_SECONDS` | dispatch: the wrk run against nginx alone [10; quick 3] |
+| `BENCH_LATENCY_MESSAGES`, `BENCH_LATENCY_PAUSE_MS` | latency: messages, pause between them [1000, 30; quick 100] |
+| `BENCH_RATE_WINDOW`, `BENCH_RATE_SETTLE` | rate: window length, and its start after `start_worker()` [30, 2; quick 10] |
+| `BENCH_HISTORY` | claim: sent messages of history [1000000; quick 100000] |
+| `BENCH_RECORD` | 1: append to this file, 0: do not [1; quick 0; with `BENCH_PERF` 0] |
+| `BENCH_PERF=1` | dispatch: also profile the dispatcher with `perf record -g` and print where its CPU goes (slower: not recorded by default; `BENCH_PERF_OUT=file` keeps perf.data) |
+| `BENCH_RATE_TRACE=1` | rate: also list the 10/s sender's requests in its first 3 s |
+
+Each script also runs alone, e.g. `bash bench/drain.sh 50000 4 5 10`.
+
+What each measures:
+
+1. **Enqueue cost** (`bench/enqueue.sh`): pgbench, 2 clients and 2 threads,
+   prepared statements (`-M prepared`), one-statement transactions calling
+   `twilio_enqueue()` (a random +1415 recipient, a short body) against the
+   same transactions doing a plain INSERT of the values the enqueue stores
+   into a table of the same shape (`LIKE twilio_outbox.messages INCLUDING
+   ALL`, in a scratch schema), after a warm-up of each, in 2 s segments
+   strictly alternating the two kinds (20 s of each in all), so that a drift
+   or a burst in the machine's speed weighs on both; no dispatcher running.
+   The figure is the median, over adjacent pairs of segments, of the ratio
+   of their average latencies (enqueue / INSERT); TPS and latencies are
+   means over the segments. Measured with `synchronous_commit` on (what an
+   application pays: each commit waits for its WAL flush) and off (the
+   statements' own cost, which the flush hides). Target: enqueue within 1.3x
+   of the INSERT.
+2. **Dispatch throughput** (`bench/drain.sh`): 50,000 messages over 4
+   accounts (`max_concurrency` 100) x 5 senders (rate `'Infinity'`), drained
+   by the dispatcher against nginx on 127.0.0.1 answering every POST with a
+   Twilio-shaped 201: messages/s from `start_worker()` until every outcome
+   is recorded (the server's clock, polled every 10 ms), the dispatcher's
+   CPU seconds per 1,000 messages (`/proc/<pid>/stat`, its start included),
+   its peak RSS and "local" memory (private pages outside the shared memory
+   segment, sampled every 0.5 s); then the responder's own ceiling, wrk
+   (`-t2 -c100`) POSTing a form body like the dispatcher's.  Target: above
+   5,000 messages/s (pg_net, measured against the same kind of responder,
+   peaked near 2,800 requests/s at batch size 10,000 and near 200/s at its
+   default).
+3. **Latency** (`bench/latency.sh`): from the commit of a single
+   `twilio_enqueue()` to the request's arrival at the Python Twilio stand-in
+   (`test/twilio_standin.py`, which records arrival times), 1,000 messages
+   one at a time, 30 ms apart so that the dispatcher is idle each time; its
+   poll interval stays at the default 1 s, so only the commit's wake-up
+   explains a faster send.  The commit time is the server's
+   `clock_timestamp()` just after `COMMIT` in the same psql session (the same
+   clock).  Targets: p50 under 10 ms, p99 under 100 ms.
+4. **Rate accuracy** (`bench/rate.sh`): two long-code senders of one
+   account, rates 10 and 3 segments/s (burst left at its default, one
+   second's worth), with a backlog lasting past the window, against the
+   stand-in enforcing the same rates (token buckets, burst 10 so that our
+   initial burst is accepted, 429 above).  Over the window from 2 s to 32 s
+   after `start_worker()`: each sender's 201s per second, and the 429s (in
+   the window; those before it are reported too).  Target: within 2 % of
+   the setting, no 429.
+5. **Claim cost against history** (`bench/claim.sh`): claiming 1,000 due
+   messages of one sender with 1,000,000 sent messages in the table, against
+   no history (both VACUUMed, ANALYZEd, checkpointed; autovacuum off).  (a) `EXPLAIN
+   (ANALYZE, BUFFERS)` of the claim statement, read out of `src/queue.c`'s
+   `outbox_claim()` at run time (`bench/claim_sql.py`), prepared with the
+   dispatcher's parameter types, for one sender with max_n 1000 and budget
+   Infinity, in a transaction rolled back: median of 9 executions, with the
+   custom plan and with the generic plan; (b) end to end, against nginx: from
+   `start_worker()` until the 1,000 are recorded, and from the commit of
+   1,000 more to their last outcome with the dispatcher already running
+   (medians of 5 each).
+   Target: with history within 1.5x of without.
+
+Each run also notes the machine's load: the load average and how busy the
+CPUs were in the second before it started, and the share of the machine's
+CPU that other processes (not the benchmark's own tree, cluster or nginx)
+used while it ran, and the steal time the hypervisor reported (this is a
+virtual machine; its neighbours on the host are invisible otherwise).  The machine is shared with people running tests; a run
+with a high share is marked.
+"""
+
+# (key, label, aggregate, target): target is (op, value) or None.
+FIGURES = [
+    ("enqueue", "1. Enqueue cost", [
+        ("enqueue_insert_ratio", "enqueue / INSERT latency, synchronous_commit on", "median", ("<=", 1.3)),
+        ("enqueue_insert_ratio_async", "enqueue / INSERT latency, synchronous_commit off", "median", ("<=", 1.3)),
+        ("enqueue_tps", "enqueue TPS, sync on", "median", None),
+        ("insert_tps", "INSERT TPS, sync on", "median", None),
+        ("enqueue_latency_ms", "enqueue latency (ms), sync on", "median", None),
+        ("insert_latency_ms", "INSERT latency (ms), sync on", "median", None),
+        ("enqueue_tps_async", "enqueue TPS, sync off", "median", None),
+        ("insert_tps_async", "INSERT TPS, sync off", "median", None),
+    ]),
+    ("dispatch", "2. Dispatch throughput", [
+        ("drain_msgs_per_s", "messages/s, start_worker() to last outcome", "median", (">", 5000)),
+        ("dispatcher_cpu_s_per_1000", "dispatcher CPU s per 1,000 messages", "median", None),
+        ("dispatcher_cpu_share", "dispatcher CPU share while draining (1 = one core)", "median", None),
+        ("dispatcher_peak_rss_kb", "dispatcher peak RSS (kB)", "median", None),
+        ("dispatcher_peak_local_kb", "dispatcher peak local memory (kB)", "median", None),
+        ("dispatcher_end_local_kb", "dispatcher local memory at the end (kB)", "median", None),
+        ("nginx_wrk_requests_per_s", "responder ceiling: wrk requests/s", "median", None),
+    ]),
+    ("latency", "3. Latency, commit to arrival", [
+        ("latency_p50_ms", "p50 (ms)", "median", ("<", 10)),
+        ("latency_p99_ms", "p99 (ms)", "median", ("<", 100)),
+        ("latency_mean_ms", "mean (ms)", "median", None),
+        ("latency_max_ms", "max (ms)", "median", None),
+        ("latency_over_100ms", "messages over 100 ms", "max", None),
+    ]),
+    ("rate", "4. Rate accuracy", [
+        ("rate_fast_per_s", "sender at 10/s: observed 201s/s", "median", ("within%", 10, 2)),
+        ("rate_slow_per_s", "sender at 3/s: observed 201s/s", "median", ("within%", 3, 2)),
+        ("rate_fast_late_per_s", "sender at 10/s: 201s/s over the window's last two thirds", "median", None),
+        ("rate_slow_late_per_s", "sender at 3/s: 201s/s over the window's last two thirds", "median", None),
+        ("rate_fast_429_in_window", "sender at 10/s: 429s in the window (worst run)", "max", ("==", 0)),
+        ("rate_slow_429_in_window", "sender at 3/s: 429s in the window (worst run)", "max", ("==", 0)),
+        ("rate_fast_429_total", "sender at 10/s: 429s over the whole run (worst run)", "max", None),
+        ("rate_slow_429_total", "sender at 3/s: 429s over the whole run (worst run)", "max", None),
+    ]),
+    ("claim", "5. Claim cost against history", [
+        ("claim_custom_ratio", "(a) claim execution, history / none, custom plan", "median", ("<=", 1.5)),
+        ("claim_generic_ratio", "(a) claim execution, history / none, generic plan", "median", ("<=", 1.5)),
+        ("drain_1000_from_start_ratio", "(b) drain 1,000 from start_worker(), history / none", "median", ("<=", 1.5)),
+        ("drain_1000_running_ratio", "(b) drain 1,000 with the dispatcher running, history / none", "median", ("<=", 1.5)),
+        ("claim_custom_exec_ms_empty", "(a) claim execution (ms), custom plan, no history", "median", None),
+        ("claim_custom_exec_ms_history", "(a) claim execution (ms), custom plan, history", "median", None),
+        ("claim_custom_buffers_empty", "(a) claim buffers, custom plan, no history", "median", None),
+        ("claim_custom_buffers_history", "(a) claim buffers, custom plan, history", "median", None),
+        ("claim_generic_exec_ms_empty", "(a) claim execution (ms), generic plan, no history", "median", None),
+        ("claim_generic_exec_ms_history", "(a) claim execution (ms), generic plan, history", "median", None),
+        ("claim_custom_planning_ms_empty", "(a) planning (ms), custom plan, no history", "median", None),
+        ("claim_custom_planning_ms_history", "(a) planning (ms), custom plan, history", "median", None),
+        ("drain_1000_from_start_ms_empty", "(b) from start_worker() (ms), no history", "median", None),
+        ("drain_1000_from_start_ms_history", "(b) from start_worker() (ms), history", "median", None),
+        ("drain_1000_running_ms_empty", "(b) dispatcher running (ms), no history", "median", None),
+        ("drain_1000_running_ms_history", "(b) dispatcher running (ms), history", "median", None),
+    ]),
+]
+
+HIGH_FOREIGN_PCT = 20     # another process's share of the CPU that marks a run
+
+
+def load_runs(results, name):
+    runs = []
+    pattern = re.compile(re.escape(name) + r"\.(\d+)$")
+    for f in sorted(os.listdir(results), key=lambda f: (len(f), f)):
+        m = pattern.match(f)
+        if not m:
+            continue
+        values, notes = {}, []
+        for line in open(os.path.join(results, f)):
+            key, _, value = line.rstrip("\n").partition(" ")
+            if key.startswith("note:"):
+                notes.append((key[5:], value))
+            else:
+                values[key] = value
+        status_file = os.path.join(results, f + ".status")
+        status = open(status_file).read().strip() if os.path.exists(status_file) else "?"
+        runs.append({"run": int(m.group(1)), "values": values, "notes": notes, "status": status})
+    return runs
+
+
+def fmt(x):
+    if x is None:
+        return "-"
+    if abs(x) >= 1000 or x == int(x):
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:g}"
+    return f"{x:.3g}" if abs(x) < 1 else f"{x:.4g}"
+
+
+def target_text(t):
+    if t is None:
+        return ""
+    if t[0] == "within%":
+        return f"{t[1]} ± {t[2]} %"
+    return {"<=": "≤", ">": ">", "<": "<", "==": "="}[t[0]] + " " + fmt(t[1])
+
+
+def met(t, v):
+    if t is None or v is None:
+        return ""
+    op, ref = t[0], t[1]
+    if op == "within%":
+        ok = abs(v - ref) <= ref * t[2] / 100
+    else:
+        ok = {"<=": v <= ref, "<": v < ref, ">": v > ref, "==": v == ref}[op]
+    return "yes" if ok else "**no**"
+
+
+def foreign_pct(text):
+    m = re.search(r"used (\d+) %", text)
+    return int(m.group(1)) if m else 0
+
+
+def main():
+    results, facts_file = sys.argv[1], sys.argv[2]
+    out = sys.argv[3] if len(sys.argv) > 3 else None
+    facts = {}
+    for line in open(facts_file):
+        k, _, v = line.rstrip("\n").partition(": ")
+        facts[k] = v
+
+    md = [f"\n## Run of {facts.get('date', '?')}\n"]
+    md.append("| machine | |\n|---|---|")
+    for k in ("nproc", "CPU", "memory", "PostgreSQL", "libcurl", "nginx", "commit", "sizes"):
+        if k in facts:
+            md.append(f"| {k} | {facts[k]} |")
+    md.append("")
+    md.append("| benchmark | figure | median (or worst) | runs | target | met |")
+    md.append("|---|---|---|---|---|---|")
+    summary, load_lines, other_notes, failures = [], [], [], []
+    for name, title, figures in FIGURES:
+        runs = load_runs(results, name)
+        if not runs:
+            continue
+        for r in runs:
+            if r["status"] != "0":
+                failures.append(f"{title}: run {r['run']} failed (exit status {r['status']})")
+            for key, text in r["notes"]:
+                if key in ("load", "foreign_cpu"):
+                    continue
+                other_notes.append(f"{title}, run {r['run']}: {key}: {text}")
+            load = "; ".join(t for k, t in r["notes"] if k == "load")
+            foreign = "; ".join(t for k, t in r["notes"] if k == "foreign_cpu")
+            mark = " **(busy machine)**" if foreign_pct(foreign) >= HIGH_FOREIGN_PCT else ""
+            load_lines.append(f"- {title}, run {r['run']}: {load}; {foreign}{mark}")
+        for key, label, agg, target in figures:
+            vals = [float(r["values"][key]) for r in runs if key in r["values"]]
+            if not vals:
+                continue
+            v = statistics.median(vals) if agg == "median" else max(vals)
+            each = ", ".join(fmt(x) for x in vals)
+            md.append(f"| {title} | {label} | {fmt(v)} | {each} | {target_text(target)} | {met(target, v)} |")
+            summary.append(f"{label:<62} {fmt(v):>10}  [{each}]  {target_text(target)} {met(target, v).replace('*', '')}".rstrip())
+        summary.append("")
+    md.append("")
+    if failures:
+        md.append("Failed runs:\n")
+        md += [f"- {f}" for f in failures]
+        md.append("")
+    md.append("Load on the machine (the load average includes the benchmark's own earlier runs; "
+              f"runs where other processes used {HIGH_FOREIGN_PCT} % of the CPU or more are marked):\n")
+    md += load_lines
+    if other_notes:
+        md.append("\nNotes from the runs:\n")
+        md += [f"- {n}" for n in other_notes]
+    md.append("")
+
+    print("\n== summary (median of the runs [each run], target, met)")
+    print("\n".join(summary))
+    if failures:
+        print("\n".join(failures))
+    if out:
+        if not os.path.exists(out):
+            with open(out, "w") as f:
+                f.write(HEADER)
+        with open(out, "a") as f:
+            f.write("\n".join(md) + "\n")
+        print(f"appended to {out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
