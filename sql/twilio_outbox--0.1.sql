@@ -143,7 +143,7 @@ CREATE TABLE twilio_outbox.senders (
 	UNIQUE (account, messaging_service_sid)
 );
 CREATE UNIQUE INDEX senders_one_default ON twilio_outbox.senders (account) WHERE is_default;
-COMMENT ON TABLE twilio_outbox.senders IS 'From-numbers and Messaging Services; rate is in segments per second (NULL: the default for its kind; ''Infinity'': unlimited), burst the most sent at once (NULL: one second''s worth)';
+COMMENT ON TABLE twilio_outbox.senders IS 'From-numbers and Messaging Services; rate is in segments per second (NULL: the default for its kind; ''Infinity'': unlimited), burst the most sent at once (NULL: one segment)';
 
 /* The outbox itself. */
 CREATE TABLE twilio_outbox.messages (

@@ -42,9 +42,10 @@ default_rate(const char *kind)
 
 /*
  * Apply a sender's configuration: rate (NaN: the default for its kind;
- * infinite: unlimited) and burst (NaN: one second's worth, at least one
- * segment).  Tokens carry over a change, within the new burst; a new
- * sender starts with a full bucket.
+ * infinite: unlimited) and burst (NaN: one segment, so that sending is
+ * smooth and Twilio's own bucket, never drained by a burst of ours, absorbs
+ * the jitter of the network).  Tokens carry over a change, within the new
+ * burst; a new sender starts with a full bucket.
  */
 void
 outbox_sender_configure(OutboxSender *s, const char *kind, double rate,
@@ -58,7 +59,7 @@ outbox_sender_configure(OutboxSender *s, const char *kind, double rate,
 		rate = default_rate(kind);
 	s->unlimited = isinf(rate);
 	s->rate = rate;
-	s->burst = isnan(burst) ? Max(1.0, s->unlimited ? 1.0 : rate) : burst;
+	s->burst = isnan(burst) ? 1.0 : burst;
 	if (fresh || s->tokens > s->burst)
 		s->tokens = s->burst;
 	s->refilled_at = now;
