@@ -76,6 +76,9 @@ wait "$sampler" || true
 read -r peak_rss peak_local <"$BENCH_DIR/memory"
 end_local=$(local_kb "$pid")
 
+# autovacuum that ran on the tables meanwhile (a run where it did may differ)
+note autovacuum "$(psql_b -c "SELECT string_agg(relname || ': vacuum ' || autovacuum_count || ', analyze ' || autoanalyze_count, '; ' ORDER BY relname)
+	FROM pg_stat_user_tables WHERE schemaname = 'twilio_outbox' AND relname IN ('messages', 'attempts')")"
 read -r sent attempts < <(psql_b -F' ' -c "SELECT (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent'),
 	(SELECT count(*) FROM twilio_outbox.attempts)")
 elapsed=$(calc "$t1 - $t0")

@@ -203,15 +203,34 @@ local_kb()
 	awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6} /^Private_(Clean|Dirty):/ {if (name !~ /zero|SYSV|shm/) s += $2} END {print s + 0}' "/proc/$1/smaps"
 }
 
+# How fast one CPU is now: the best of 5 timings of a fixed single-threaded
+# loop, in ms (a virtual machine's neighbours can slow it with no load or
+# steal time showing inside it).
+cpu_probe()
+{
+	python3 -c '
+import time
+best = None
+for _ in range(5):
+    t = time.perf_counter()
+    x = 0
+    for i in range(1000000):
+        x += i * i % 7
+    d = time.perf_counter() - t
+    best = d if best is None else min(best, d)
+print(round(best * 1000, 1))'
+}
+
 # How busy the machine is before a run starts: the 1-minute load average,
-# and the share of CPU time busy over one second (other people's tests).
+# the share of CPU time busy over one second (other people's tests), and
+# the CPU probe.
 machine_load()
 {
 	local a b
 	a=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
 	sleep 1
 	b=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
-	note load "loadavg $(cut -d' ' -f1-3 /proc/loadavg), CPU busy before start $(python3 -c "a = '$a'.split(); b = '$b'.split(); print(round(100 * (int(b[0]) - int(a[0])) / max(1, int(b[1]) - int(a[1]))))") %"
+	note load "loadavg $(cut -d' ' -f1-3 /proc/loadavg), CPU busy before start $(python3 -c "a = '$a'.split(); b = '$b'.split(); print(round(100 * (int(b[0]) - int(a[0])) / max(1, int(b[1]) - int(a[1]))))") %, CPU probe $(cpu_probe) ms"
 }
 
 # CPU used by other people's processes while a run lasts, which the load

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rate accuracy: two long-code senders of one account, one at rate 10 and
-# one at rate 3 (segments/s, burst left at its default: one second's worth),
+# one at rate 3 (segments/s, burst left at its default),
 # each with enough one-segment messages queued to keep sending past the end
 # of the window, against the Python stand-in enforcing the same rates per
 # sender (token buckets, burst 10 so that our initial burst is accepted, a

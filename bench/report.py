@@ -26,7 +26,7 @@ benchmark 3 times, each on a throwaway cluster (`initdb` in /tmp,
 127.0.0.1, prints every figure, and appends a dated section below: the
 machine, the median of each figure with the individual runs, its target and
 whether it was met.  Every benchmark is bounded in time and stops by itself;
-the whole suite takes about 15 minutes.
+the whole suite takes about 20 minutes.
 
 Sizes (environment variables; defaults in brackets):
 
@@ -84,13 +84,12 @@ What each measures:
    `clock_timestamp()` just after `COMMIT` in the same psql session (the same
    clock).  Targets: p50 under 10 ms, p99 under 100 ms.
 4. **Rate accuracy** (`bench/rate.sh`): two long-code senders of one
-   account, rates 10 and 3 segments/s (burst left at its default, one
-   second's worth), with a backlog lasting past the window, against the
-   stand-in enforcing the same rates (token buckets, burst 10 so that our
-   initial burst is accepted, 429 above).  Over the window from 2 s to 32 s
-   after `start_worker()`: each sender's 201s per second, and the 429s (in
-   the window; those before it are reported too).  Target: within 2 % of
-   the setting, no 429.
+   account, rates 10 and 3 segments/s (burst left at its default), with a
+   backlog lasting past the window, against the stand-in enforcing the same
+   rates (token buckets, burst 10 so that our initial burst is accepted, 429
+   above). Over the window from 2 s to 32 s after `start_worker()`: each
+   sender's 201s per second, and the 429s (in the window; those before it
+   are reported too). Target: within 2 % of the setting, no 429.
 5. **Claim cost against history** (`bench/claim.sh`): claiming 1,000 due
    messages of one sender with 1,000,000 sent messages in the table, against
    no history (both VACUUMed, ANALYZEd, checkpointed; autovacuum off).  (a) `EXPLAIN
@@ -104,12 +103,15 @@ What each measures:
    (medians of 5 each).
    Target: with history within 1.5x of without.
 
-Each run also notes the machine's load: the load average and how busy the
-CPUs were in the second before it started, and the share of the machine's
-CPU that other processes (not the benchmark's own tree, cluster or nginx)
-used while it ran, and the steal time the hypervisor reported (this is a
-virtual machine; its neighbours on the host are invisible otherwise).  The machine is shared with people running tests; a run
-with a high share is marked.
+Each run also notes the machine's load: the load average, how busy the CPUs
+were in the second before it started, a CPU probe (the best of 5 timings of
+a fixed single-threaded Python loop, in ms: lower is faster; it shows a
+slower machine that nothing inside it explains), and the share of the
+machine's CPU that other processes (not the benchmark's own tree, cluster or
+nginx) used while it ran, and the steal time the hypervisor reported (this
+is a virtual machine; its neighbours on the host are invisible otherwise).
+The machine is shared with people running tests; a run with a high share is
+marked.
 """
 
 # (key, label, aggregate, target): target is (op, value) or None.

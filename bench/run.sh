@@ -5,7 +5,7 @@
 # Sizes and what each benchmark measures: the header of BENCHMARKS.md
 # (bench/report.py writes it when the file is missing).
 #
-#   make bench                      # everything, 3 runs, about 15 minutes
+#   make bench                      # everything, 3 runs, about 20 minutes
 #   BENCH_QUICK=1 make bench        # one small run of each, not recorded
 #   BENCH_ONLY="latency rate" make bench
 set -euo pipefail
