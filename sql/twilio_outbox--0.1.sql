@@ -429,11 +429,7 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	UPDATE twilio_outbox.accounts a SET paused_until = NULL, pause_reason = NULL
-	WHERE a.name OPERATOR(pg_catalog.=) account;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'account "%" does not exist', account USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM twilio_outbox.pause_account(account, NULL, NULL);
 	PERFORM twilio_outbox.wake_worker();
 END
 $$;
@@ -463,11 +459,7 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	UPDATE twilio_outbox.senders s SET paused_until = NULL, pause_reason = NULL
-	WHERE s.id = sender;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'sender % does not exist', sender USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM twilio_outbox.pause_sender(sender, NULL, NULL);
 	PERFORM twilio_outbox.wake_worker();
 END
 $$;

@@ -183,7 +183,6 @@ finish(OutboxMessage *m, CURLcode rc)
 	curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total_us);
 	curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pretransfer_us);
 	r->duration_ms = total_us / 1000.0;
-	r->curl_code = (int) rc;
 	if (rc == CURLE_OK)
 		r->transport_error[0] = '\0';
 	else if (r->transport_error[0] == '\0')

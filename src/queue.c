@@ -373,13 +373,6 @@ make_array(Datum *values, bool *nulls, int n, Oid elemtype)
 											  elemtype, typlen, typbyval, typalign));
 }
 
-/* Copy a text column of an SPI row into the current context, or NULL. */
-static char *
-col_text(HeapTuple tup, TupleDesc desc, int col)
-{
-	return SPI_getvalue(tup, desc, col);
-}
-
 /*
  * Claim due messages: at most capacity in all, within each account's room
  * (its concurrency cap less what it has in flight) and each sender's
@@ -536,20 +529,20 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		m->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		m->failures = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		m->account = find_account(col_text(tup, desc, 4));
-		m->to_number = col_text(tup, desc, 5);
+		m->account = find_account(SPI_getvalue(tup, desc, 4));
+		m->to_number = SPI_getvalue(tup, desc, 5);
 		media = SPI_getbinval(tup, desc, 9, &media_null);
 		params = SPI_getbinval(tup, desc, 13, &params_null);
 		expires = SPI_getbinval(tup, desc, 14, &isnull);
 		m->expires_at = isnull ? 0 : DatumGetTimestampTz(expires);
-		m->idempotency_key = col_text(tup, desc, 15);
+		m->idempotency_key = SPI_getvalue(tup, desc, 15);
 		m->segments = DatumGetInt32(SPI_getbinval(tup, desc, 16, &isnull));
 		m->sender = find_sender(DatumGetInt64(SPI_getbinval(tup, desc, 17, &isnull)));
 		m->form = outbox_build_form(m->to_number,
-									col_text(tup, desc, 6), col_text(tup, desc, 7),
-									col_text(tup, desc, 8), media, media_null,
-									col_text(tup, desc, 10), col_text(tup, desc, 11),
-									col_text(tup, desc, 12), params, params_null,
+									SPI_getvalue(tup, desc, 6), SPI_getvalue(tup, desc, 7),
+									SPI_getvalue(tup, desc, 8), media, media_null,
+									SPI_getvalue(tup, desc, 10), SPI_getvalue(tup, desc, 11),
+									SPI_getvalue(tup, desc, 12), params, params_null,
 									m->expires_at, now);
 		Assert(m->account != NULL && m->sender != NULL);
 		outbox_bucket_take(m->sender, m->segments);

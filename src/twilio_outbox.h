@@ -167,7 +167,6 @@ typedef struct OutboxResponse
 	TimestampTz started_at;
 	double		duration_ms;
 	bool		request_sent;	/* bytes may have reached Twilio */
-	int			curl_code;		/* CURLcode, 0 for none */
 	char		transport_error[256];
 	long		http_status;	/* 0 when no response */
 	int			twilio_code;	/* 0 when none */

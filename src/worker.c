@@ -527,8 +527,9 @@ require_shmem(void)
 				 errhint("Add twilio_outbox to shared_preload_libraries and restart the server.")));
 }
 
+/* The pid of a database's dispatcher, 0 when none runs. */
 static pid_t
-current_pid(Oid dboid, TimestampTz *starting_at, TimestampTz *hold_until)
+current_pid(Oid dboid)
 {
 	OutboxSlot *slot;
 	pid_t		pid = 0;
@@ -536,13 +537,7 @@ current_pid(Oid dboid, TimestampTz *starting_at, TimestampTz *hold_until)
 	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
 	slot = outbox_slot_find(dboid, false);
 	if (slot != NULL)
-	{
 		pid = slot->pid;
-		if (starting_at)
-			*starting_at = slot->starting_at;
-		if (hold_until)
-			*hold_until = slot->hold_until;
-	}
 	LWLockRelease(outbox_shmem_lock());
 	return pid;
 }
@@ -553,7 +548,7 @@ wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
 {
 	TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;
 
-	while (current_pid(dboid, NULL, NULL) == pid)
+	while (current_pid(dboid) == pid)
 	{
 		if (GetCurrentTimestamp() >= deadline)
 			return false;
@@ -607,7 +602,7 @@ twilio_outbox_start_worker(PG_FUNCTION_ARGS)
 		/* Another session is starting it: wait for it to show up. */
 		LWLockRelease(outbox_shmem_lock());
 		wait_for_exit(MyDatabaseId, 0, START_WAIT_MS);
-		pid = current_pid(MyDatabaseId, NULL, NULL);
+		pid = current_pid(MyDatabaseId);
 		if (pid == 0)
 			PG_RETURN_NULL();
 		PG_RETURN_INT32(pid);
@@ -688,7 +683,7 @@ twilio_outbox_stop_worker(PG_FUNCTION_ARGS)
 Datum
 twilio_outbox_worker_pid(PG_FUNCTION_ARGS)
 {
-	pid_t		pid = outbox_shmem_ready() ? current_pid(MyDatabaseId, NULL, NULL) : 0;
+	pid_t		pid = outbox_shmem_ready() ? current_pid(MyDatabaseId) : 0;
 
 	if (pid == 0)
 		PG_RETURN_NULL();
