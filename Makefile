@@ -19,7 +19,10 @@ OBJS = \
 	src/retry.o \
 	src/ratelimit.o
 
-DATA = $(wildcard sql/twilio_outbox--*.sql)
+# Released install scripts never change; the upgrade to the version in
+# development is built from one file per concern (sql/0.2/README.md).
+DATA = sql/twilio_outbox--0.1.sql
+DATA_built = sql/twilio_outbox--0.1--0.2.sql
 
 PG_CONFIG ?= pg_config
 # -Wextra's unused-parameter and missing-field-initializers fire on
@@ -53,6 +56,9 @@ demo:
 
 bench:
 	bash bench/run.sh
+
+sql/twilio_outbox--0.1--0.2.sql: $(sort $(wildcard sql/0.2/*.sql))
+	cat $^ > $@
 
 # Every object depends on the shared header (PGXS tracks no header changes).
 $(OBJS): src/twilio_outbox.h

@@ -17,7 +17,7 @@
 #include "nodes/pg_list.h"
 #include "storage/lwlock.h"
 
-#define OUTBOX_VERSION "0.1"
+#define OUTBOX_VERSION "0.2"
 #define OUTBOX_SCHEMA "twilio_outbox"
 
 /* Project-specific SQLSTATE: the recipient is on the suppression list. */

@@ -1,0 +1,1 @@
+/* table constraints and columns */

@@ -1,0 +1,1 @@
+/* twilio_enqueue and what it reads */

@@ -1,0 +1,1 @@
+/* what the dispatcher reads and writes */

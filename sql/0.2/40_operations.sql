@@ -1,0 +1,1 @@
+/* operator functions and procedures, supervision */

@@ -1,0 +1,1 @@
+/* views and the functions behind them */
