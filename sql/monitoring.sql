@@ -296,6 +296,8 @@ FROM twilio_outbox.worker;
 SELECT column_name FROM information_schema.columns
 WHERE table_schema = 'twilio_outbox' AND table_name = 'worker'
 ORDER BY ordinal_position;
+-- The library this session runs (a dispatcher started now runs the same).
+SELECT twilio_outbox.library_version();
 -- worker_accounts: per account caps in use and why the dispatcher cannot
 -- use an account; none without a dispatcher.
 SELECT count(*) AS account_rows FROM twilio_outbox.worker_accounts;

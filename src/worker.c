@@ -50,6 +50,7 @@ PG_FUNCTION_INFO_V1(twilio_outbox_worker_pid);
 PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_status);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts);
+PG_FUNCTION_INFO_V1(twilio_outbox_library_version);
 
 #define REFRESH_INTERVAL_MS	1000
 #define WAKE_REFRESH_MS		100
@@ -795,6 +796,18 @@ twilio_outbox_wake_worker(PG_FUNCTION_ARGS)
 {
 	outbox_wake_at_commit();
 	PG_RETURN_VOID();
+}
+
+/*
+ * library_version(): the version of the library this session runs, the
+ * one a dispatcher started now would run when the library is preloaded.
+ * Its symbol is new in 0.2: the upgrade script creates the function first,
+ * and so fails under a 0.1 library still loaded by a server not restarted.
+ */
+Datum
+twilio_outbox_library_version(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(OUTBOX_VERSION));
 }
 
 /*

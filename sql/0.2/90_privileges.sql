@@ -10,7 +10,8 @@ REVOKE ALL ON FUNCTION twilio_outbox.start_worker(boolean), twilio_outbox.stop_w
 	twilio_outbox.schedule_supervisor_sql(text, text),
 	twilio_outbox.schedule_purge_sql(interval, text, text, text),
 	twilio_outbox.worker_status(), twilio_outbox.worker_accounts(),
-	twilio_outbox.supervisor_last_run(), twilio_outbox.cron_database_name()
+	twilio_outbox.supervisor_last_run(), twilio_outbox.cron_database_name(),
+	twilio_outbox.library_version()
 	FROM PUBLIC;
 REVOKE ALL ON twilio_outbox.health, twilio_outbox.worker, twilio_outbox.worker_accounts FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION twilio_outbox.start_worker(boolean), twilio_outbox.stop_worker(interval),
@@ -19,7 +20,8 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.start_worker(boolean), twilio_outbox.sto
 	twilio_outbox.schedule_purge_sql(interval, text, text, text)
 	TO twilio_outbox_admin;
 GRANT EXECUTE ON FUNCTION twilio_outbox.worker_status(), twilio_outbox.worker_accounts(),
-	twilio_outbox.supervisor_last_run(), twilio_outbox.cron_database_name()
+	twilio_outbox.supervisor_last_run(), twilio_outbox.cron_database_name(),
+	twilio_outbox.library_version()
 	TO twilio_outbox_monitor;
 GRANT SELECT ON twilio_outbox.health, twilio_outbox.worker, twilio_outbox.worker_accounts
 	TO twilio_outbox_monitor;
