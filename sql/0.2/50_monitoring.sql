@@ -104,7 +104,8 @@ BEGIN
 		RETURN NULL;
 	END IF;
 	EXECUTE $q$
-		SELECT pg_catalog.format('job %s (%s) %s at %s%s', j.jobid, j.jobname, d.status,
+		SELECT pg_catalog.format('job %s (%s%s) %s at %s%s', j.jobid, j.jobname,
+			CASE WHEN NOT j.active THEN ', inactive' ELSE '' END, d.status,
 			pg_catalog.date_trunc('second', d.start_time), coalesce(': ' || d.return_message, ''))
 		FROM cron.job_run_details d
 		JOIN cron.job j ON j.jobid = d.jobid
@@ -202,7 +203,10 @@ SELECT 'worker_running'::text AS check_name,
 			'Stopped with stop_worker(hold => ...): the supervisor does not start it before then; twilio_outbox.start_worker() starts it now and ends the hold.'
 		 ELSE 'No dispatcher runs in this database: start it with twilio_outbox.start_worker(). '
 			|| CASE WHEN w.supervised_at > pg_catalog.now() - interval '3 minutes'
-					THEN pg_catalog.format('The supervisor called start_worker() at %s, yet none runs: see the server log (max_worker_processes?).', pg_catalog.date_trunc('second', w.supervised_at))
+						 AND w.stopped_at > w.supervised_at
+					THEN pg_catalog.format('It stopped at %s; the supervisor (last call at %s) starts it again within a minute, unless held with stop_worker(hold => ...).', pg_catalog.date_trunc('second', w.stopped_at), pg_catalog.date_trunc('second', w.supervised_at))
+					WHEN w.supervised_at > pg_catalog.now() - interval '3 minutes'
+					THEN pg_catalog.format('The supervisor called start_worker() at %s, yet none runs: see the server log (max_worker_processes, twilio_outbox.max_databases).', pg_catalog.date_trunc('second', w.supervised_at))
 					WHEN w.supervised_at IS NOT NULL
 					THEN pg_catalog.format('The supervisor last called start_worker() at %s: its pg_cron job no longer runs, or fails.', pg_catalog.date_trunc('second', w.supervised_at))
 					ELSE 'No supervisor has called start_worker(supervisor => true) since the server started: schedule one with twilio_outbox.schedule_supervisor() or, where pg_cron keeps its jobs in another database, run there the statement twilio_outbox.schedule_supervisor_sql() returns; or list this database in twilio_outbox.databases.' END

@@ -171,6 +171,21 @@ is(OutboxTest::query($node, qq{
 is(OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()'), $pid,
 	'start_worker() now returns the running one');
 
+# With pg_cron in this database, health's hint reads the job's last run
+# (here with the job switched off, so that nothing starts it again).
+OutboxTest::query($node, "SELECT cron.alter_job($job, active => false)");
+is(OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()'), 't', 'stopped, job off');
+my $hint = OutboxTest::query($node,
+	"SELECT status || ': ' || hint FROM twilio_outbox.health WHERE check_name = 'worker_running'");
+like($hint, qr/^critical: .*It stopped at .*the supervisor \(last call at /,
+	'health: it stopped after the supervisor\'s last call');
+like($hint, qr/Last run of the supervisor job: job $job \(twilio_outbox_supervisor_postgres, inactive\) succeeded at /,
+	'health: the hint quotes the job\'s last run from cron.job_run_details');
+is(OutboxTest::query($node, q{
+		SELECT running, pid IS NULL, stopped_at > started_at, supervisor_seen_at IS NOT NULL
+		FROM twilio_outbox.worker}),
+	'f|t|t|t', 'worker: one row, not running, stopped after it started, supervised');
+
 $node->stop;
 
 # ---------- without twilio_outbox in shared_preload_libraries ----------
