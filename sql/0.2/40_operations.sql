@@ -1,6 +1,6 @@
 /* operator functions and procedures, supervision */
 
-/* ---------- the dispatcher: start, stop, hold; pg_cron jobs (H4) ---------- */
+/* ---------- the dispatcher: start, stop, hold; pg_cron jobs ---------- */
 
 /*
  * start_worker(supervisor => true) is what the pg_cron job calls: it

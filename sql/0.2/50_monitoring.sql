@@ -1,12 +1,6 @@
 /* views and the functions behind them */
 
 /*
- * The dispatcher's views (H4).  worker_status() and worker_accounts() change
- * their columns and health renames "check" to check_name: views and
- * functions are dropped and created again (CREATE OR REPLACE cannot rename
- * or drop columns), and granted again in 90_privileges.sql.
- */
-/*
  * A preloaded library is replaced only by a server restart.  Under a 0.1
  * library still loaded, this upgrade's C functions would be answered by
  * the old code: refuse, saying what to do.  (The symbol is new in 0.2.)
@@ -25,6 +19,12 @@ END
 $library$;
 COMMENT ON FUNCTION twilio_outbox.library_version() IS 'The version of the twilio_outbox library this session (and a dispatcher started now) runs';
 
+/*
+ * The dispatcher's views.  worker_status() and worker_accounts() change
+ * their columns and health renames "check" to check_name: views and
+ * functions are dropped and created again (CREATE OR REPLACE cannot rename
+ * or drop columns), and granted again in 90_privileges.sql.
+ */
 DROP VIEW twilio_outbox.health;
 DROP VIEW twilio_outbox.worker;
 DROP VIEW twilio_outbox.worker_accounts;

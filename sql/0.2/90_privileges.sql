@@ -1,7 +1,7 @@
 /* grants */
 
 /*
- * The dispatcher's functions and views (H4): new functions are executable
+ * The dispatcher's functions and views: new functions are executable
  * by PUBLIC until revoked; dropped and created views lost their grants.
  */
 REVOKE ALL ON FUNCTION twilio_outbox.start_worker(boolean), twilio_outbox.stop_worker(interval),

@@ -189,6 +189,21 @@ is($node->safe_psql('appdb', 'SELECT accounts, accounts_unusable FROM twilio_out
 	'3|2', 'worker: 3 accounts known, 2 unusable');
 is($node->safe_psql('appdb', "SELECT state FROM twilio_outbox.messages WHERE id = $stuck"),
 	'queued', 'the unusable account\'s message stays queued');
+# More accounts than the dispatcher publishes (32): the unusable ones are
+# listed first, and the totals count them all.
+$node->safe_psql('appdb', qq{
+	INSERT INTO twilio_outbox.accounts (name, account_sid, base_url)
+		SELECT 'extra' || n, '$SID', '$base' FROM generate_series(1, 32) n;
+	INSERT INTO twilio_outbox.account_credentials (account, secret)
+		SELECT 'extra' || n, 'x' FROM generate_series(1, 32) n;
+});
+ok(wait_for($node, 'appdb', 'SELECT accounts = 35 FROM twilio_outbox.worker', 30),
+	'worker: 35 accounts known');
+is($node->safe_psql('appdb', q{
+		SELECT count(*), count(problem), (SELECT accounts_unusable FROM twilio_outbox.worker)
+		FROM twilio_outbox.worker_accounts}),
+	'32|2|2', 'worker_accounts: 32 listed, both unusable ones among them');
+$node->safe_psql('appdb', q{DELETE FROM twilio_outbox.accounts WHERE name LIKE 'extra%'});
 $node->safe_psql('appdb', q{
 	DELETE FROM twilio_outbox.messages WHERE account IN ('nosecret', 'faraway');
 	DELETE FROM twilio_outbox.senders WHERE account IN ('nosecret', 'faraway');
