@@ -114,12 +114,12 @@ outbox_slot_find(Oid dboid, bool create)
 		if (slot->dboid == dboid)
 			return slot;
 		/* a held database keeps its slot: the hold lives in it */
-		if (spare == NULL && (slot->dboid == InvalidOid ||
+		if (create && spare == NULL && (slot->dboid == InvalidOid ||
 							  (slot->pid == 0 && slot->starting_at == 0 &&
 							   slot->held_until <= GetCurrentTimestamp())))
 			spare = slot;
 	}
-	if (!create || spare == NULL)
+	if (spare == NULL)
 		return NULL;
 	memset(spare, 0, sizeof(OutboxSlot));
 	spare->dboid = dboid;

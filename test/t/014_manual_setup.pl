@@ -242,8 +242,8 @@ ok($new > 0 && $new != $pid, 'start_worker() by an operator starts a new dispatc
 is($node->safe_psql('appdb', 'SELECT running, held_until IS NULL, stopped_at IS NULL FROM twilio_outbox.worker'),
 	't|t|t', 'and ends the hold');
 
-# A plain stop_worker() is undone by the supervisor: documented, shown here
-# only by the job's command (start_worker(supervisor => true) honours holds only).
+# (A plain stop_worker() is undone by the supervisor within a minute:
+# test/t/011_supervisor.pl.)
 
 # ---------- a server restart ----------
 
