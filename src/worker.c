@@ -99,8 +99,8 @@ detach_slot(int code, Datum arg)
 /*
  * Take this database's slot; false when another dispatcher holds it, or an
  * operator's stop_worker(hold => ...) holds this database (a dispatcher of
- * twilio_outbox.databases is restarted by the postmaster, and must not undo
- * the hold either).
+ * twilio_outbox.databases that failed is restarted by the postmaster, and
+ * must not end the hold either).
  */
 static bool
 attach_slot(bool *held)
