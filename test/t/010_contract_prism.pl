@@ -27,7 +27,8 @@ my $testdir = Cwd::abs_path("$FindBin::RealBin/..");
 # Prism and Twilio's spec are test dependencies of the project: missing
 # either is a failure.  make test and test/run_some.sh install both into a
 # cache (test/setup.sh: install_prism, fetch_twilio_spec) and pass their
-# paths in TWILIO_OUTBOX_PRISM and TWILIO_OPENAPI_SPEC.
+# paths in TWILIO_OUTBOX_PRISM and TWILIO_OPENAPI_SPEC; without those (make
+# installcheck by hand), the caches test/setup.sh uses are looked in.
 sub missing
 {
 	my ($what, $hint) = @_;
@@ -37,26 +38,39 @@ sub missing
 	exit 1;
 }
 
-my $prism = $ENV{TWILIO_OUTBOX_PRISM} // "$testdir/node_modules/.bin/prism";
-missing("Prism is installed at $prism",
-	'make test installs it (test/setup.sh, install_prism); by hand: '
-	  . 'npm ci --prefix test, or set TWILIO_OUTBOX_PRISM')
-  unless -x $prism;
+my $user_cache = $ENV{XDG_CACHE_HOME} // ($ENV{HOME} ? "$ENV{HOME}/.cache" : undef);
+my @caches = grep { defined } ($ENV{TWILIO_OUTBOX_CACHE},
+	defined $user_cache ? "$user_cache/twilio_outbox" : undef,
+	'/var/cache/twilio_outbox');
+
+# Prism: in the cache, under the hash of test/package.json and its lock file.
+my $prism_key = substr(Digest::SHA::sha256_hex(
+		slurp_file("$testdir/package.json") . slurp_file("$testdir/package-lock.json")), 0, 16);
+my @prisms = ($ENV{TWILIO_OUTBOX_PRISM} // (),
+	(map { "$_/prism-$prism_key/node_modules/.bin/prism" } @caches),
+	"$testdir/node_modules/.bin/prism");
+my ($prism) = grep { -x $_ } @prisms;
+missing('Prism is installed',
+	"looked for @prisms; make test and test/run_some.sh install it "
+	  . '(test/setup.sh, install_prism), or set TWILIO_OUTBOX_PRISM')
+  unless defined $prism;
 
 # The spec: exactly the file pinned (package, path, sha256) in
 # test/twilio_openapi.pin, wherever it was fetched to.
 my %pin = slurp_file("$testdir/twilio_openapi.pin") =~ /^(\w+)=(\S+)$/mg;
 die "test/twilio_openapi.pin: no sha256" unless $pin{sha256};
-my $spec = $ENV{TWILIO_OPENAPI_SPEC};
+my @specs = ($ENV{TWILIO_OPENAPI_SPEC} // (),
+	map { "$_/twilio_api_v2010.$pin{sha256}.json" } @caches);
+my ($spec) = grep { -r $_ } @specs;
 missing("Twilio's OpenAPI spec ($pin{file} of $pin{package}) was fetched",
-	'make test fetches it (test/setup.sh, fetch_twilio_spec) and sets '
-	  . 'TWILIO_OPENAPI_SPEC to its path')
-  unless defined $spec && -r $spec;
+	"looked for @specs; make test and test/run_some.sh fetch it "
+	  . '(test/setup.sh, fetch_twilio_spec), or set TWILIO_OPENAPI_SPEC')
+  unless defined $spec;
 my $spec_sha256 = Digest::SHA->new(256)->addfile($spec, 'b')->hexdigest;
 missing("the spec $spec is the one pinned in test/twilio_openapi.pin",
 	"its sha256 is $spec_sha256, the pin says $pin{sha256}")
   unless $spec_sha256 eq $pin{sha256};
-note("spec: $spec ($pin{file} of $pin{package})");
+note("Prism: $prism; spec: $spec ($pin{file} of $pin{package})");
 
 # Prism reads a form body's repeated keys (MediaUrl=a&MediaUrl=b, which is
 # how Twilio takes a list) as one value that overrides the previous, and then
