@@ -7,9 +7,11 @@
 #   make demo
 #   make test
 #
-# then prints each command's wall time and closing line ("demo passed: ..."
-# and "N passed, N failed").  Not part of make test: it needs root, the
-# network (the Debian mirror, the npm registry) and 10 to 20 minutes.
+# checks that they left the clone unchanged (git status), and prints each
+# command's wall time and closing line ("demo passed: ..." and "N passed,
+# N failed").  Not part of make test: it needs root, the network (the Debian
+# mirror, the npm registry) and a few minutes (about 3 on the machine it was
+# written on, with a fast mirror), plus any wait for the test lock.
 #
 #   bash .ci/pristine.sh [REF [REPO]]    default: HEAD of this checkout
 #
@@ -198,6 +200,9 @@ if [ "${status[setup]}" = 0 ]; then
 	fi
 	phase test "cd /root/twilio_outbox && make test"
 	exec 9>&-
+	# Neither command may leave a change to the tree (a tracked file
+	# rewritten, an untracked one not in .gitignore, __pycache__ say).
+	phase tree "cd /root/twilio_outbox && git status --porcelain"
 fi
 
 demo_line=$(grep -E '^demo (passed|FAILED)' "$logs/demo.log" 2>/dev/null | tail -1) || true
@@ -213,7 +218,14 @@ if [ "${status[setup]}" = 0 ]; then
 		"${status[demo]}" "${demo_line:-(no verdict line)}"
 	printf '   %-44s %8s  exit %s  %s\n' "make test" "$(mmss "${took[test]}")" \
 		"${status[test]}" "${test_line:-(no N passed, N failed line)}"
+	if [ "${status[tree]}" = 0 ] && [ ! -s "$logs/tree.log" ]; then
+		tree_line="unchanged"
+	else
+		tree_line="CHANGED: $(tr '\n' ' ' <"$logs/tree.log")"
+		status[tree]=1
+	fi
+	printf '   %-44s %s\n' "the clone after both (git status)" "$tree_line"
 fi
 echo "   logs: $logs"
 [ "${status[setup]}" = 0 ] && [ "${status[demo]}" = 0 ] && [ "${status[test]}" = 0 ] &&
-	[ -n "$test_line" ] && [[ $test_line == *" 0 failed" ]]
+	[ "${status[tree]}" = 0 ] && [ -n "$test_line" ] && [[ $test_line == *" 0 failed" ]]
