@@ -35,7 +35,6 @@ tap)
 	as_pg make -s installcheck REGRESS= ISOLATION= ${1:+PROVE_TESTS="$*"}
 	rc=$? ;;
 pgtap)
-	test_tools
 	as_pg bash test/pgtap.sh
 	rc=$? ;;
 *)
