@@ -83,9 +83,14 @@ safe_remove()
 }
 
 run=
+phase_pid=
 cleanup()
 {
 	local rc=$?
+	if [ -n "$phase_pid" ]; then
+		kill "$phase_pid" 2>/dev/null || true
+		wait "$phase_pid" 2>/dev/null || true
+	fi
 	exec 9>&- 2>/dev/null || true
 	if [ -n "$run" ]; then
 		if [ "${KEEP_ROOT:-}" = 1 ]; then
@@ -157,10 +162,14 @@ if [ "${PG_ENV_TEST:-}" = 1 ]; then
 fi
 
 # Run a shell command as root inside the root, in new mount and PID
-# namespaces that end with it.
+# namespaces that end with it (and with unshare, when this script is
+# stopped: --kill-child).  The mounts exist only in that mount namespace:
+# seen from here, the root's /proc, /sys and /dev stay plain directories.
+# It execs unshare: run it in the background (phase below), where $! is then
+# unshare itself.
 in_root()
 {
-	unshare --mount --pid --fork --propagation private -- bash -c '
+	exec unshare --mount --pid --kill-child --propagation private -- bash -c '
 		r=$1; shift
 		mount -t proc proc "$r/proc" &&
 		mount -t sysfs sysfs "$r/sys" &&
@@ -178,10 +187,13 @@ phase()
 	local name=$1 cmd=$2 t0 rc
 	echo "== [$name] $cmd"
 	t0=$(date +%s)
-	set +e
-	in_root "$cmd" 2>&1 | tee "$logs/$name.log"
-	rc=${PIPESTATUS[0]}
-	set -e
+	# In the background, so that a signal to this script is handled at
+	# once (cleanup stops the phase), not when the phase ends.
+	in_root "$cmd" > >(tee "$logs/$name.log") 2>&1 &
+	phase_pid=$!
+	rc=0
+	wait $phase_pid || rc=$?
+	phase_pid=
 	took[$name]=$(($(date +%s) - t0))
 	status[$name]=$rc
 	echo "== [$name] exit status $rc after ${took[$name]} s"
