@@ -88,7 +88,9 @@ cleanup()
 {
 	local rc=$?
 	if [ -n "$phase_pid" ]; then
-		kill "$phase_pid" 2>/dev/null || true
+		# unshare ignores SIGTERM and SIGINT while its child runs; on
+		# SIGKILL, --kill-child ends the child and so the whole namespace.
+		kill -KILL "$phase_pid" 2>/dev/null || true
 		wait "$phase_pid" 2>/dev/null || true
 	fi
 	exec 9>&- 2>/dev/null || true
