@@ -44,8 +44,15 @@ PROVE_TESTS = test/t/*.pl
 # LLVM bitcode would need clang on every machine; the JIT gains nothing here.
 override with_llvm = no
 
-PGXS := $(shell $(PG_CONFIG) --pgxs)
+# make demo and make test install PostgreSQL themselves: on a machine
+# without it yet (no pg_config), those targets must still parse and run.
+# Every other target needs PGXS.
+PGXS := $(shell command -v $(PG_CONFIG) >/dev/null 2>&1 && $(PG_CONFIG) --pgxs)
+ifneq ($(PGXS),)
 include $(PGXS)
+else ifneq ($(filter-out demo test bench,$(or $(MAKECMDGOALS),all)),)
+$(error $(PG_CONFIG) not found: apt-get install postgresql-server-dev-15 (make demo and make test do), or set PG_CONFIG)
+endif
 
 .PHONY: test demo bench
 test:

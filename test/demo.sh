@@ -36,7 +36,7 @@ CONF
 as_pg env TWILIO_AUTH_TOKEN="${TWILIO_AUTH_TOKEN:-demo-token}" \
 	pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
 
-psql_demo() { as_pg psql -h "$dir" -U postgres -d postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql_demo() { as_pg psql -h "$dir" -p 5432 -U postgres -d postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 if [ $real = yes ]; then
 	base_url=https://api.twilio.com
@@ -144,4 +144,20 @@ SQL
 if [ $real = no ]; then
 	echo "== the stand-in received $(curl -sf "$base_url/_requests" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') requests"
 fi
+# The verdict: every committed message sent or dead-lettered as scripted
+# (with the stand-in: all but the invalid number sent), nothing left behind.
+read -r total sent dead waiting < <(psql_demo -At -F ' ' -c "
+	SELECT count(*), count(*) FILTER (WHERE state = 'sent'),
+		count(*) FILTER (WHERE state = 'dead'),
+		count(*) FILTER (WHERE state IN ('queued', 'sending'))
+	FROM twilio_outbox.messages")
+if [ $real = yes ]; then expect="1 1 0 0"; else expect="302 301 1 0"; fi
 echo "== done; stopping and removing the cluster"
+if [ "$total $sent $dead $waiting" = "$expect" ]; then
+	echo "demo passed: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting"
+else
+	set -- $expect
+	echo "demo FAILED: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting" \
+		"(expected $1, $2, $3, $4; the server log was $dir/server.log, kept with KEEP=1)"
+	exit 1
+fi

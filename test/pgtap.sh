@@ -3,6 +3,8 @@
 # instance on a Unix socket in a temporary directory.  Run as a non-root
 # user with PostgreSQL's bin directory on PATH.
 set -euo pipefail
+# Our own instance only: no PGHOST, PGPORT, PGOPTIONS... of the caller's.
+unset $(compgen -e | grep -E '^PG[A-Z]+$')
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d /tmp/outbox_pgtap.XXXXXX)
 trap 'pg_ctl -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT

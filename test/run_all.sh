@@ -13,11 +13,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 
 need_packages || exit 1
 build_and_install "$top" || { echo "0 passed, 1 failed"; exit 1; }
-if [ ! -x "$top/test/node_modules/.bin/prism" ]; then
-	echo "== installing the Prism mock server (npm)"
-	npm ci --prefix "$top/test" --no-audit --no-fund --loglevel=error >/dev/null ||
-		echo "npm ci failed: the contract test will fail" >&2
-fi
+# Prism and Twilio's spec for the contract test (a failure there shows as
+# that test's failure).
+test_tools
 
 work=$(work_copy "$top")
 passed=0

@@ -31,6 +31,7 @@ isolation)
 	rc=$?
 	[ -f output_iso/regression.diffs ] && cat output_iso/regression.diffs ;;
 tap)
+	test_tools
 	as_pg make -s installcheck REGRESS= ISOLATION= ${1:+PROVE_TESTS="$*"}
 	rc=$? ;;
 pgtap)

@@ -1,9 +1,18 @@
-# Shared by test/run_all.sh (make test) and test/demo.sh (make demo):
-# install what is missing on a Debian bookworm machine, build and install
-# the extension.  Sourced, not run.
+# Shared by test/run_all.sh (make test), test/demo.sh (make demo), the other
+# scripts in test/ and bench/: install what is missing on a Debian bookworm
+# machine, build and install the extension, fetch the test tools.  Sourced,
+# not run.
 
 PG_BIN=/usr/lib/postgresql/15/bin
 PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+
+# Every server these scripts talk to is one they started themselves: the
+# caller's libpq settings (PGHOST, PGPORT, PGDATABASE, PGUSER, PGOPTIONS,
+# PGSERVICE, PGPASSFILE and the rest) must neither steer them elsewhere nor
+# change their sessions.
+unset $(compgen -e | grep -E '^PG[A-Z]+$')
+# The Python stand-in and helpers leave no __pycache__ in the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 
 # Debian packages the project needs; tools that may come from elsewhere
 # (node and npm, say) count as present when their command is.
@@ -24,10 +33,10 @@ need_packages()
 		echo "missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
 		return 1
 	fi
-	echo "== installing ${missing[*]}"
+	echo "== installing packages with apt-get (a minute or two): ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	apt-get update -qq >/dev/null || return 1
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
 	# The Debian package starts a cluster of its own; the tests do not use it.
 	if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 main .* online'; then
 		pg_ctlcluster 15 main stop || true
@@ -46,11 +55,25 @@ build_and_install()
 }
 
 # Run a command as the unprivileged postgres user when we are root
-# (initdb refuses root), as ourselves otherwise.
+# (initdb refuses root), as ourselves otherwise.  PostgreSQL's programs
+# return to the directory they started in and complain when they cannot, so
+# as root they start from / unless the postgres user can enter the current
+# directory (a source tree under /root, mode 700, it cannot).
+as_pg_cwd=
+as_pg_cwd_ok=
 as_pg()
 {
 	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- env PATH="$PG_BIN:$PATH" "$@"
+		if [ "$PWD" != "$as_pg_cwd" ]; then
+			as_pg_cwd=$PWD
+			as_pg_cwd_ok=
+			runuser -u postgres -- test -x "$PWD" 2>/dev/null && as_pg_cwd_ok=1
+		fi
+		if [ -n "$as_pg_cwd_ok" ]; then
+			runuser -u postgres -- env PATH="$PG_BIN:$PATH" "$@"
+		else
+			(cd / && runuser -u postgres -- env PATH="$PG_BIN:$PATH" "$@")
+		fi
 	else
 		env PATH="$PG_BIN:$PATH" "$@"
 	fi
@@ -68,10 +91,97 @@ work_copy()
 	tar -C "$src" --exclude=.git --exclude=node_modules --exclude=tmp_check \
 		--exclude=tmp_check_iso --exclude=results --exclude=output_iso -cf - . |
 		tar -C "$dst" -xf -
-	[ -d "$src/test/node_modules" ] && ln -s "$src/test/node_modules" "$dst/test/node_modules"
 	chown -R postgres "$dst"
 	chmod 755 "$dst"
 	echo "$dst"
+}
+
+# Test tools downloaded from registries are kept here between runs, where
+# the postgres user can read them (never under a home directory it may not
+# enter): /var/cache/twilio_outbox as root, ~/.cache/twilio_outbox otherwise,
+# or $TWILIO_OUTBOX_CACHE.
+tools_cache()
+{
+	local cache
+	if [ -n "${TWILIO_OUTBOX_CACHE:-}" ]; then
+		cache=$TWILIO_OUTBOX_CACHE
+	elif [ "$(id -u)" = 0 ]; then
+		cache=/var/cache/twilio_outbox
+	else
+		cache=${XDG_CACHE_HOME:-$HOME/.cache}/twilio_outbox
+	fi
+	mkdir -p "$cache" && chmod 755 "$cache" && echo "$cache"
+}
+
+# Prism, the mock server of the contract test (test/t/010_contract_prism.pl),
+# installed by npm ci from test/package.json and test/package-lock.json
+# (versions and integrity hashes pinned) into a directory of the cache named
+# after both files.  Exports TWILIO_OUTBOX_PRISM, its path.
+install_prism()
+{
+	local cache key dir tmp
+	cache=$(tools_cache) || return 1
+	key=$(cat "$top/test/package.json" "$top/test/package-lock.json" | sha256sum | cut -c1-16)
+	dir=$cache/prism-$key
+	if [ ! -x "$dir/node_modules/.bin/prism" ]; then
+		echo "== installing the Prism mock server with npm ci, into $dir (a minute or two)"
+		tmp=$(mktemp -d "$cache/.prism.XXXXXX") || return 1
+		cp "$top/test/package.json" "$top/test/package-lock.json" "$tmp/"
+		if ! (umask 022 && cd "$tmp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+			echo "error: npm ci of test/package.json failed" >&2
+			rm -rf "$tmp"
+			return 1
+		fi
+		chmod 755 "$tmp"
+		# Another run may have finished first: keep its copy.
+		[ -x "$dir/node_modules/.bin/prism" ] || rm -rf "$dir"
+		mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
+	fi
+	export TWILIO_OUTBOX_PRISM=$dir/node_modules/.bin/prism
+}
+
+# Twilio's OpenAPI description of its 2010 API, for the contract test: one
+# file of an npm package, both pinned in test/twilio_openapi.pin with the
+# file's sha256.  Fetched once with npm pack into the cache; a file whose
+# sha256 differs is refused.  Exports TWILIO_OPENAPI_SPEC, its path.
+fetch_twilio_spec()
+{
+	local pin=$top/test/twilio_openapi.pin pkg file sum cache spec tmp got
+	pkg=$(sed -n 's/^package=//p' "$pin")
+	file=$(sed -n 's/^file=//p' "$pin")
+	sum=$(sed -n 's/^sha256=//p' "$pin")
+	cache=$(tools_cache) || return 1
+	spec=$cache/twilio_api_v2010.$sum.json
+	if [ ! -f "$spec" ] || [ "$(sha256sum <"$spec" | cut -d' ' -f1)" != "$sum" ]; then
+		echo "== fetching Twilio's OpenAPI spec: $file of npm package $pkg (npm pack)"
+		tmp=$(mktemp -d) || return 1
+		if ! (cd "$tmp" && npm pack "$pkg" --silent >/dev/null &&
+			tar -xzf ./*.tgz "package/$file"); then
+			echo "error: could not fetch $file from npm package $pkg" >&2
+			rm -rf "$tmp"
+			return 1
+		fi
+		got=$(sha256sum <"$tmp/package/$file" | cut -d' ' -f1)
+		if [ "$got" != "$sum" ]; then
+			echo "error: $file of $pkg has sha256 $got, but test/twilio_openapi.pin pins $sum: refusing it" >&2
+			rm -rf "$tmp"
+			return 1
+		fi
+		install -m 644 "$tmp/package/$file" "$spec.$$" && mv -f "$spec.$$" "$spec"
+		rm -rf "$tmp"
+	fi
+	export TWILIO_OPENAPI_SPEC=$spec
+}
+
+# Both tools of the contract test; a failure is reported loudly here, and the
+# contract test then fails too.
+test_tools()
+{
+	local ok=0
+	install_prism || ok=1
+	fetch_twilio_spec || ok=1
+	[ $ok -eq 0 ] || echo "error: test tools missing: test/t/010_contract_prism.pl will fail" >&2
+	return $ok
 }
 
 # A scratch directory for a throwaway cluster and stand-in, owned by the

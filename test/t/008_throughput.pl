@@ -57,24 +57,24 @@ OutboxTest::query($node, q{
 		from_number => '+15005550011')
 	FROM generate_series(1, 20) n});
 all_final('the bucket test drained');
-my $a = arrivals('+15005550011');
-is(scalar @$a, 20, 'all 20 requests of the rate-4 sender arrived');
+my $bucket = arrivals('+15005550011');
+is(scalar @$bucket, 20, 'all 20 requests of the rate-4 sender arrived');
 my ($worst, $worst_at) = (0, '');
-for my $i (0 .. $#$a)
+for my $i (0 .. $#$bucket)
 {
 	my $segments = 0;
-	for my $j ($i .. $#$a)
+	for my $j ($i .. $#$bucket)
 	{
-		$segments += $a->[$j][1];
+		$segments += $bucket->[$j][1];
 		# 50 ms of slack for the time between our claim and its arrival
-		my $allowed = 4 * ($a->[$j][0] - $a->[$i][0] + 0.05) + 4;
+		my $allowed = 4 * ($bucket->[$j][0] - $bucket->[$i][0] + 0.05) + 4;
 		my $excess = $segments - $allowed;
 		($worst, $worst_at) = ($excess, "requests $i..$j") if $excess > $worst;
 	}
 }
 ok($worst <= 0, 'in every window, segments sent <= rate x window + burst')
   or diag("exceeded by $worst segments over $worst_at");
-my $span = $a->[-1][0] - $a->[0][0];
+my $span = $bucket->[-1][0] - $bucket->[0][0];
 ok($span >= (24 - 4) / 4 * 0.9,
 	sprintf('24 segments at 4/s with burst 4 take their time (%.1f s)', $span));
 

@@ -8,6 +8,7 @@ use strict;
 use warnings;
 
 use Cwd ();
+use Digest::SHA;
 use File::Spec;
 use FindBin;
 use IO::Socket::INET;
@@ -22,42 +23,54 @@ use lib "$FindBin::RealBin/../perl";
 use OutboxTest;
 
 my $testdir = Cwd::abs_path("$FindBin::RealBin/..");
-my $prism = "$testdir/node_modules/.bin/prism";
 
-# Prism is a test dependency of the project: missing it is a failure.
-unless (-x $prism)
+# Prism and Twilio's spec are test dependencies of the project: missing
+# either is a failure.  make test and test/run_some.sh install both into a
+# cache (test/setup.sh: install_prism, fetch_twilio_spec) and pass their
+# paths in TWILIO_OUTBOX_PRISM and TWILIO_OPENAPI_SPEC; without those (make
+# installcheck by hand), the caches test/setup.sh uses are looked in.
+sub missing
 {
-	fail("Prism is installed at $prism");
-	diag("Prism is missing: run `npm ci --prefix test` in the source tree "
-		  . "(make test does it before the TAP tests).");
+	my ($what, $hint) = @_;
+	fail($what);
+	diag($hint);
 	done_testing();
 	exit 1;
 }
 
-# Twilio's spec: TWILIO_OPENAPI_SPEC, else a copy in the tree, else the
-# shared/ directory beside the source tree (also when test/node_modules is
-# a link into it, as in make test's throwaway copy).
-my @candidates = grep { defined } (
-	$ENV{TWILIO_OPENAPI_SPEC},
-	"$testdir/twilio_api_v2010.json",
-	"$testdir/../twilio_api_v2010.json",
-	"$testdir/../../shared/twilio/twilio_api_v2010.json");
-if (-l "$testdir/node_modules")
-{
-	my $src = Cwd::abs_path("$testdir/node_modules/../..");
-	push @candidates, "$src/twilio_api_v2010.json",
-	  "$src/../shared/twilio/twilio_api_v2010.json" if defined $src;
-}
-push @candidates, '/work/shared/twilio/twilio_api_v2010.json';
-my ($spec) = grep { -r $_ } @candidates;
-unless (defined $spec)
-{
-	fail('Twilio OpenAPI spec twilio_api_v2010.json found');
-	diag("looked in: @candidates; set TWILIO_OPENAPI_SPEC to its path");
-	done_testing();
-	exit 1;
-}
-note("spec: $spec");
+my $user_cache = $ENV{XDG_CACHE_HOME} // ($ENV{HOME} ? "$ENV{HOME}/.cache" : undef);
+my @caches = grep { defined } ($ENV{TWILIO_OUTBOX_CACHE},
+	defined $user_cache ? "$user_cache/twilio_outbox" : undef,
+	'/var/cache/twilio_outbox');
+
+# Prism: in the cache, under the hash of test/package.json and its lock file.
+my $prism_key = substr(Digest::SHA::sha256_hex(
+		slurp_file("$testdir/package.json") . slurp_file("$testdir/package-lock.json")), 0, 16);
+my @prisms = ($ENV{TWILIO_OUTBOX_PRISM} // (),
+	(map { "$_/prism-$prism_key/node_modules/.bin/prism" } @caches),
+	"$testdir/node_modules/.bin/prism");
+my ($prism) = grep { -x $_ } @prisms;
+missing('Prism is installed',
+	"looked for @prisms; make test and test/run_some.sh install it "
+	  . '(test/setup.sh, install_prism), or set TWILIO_OUTBOX_PRISM')
+  unless defined $prism;
+
+# The spec: exactly the file pinned (package, path, sha256) in
+# test/twilio_openapi.pin, wherever it was fetched to.
+my %pin = slurp_file("$testdir/twilio_openapi.pin") =~ /^(\w+)=(\S+)$/mg;
+die "test/twilio_openapi.pin: no sha256" unless $pin{sha256};
+my @specs = ($ENV{TWILIO_OPENAPI_SPEC} // (),
+	map { "$_/twilio_api_v2010.$pin{sha256}.json" } @caches);
+my ($spec) = grep { -r $_ } @specs;
+missing("Twilio's OpenAPI spec ($pin{file} of $pin{package}) was fetched",
+	"looked for @specs; make test and test/run_some.sh fetch it "
+	  . '(test/setup.sh, fetch_twilio_spec), or set TWILIO_OPENAPI_SPEC')
+  unless defined $spec;
+my $spec_sha256 = Digest::SHA->new(256)->addfile($spec, 'b')->hexdigest;
+missing("the spec $spec is the one pinned in test/twilio_openapi.pin",
+	"its sha256 is $spec_sha256, the pin says $pin{sha256}")
+  unless $spec_sha256 eq $pin{sha256};
+note("Prism: $prism; spec: $spec ($pin{file} of $pin{package})");
 
 # Prism reads a form body's repeated keys (MediaUrl=a&MediaUrl=b, which is
 # how Twilio takes a list) as one value that overrides the previous, and then
