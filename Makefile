@@ -17,7 +17,8 @@ OBJS = \
 	src/http.o \
 	src/twilio.o \
 	src/retry.o \
-	src/ratelimit.o
+	src/ratelimit.o \
+	src/operations.o
 
 # Released install scripts never change; the upgrade to the version in
 # development is built from one file per concern (sql/0.2/README.md).
