@@ -191,7 +191,8 @@ outbox_is_http_url(const char *s)
 	if (p < end && *p == ':')
 	{
 		p++;
-		if (strspn(p, "0123456789") != (size_t) (end - p) || end - p > 5)
+		if (p == end || strspn(p, "0123456789") < (size_t) (end - p) ||
+			end - p > 5 || atoi(p) > 65535)
 			return false;
 		p = end;
 	}
