@@ -63,6 +63,7 @@ SELECT try(sql) AS result, sql FROM (VALUES
 	-- dedupe key
 	($$SELECT twilio_enqueue('+14155552671', 'x', dedupe_key => '')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', dedupe_key => repeat('k', 256))$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', dedupe_key => E'order-1\r\nX: y')$$),
 	-- suppression
 	($$SELECT twilio_enqueue('+14155550199', 'x')$$),
 	-- params
@@ -165,6 +166,7 @@ SELECT try(sql) AS result, sql FROM (VALUES
 	($$SELECT twilio_enqueue('+14155552671', content_sid => 'HX0123456789abcdef0123456789abcdef', content_variables => '{"1": null}')$$),
 	($$SELECT twilio_enqueue('+14155552671', content_sid => 'HX0123456789abcdef0123456789abcdef', content_variables => '{"1": ""}')$$),
 	($$SELECT twilio_enqueue('+14155552671', content_sid => 'HX0123456789abcdef0123456789abcdef', content_variables => '{"1": "  "}')$$),
+	($$SELECT twilio_enqueue('+14155552671', content_sid => 'HX0123456789abcdef0123456789abcdef', content_variables => '{"1": "a\u0007b"}')$$),
 	($$SELECT twilio_enqueue('+14155552671', content_sid => 'HX0123456789abcdef0123456789abcdef', content_variables => '{}')$$),
 	($$SELECT twilio_enqueue('+14155552671', content_sid => 'HX0123456789abcdef0123456789abcdef', content_variables => '"1"')$$),
 	($$SELECT twilio_enqueue('+14155552671', content_sid => 'HX0123456789abcdef0123456789abcdef', content_variables => '{"first name": "Ada"}')$$),

@@ -599,6 +599,7 @@ check_content_variables(Jsonb *vars)
 		else if (tok == WJB_VALUE)
 		{
 			char	   *val;
+			const char *utf8;
 
 			if (v.type != jbvString)
 				ereport(ERROR,
@@ -606,7 +607,14 @@ check_content_variables(Jsonb *vars)
 						 errmsg("content variable \"%s\" must be a string", outbox_clip(key)),
 						 errdetail("content_variables is a flat JSON object of string values, such as {\"1\": \"Ada\"}.")));
 			val = pnstrdup(v.val.string.val, v.val.string.len);
-			if (outbox_is_blank(pg_server_to_any(val, v.val.string.len, PG_UTF8)))
+			utf8 = pg_server_to_any(val, v.val.string.len, PG_UTF8);
+			if (outbox_text_has_control(utf8))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("content variable \"%s\" must not contain control characters",
+								outbox_clip(key)),
+						 errdetail("Tab, line feed, carriage return and form feed are the only control characters a variable may contain.")));
+			if (outbox_is_blank(utf8))
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("content variable \"%s\" must not be empty", outbox_clip(key)),
@@ -1056,6 +1064,8 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("dedupe_key is too long"),
 				 errdetail("A dedupe key has at most %d bytes.", MAX_DEDUPE_KEY_BYTES)));
+	/* it is shown in monitoring and quoted in errors, never sent */
+	check_no_control(dedupe_key, "dedupe_key");
 	if (has_params)
 		check_params(PG_GETARG_JSONB_P(ARG_PARAMS), &has_schedule, &has_send_at,
 					 &service_param);
