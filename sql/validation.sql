@@ -208,6 +208,8 @@ SELECT try(sql) AS result, sql FROM (VALUES
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": "2030-02-30T00:00:00Z", "ScheduleType": "fixed"}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": "2030-01-01T25:00:00Z", "ScheduleType": "fixed"}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"SendAt": "2030-01-01T00:00:00+99:00", "ScheduleType": "fixed"}')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', messaging_service_sid => 'MG0123456789abcdef0123456789abcdef', params => jsonb_build_object('ScheduleType', 'fixed', 'SendAt', to_char(now() AT TIME ZONE 'UTC' + interval '4 minutes', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')))$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', messaging_service_sid => 'MG0123456789abcdef0123456789abcdef', send_after => now() + interval '2 days', params => jsonb_build_object('ScheduleType', 'fixed', 'SendAt', to_char(now() AT TIME ZONE 'UTC' + interval '1 day', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')))$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"PersistentAction": []}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"PersistentAction": [1]}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'x', params => '{"PersistentAction": [""]}')$$),
@@ -218,7 +220,8 @@ SELECT try(sql) AS result, sql FROM (VALUES
 	-- accepted
 	($$SELECT twilio_enqueue('+14155552671', 'params ok 1', params => '{"PersistentAction": ["geo:37.787890,-122.391664|375 Beale St", "mailto:a@example.com"], "MaxPrice": 0.75, "Attempt": 2147483647, "TrafficType": "free", "ForceDelivery": false}')$$),
 	($$SELECT twilio_enqueue('+14155552671', 'params ok 2', messaging_service_sid => 'MG0123456789abcdef0123456789abcdef', params => '{"ShortenUrls": true, "FallbackFrom": "ACME", "ContentRetention": "discard", "AddressRetention": "obfuscate", "SendAsMms": true}')$$),
-	($$SELECT twilio_enqueue('+14155552671', 'params ok 3', params => '{"ShortenUrls": false, "ValidityPeriod": 1e2}')$$)
+	($$SELECT twilio_enqueue('+14155552671', 'params ok 3', params => '{"ShortenUrls": false, "ValidityPeriod": 1e2}')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'params ok 4', messaging_service_sid => 'MG0123456789abcdef0123456789abcdef', send_after => now() + interval '1 day', params => jsonb_build_object('ScheduleType', 'fixed', 'SendAt', to_char(now() AT TIME ZONE 'UTC' + interval '2 days', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')))$$)
 ) AS t(sql);
 
 -- No error quotes more than a short prefix of what it was given: a 1 MB

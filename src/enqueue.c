@@ -302,11 +302,13 @@ input_or_fail(PGFunction in, const char *s, bool *ok)
 }
 
 /*
- * SendAt: an ISO 8601 date-time with a zone ("2026-12-01T09:30:00Z"), in the
- * future and no more than 35 days ahead, the most Twilio schedules.
+ * SendAt: an ISO 8601 date-time with a zone ("2026-12-01T09:30:00Z"), what
+ * Twilio schedules (its errors 35114/35115): more than 5 minutes after the
+ * request, which goes out no earlier than `earliest` (now, or send_after),
+ * and at most 35 days after now.
  */
 static void
-check_send_at(const char *key, const char *s)
+check_send_at(const char *key, const char *s, TimestampTz earliest)
 {
 	static const char pattern[] = "dddd-dd-ddTdd:dd:dd";
 	const char *p = s;
@@ -330,9 +332,9 @@ check_send_at(const char *key, const char *s)
 	t = DatumGetTimestampTz(input_or_fail(timestamptz_in, s, &ok));
 	if (!ok)
 		param_error(key, "It must be an existing date and time with a valid zone offset.");
-	if (t <= GetCurrentTimestamp() ||
+	if (t <= earliest + (int64) 300 * USECS_PER_SEC ||
 		t > GetCurrentTimestamp() + (int64) 35 * USECS_PER_DAY)
-		param_error(key, "Twilio schedules messages up to 35 days ahead, never in the past.");
+		param_error(key, "Twilio schedules a message more than 5 minutes after its request (sent at send_after at the earliest) and at most 35 days ahead.");
 }
 
 /*
@@ -364,7 +366,7 @@ check_number(const TwilioParamSpec *spec, Numeric n, bool whole)
  * Returns whether it makes the message need a Messaging Service.
  */
 static bool
-check_param_value(const TwilioParamSpec *spec, JsonbValue *v)
+check_param_value(const TwilioParamSpec *spec, JsonbValue *v, TimestampTz earliest)
 {
 	switch (spec->kind)
 	{
@@ -398,7 +400,7 @@ check_param_value(const TwilioParamSpec *spec, JsonbValue *v)
 				if (*s == '\0' || outbox_has_control(s))
 					param_error(spec->name, "It must be a non-empty string without control characters.");
 				if (spec->kind == PK_DATETIME)
-					check_send_at(spec->name, s);
+					check_send_at(spec->name, s, earliest);
 				if (spec->kind == PK_SID && !outbox_is_sid(s, spec->extra))
 					param_error(spec->name,
 								psprintf("It must be %s followed by 32 hexadecimal digits.", spec->extra));
@@ -474,13 +476,14 @@ find_param_spec(const char *key)
 
 /*
  * params: a JSON object of further CreateMessage fields, each checked for
- * name and type.  Sets *has_schedule / *has_send_at for the caller's
+ * name and type (SendAt against earliest, when the request may go out).
+ * Sets *has_schedule / *has_send_at for the caller's
  * cross-field checks, and *service_param to a field that needs a Messaging
  * Service (NULL if none).
  */
 static void
-check_params(Jsonb *params, bool *has_schedule, bool *has_send_at,
-			 const char **service_param)
+check_params(Jsonb *params, TimestampTz earliest, bool *has_schedule,
+			 bool *has_send_at, const char **service_param)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -533,12 +536,12 @@ check_params(Jsonb *params, bool *has_schedule, bool *has_send_at,
 					param_error(spec->name, "It must be an array of strings.");
 				if (v.type == jbvNull)
 					param_error(spec->name, "It must not be null: leave the field out instead.");
-				if (check_param_value(spec, &v) && *service_param == NULL)
+				if (check_param_value(spec, &v, earliest) && *service_param == NULL)
 					*service_param = spec->name;
 				break;
 			case WJB_ELEM:
 				elems++;
-				check_param_value(spec, &v);
+				check_param_value(spec, &v, earliest);
 				break;
 			case WJB_DONE:
 				break;
@@ -1067,8 +1070,10 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	/* it is shown in monitoring and quoted in errors, never sent */
 	check_no_control(dedupe_key, "dedupe_key");
 	if (has_params)
-		check_params(PG_GETARG_JSONB_P(ARG_PARAMS), &has_schedule, &has_send_at,
-					 &service_param);
+		check_params(PG_GETARG_JSONB_P(ARG_PARAMS),
+					 PG_ARGISNULL(ARG_SEND_AFTER) ? now :
+					 Max(now, PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER)),
+					 &has_schedule, &has_send_at, &service_param);
 	if (has_schedule != has_send_at)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
