@@ -21,6 +21,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -28,6 +29,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
@@ -35,6 +37,7 @@
 #include "utils/uuid.h"
 
 PG_FUNCTION_INFO_V1(twilio_enqueue);
+PG_FUNCTION_INFO_V1(twilio_outbox_account_roles_changed);
 
 /* Argument positions, as declared in the install script. */
 enum
@@ -700,17 +703,89 @@ random_uuid(void)
 }
 
 /*
- * Whether this database has the 0.2 table account_roles: between installing
- * the new library and ALTER EXTENSION UPDATE it has not, and enqueueing must
- * keep working meanwhile.  Two syscache probes, per call, so that a backend
- * never keeps a plan without the permission check once the table exists.
+ * Whether account_roles has any row, cached per backend so that enqueueing
+ * costs nothing extra while no deployment uses it, and one index probe of
+ * the table (inside the insert) once it does.  The cache is dropped on any
+ * relcache invalidation of the table, which the statement trigger
+ * account_roles_changed sends at the commit of every change to its rows
+ * (DDL sends one anyway); the generation counter keeps an answer computed
+ * while an invalidation arrived from being cached.  Before ALTER EXTENSION
+ * UPDATE the table does not exist and nothing is restricted (nothing is
+ * cached either: two syscache probes per call, until the update).
  */
-static bool
-have_account_roles(void)
+typedef enum RolesState
 {
-	Oid			nsp = get_namespace_oid(OUTBOX_SCHEMA, true);
+	ROLES_UNKNOWN,
+	ROLES_UNUSED,
+	ROLES_IN_USE
+} RolesState;
 
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("account_roles", nsp));
+static RolesState roles_state = ROLES_UNKNOWN;
+static Oid	roles_relid = InvalidOid;
+static uint64 roles_generation = 0;
+static bool roles_callback_registered = false;
+
+static void
+roles_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == roles_relid)
+	{
+		roles_state = ROLES_UNKNOWN;
+		roles_generation++;
+	}
+}
+
+/* SPI connected, under the pinned search path. */
+static bool
+account_roles_in_use(void)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			nsp;
+	Oid			relid;
+	uint64		generation;
+	bool		in_use;
+	bool		isnull;
+
+	if (!roles_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(roles_invalidate, (Datum) 0);
+		roles_callback_registered = true;
+	}
+	if (roles_state != ROLES_UNKNOWN)
+		return roles_state == ROLES_IN_USE;
+
+	nsp = get_namespace_oid(OUTBOX_SCHEMA, true);
+	relid = OidIsValid(nsp) ? get_relname_relid("account_roles", nsp) : InvalidOid;
+	if (!OidIsValid(relid))
+		return false;
+	roles_relid = relid;
+	generation = roles_generation;
+	outbox_prepare(&plan, "SELECT EXISTS (SELECT FROM twilio_outbox.account_roles)", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read twilio_outbox.account_roles");
+	in_use = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (generation == roles_generation)
+		roles_state = in_use ? ROLES_IN_USE : ROLES_UNUSED;
+	return in_use;
+}
+
+/*
+ * twilio_outbox.account_roles_changed(): statement trigger on account_roles
+ * (insert, update, delete, truncate, cascades included).  Invalidates the
+ * table's relcache entry at commit, in every backend, so that their cached
+ * account_roles_in_use() answers are recomputed.
+ */
+Datum
+twilio_outbox_account_roles_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("account_roles_changed() must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
 }
 
 /*
@@ -1125,7 +1200,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	PushOverrideSearchPath(&pinned_path);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	roles = have_account_roles();
+	roles = account_roles_in_use();
 	if (!try_insert(from ? LOOKUP_BY_FROM : service ? LOOKUP_BY_SERVICE : LOOKUP_DEFAULT,
 					roles, values, nulls, &id))
 	{

@@ -15,6 +15,17 @@ CREATE TABLE twilio_outbox.account_roles (
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (account, role)
 );
+/*
+ * twilio_enqueue caches, per backend, whether account_roles has any row (no
+ * lookup at all while it has none); every change to its rows tells every
+ * backend at commit, through a relcache invalidation of the table.
+ */
+CREATE FUNCTION twilio_outbox.account_roles_changed() RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'twilio_outbox_account_roles_changed';
+CREATE TRIGGER account_roles_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON twilio_outbox.account_roles
+	FOR EACH STATEMENT EXECUTE FUNCTION twilio_outbox.account_roles_changed();
 COMMENT ON TABLE twilio_outbox.account_roles IS 'Roles (and their members) that may enqueue with an account; an account without rows is open to every enqueueing role';
 
 /*
