@@ -130,8 +130,6 @@ append_params(StringInfo buf, Jsonb *params, bool *has_validity)
 									outbox_clip(key))));
 					key = NULL;
 				}
-				else if (strcmp(key, "ValidityPeriod") == 0)
-					*has_validity = true;
 				break;
 			case WJB_VALUE:
 			case WJB_ELEM:
@@ -139,7 +137,11 @@ append_params(StringInfo buf, Jsonb *params, bool *has_validity)
 				if (key != NULL &&
 					((tok == WJB_VALUE && depth == 1) || (tok == WJB_ELEM && depth == 2)) &&
 					(text = scalar_text(&v)) != NULL)
+				{
 					append_field(buf, key, text);
+					if (strcmp(key, "ValidityPeriod") == 0)
+						*has_validity = true;
+				}
 				break;
 			case WJB_DONE:
 				break;
