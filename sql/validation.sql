@@ -238,6 +238,14 @@ SELECT length(r) < 300 AS short, r ~ '\.\.\."' AS marked_cut, sql FROM (
 	) AS t(sql)) AS r;
 SELECT try($$SELECT twilio_enqueue(repeat('€', 1000000), 'x')$$) AS cut_on_a_character;
 
+-- A table constraint stricter than these checks (an administrator's, or a
+-- later version's) gives 22023 naming it, never PostgreSQL's "Failing row
+-- contains ..." with the whole message in it.
+ALTER TABLE twilio_outbox.messages ADD CONSTRAINT test_short_bodies
+	CHECK (length(body) < 100) NOT VALID;
+SELECT twilio_enqueue('+14155552671', repeat('long body ', 100));
+ALTER TABLE twilio_outbox.messages DROP CONSTRAINT test_short_bodies;
+
 -- The valid ones above went in, nothing else.
 SELECT count(*) AS messages FROM twilio_outbox.messages;
 

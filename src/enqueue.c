@@ -898,6 +898,46 @@ resolve_sender(const char *account, const char *from, const char *service,
 }
 
 /*
+ * Run the insert; a table constraint it breaks (a CHECK or NOT NULL an
+ * administrator or a later version added, stricter than the checks above)
+ * becomes one 22023 naming the constraint.  PostgreSQL's own message would
+ * carry the whole row in its detail ("Failing row contains ..."): the body,
+ * and whatever size the caller passed, into the error and the server log.
+ * Nothing is done after the error but raising ours; the transaction aborts.
+ */
+static int
+insert_quietly(SPIPlanPtr plan, Datum *values, const char *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int rc = 0;
+
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, nulls, false, 1);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		char	   *constraint;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_CHECK_VIOLATION &&
+			edata->sqlerrcode != ERRCODE_NOT_NULL_VIOLATION)
+			PG_RE_THROW();
+		FlushErrorState();
+		constraint = edata->constraint_name ? edata->constraint_name :
+			edata->column_name ? edata->column_name : "a constraint";
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message violates \"%s\" of twilio_outbox.messages", constraint),
+				 errdetail("The outbox table refuses this message; see that constraint for what it requires.")));
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+/*
  * The insert, resolving the account and sender and checking permission,
  * suppression, channel and scheduling in the same statement: one round
  * through the executor for a message that is fine.  Returns false when no
@@ -950,7 +990,7 @@ try_insert(SenderLookup which, bool roles, Datum *values, const char *nulls, int
 								roles ? ACCOUNT_ALLOWED("$19") : "true"),
 					   lengthof(argtypes), argtypes);
 
-	rc = SPI_execute_plan(plans[which][roles], values, nulls, false, 1);
+	rc = insert_quietly(plans[which][roles], values, nulls);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
