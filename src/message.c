@@ -105,8 +105,8 @@ outbox_has_control(const char *s)
  * E.164 number, a channel address (whatsapp:+E.164), a short code (3 to 8
  * digits), or an alphanumeric sender ID (1 to 11 letters, digits and
  * spaces, at least one letter).  With sms_only, no channel address (an SMS
- * fallback sender such as FallbackFrom).  Matches what the senders table's
- * CHECK admits, so that a refused address could never name a sender.
+ * fallback sender such as FallbackFrom).  The senders table's CHECK is the
+ * same but for the letter an alphanumeric ID needs at Twilio.
  */
 bool
 outbox_is_sender_address(const char *s, bool sms_only)
