@@ -17,7 +17,8 @@ OBJS = \
 	src/http.o \
 	src/twilio.o \
 	src/retry.o \
-	src/ratelimit.o
+	src/ratelimit.o \
+	src/operations.o
 
 # Released install scripts never change; the upgrade to the version in
 # development is built from one file per concern (sql/0.2/README.md).
@@ -34,7 +35,7 @@ SHLIB_LINK = $(shell curl-config --libs)
 # preloaded (test/postgresql.conf).
 REGRESS = setup enqueue validation segments privileges supervisor monitoring operations
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/postgresql.conf
-ISOLATION = dedupe
+ISOLATION = dedupe account_roles
 ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
 TAP_TESTS = 1

@@ -62,6 +62,21 @@ SELECT twilio_enqueue('+14155552679', 'once', dedupe_key => 'order-42') = :first
 SELECT count(*) AS rows_with_key FROM twilio_outbox.messages WHERE dedupe_key = 'order-42';
 -- Keys are per account.
 SELECT twilio_enqueue('+14155552679', 'once', dedupe_key => 'order-42', account => 'other') <> :first AS other_account_new;
+-- A key is an idempotency key: the same call again (its times may differ,
+-- a retry computes now() + interval anew) gets the same id; the same key
+-- for a different message is an error, never a silent drop of the new one.
+SELECT twilio_enqueue('+14155552679', 'once', dedupe_key => 'order-42',
+	expires_at => now() + interval '1 hour') = :first AS same_with_other_expiry;
+SELECT try(sql) AS reused_key, sql FROM (VALUES
+	($$SELECT twilio_enqueue('+14155552679', 'twice', dedupe_key => 'order-42')$$),
+	($$SELECT twilio_enqueue('+14155552600', 'once', dedupe_key => 'order-42')$$),
+	($$SELECT twilio_enqueue('+14155552679', 'once', dedupe_key => 'order-42', from_number => '+18005550100')$$),
+	($$SELECT twilio_enqueue('+14155552679', 'once', dedupe_key => 'order-42', media_urls => ARRAY['https://example.com/a.png'])$$),
+	($$SELECT twilio_enqueue('+14155552679', 'once', dedupe_key => 'order-42', status_callback => 'https://app.example.com/cb')$$),
+	($$SELECT twilio_enqueue('+14155552679', 'once', dedupe_key => 'order-42', params => '{"ValidityPeriod": 60}')$$)
+) AS t(sql);
+SELECT twilio_enqueue('+14155552679', 'twice', dedupe_key => 'order-42');
+SELECT count(*) AS rows_with_key FROM twilio_outbox.messages WHERE dedupe_key = 'order-42';
 -- A rolled-back dedupe key is free again.
 BEGIN;
 SELECT twilio_enqueue('+14155552680', 'x', dedupe_key => 'order-43') > 0 AS enqueued;

@@ -157,6 +157,47 @@ SELECT try(sql) AS pause_resume, sql FROM (VALUES
 	($$SELECT twilio_outbox.resume_sender(999999)$$)
 ) AS t(sql);
 
+-- Arguments are checked at the call: NULL where a value is needed is 22004,
+-- nonsense (negative ids, a pause already over, an unknown reason, an
+-- empty range) 22023, an unknown account 42704; quoted input is cut short.
+SELECT try(sql) AS arguments, sql FROM (VALUES
+	($$SELECT twilio_outbox.cancel(NULL)$$),
+	($$SELECT twilio_outbox.cancel(-1)$$),
+	($$SELECT twilio_outbox.cancel(0)$$),
+	($$SELECT twilio_outbox.resolve_ambiguous(NULL)$$),
+	($$SELECT twilio_outbox.resolve_ambiguous(-7, 'SM0123456789abcdef0123456789abcdef')$$),
+	($$SELECT twilio_outbox.resolve_ambiguous(301, repeat('SM', 500000))$$),
+	($$SELECT twilio_outbox.resolve_ambiguous(301, E'SM\r\nX-Evil: 1')$$),
+	($$SELECT twilio_outbox.pause_account(NULL)$$),
+	($$SELECT twilio_outbox.pause_account('ops', NULL)$$),
+	($$SELECT twilio_outbox.pause_account('ops', reason => NULL)$$),
+	($$SELECT twilio_outbox.pause_account('ops', now() - interval '1 minute')$$),
+	($$SELECT twilio_outbox.pause_account('ops', '-infinity')$$),
+	($$SELECT twilio_outbox.pause_account('ops', reason => repeat('r', 1001))$$),
+	($$SELECT twilio_outbox.pause_account('ops', reason => E'outage\nX: y')$$),
+	($$SELECT twilio_outbox.pause_account(repeat('a', 1000000))$$),
+	($$SELECT twilio_outbox.resume_account(NULL)$$),
+	($$SELECT twilio_outbox.pause_sender(NULL)$$),
+	($$SELECT twilio_outbox.pause_sender(-911)$$),
+	($$SELECT twilio_outbox.pause_sender(911, NULL)$$),
+	($$SELECT twilio_outbox.pause_sender(911, now() - interval '1 second')$$),
+	($$SELECT twilio_outbox.pause_sender(911, reason => NULL)$$),
+	($$SELECT twilio_outbox.resume_sender(NULL)$$),
+	($$SELECT twilio_outbox.resume_sender(0)$$),
+	($$SELECT twilio_outbox.requeue(ARRAY[201, NULL])$$),
+	($$SELECT twilio_outbox.requeue(ARRAY[-201])$$),
+	($$SELECT twilio_outbox.requeue(twilio_code => -21211)$$),
+	($$SELECT twilio_outbox.requeue(reason => 'bored')$$),
+	($$SELECT twilio_outbox.requeue(reason => repeat('x', 1000000))$$),
+	($$SELECT twilio_outbox.requeue(account => 'nope')$$),
+	($$SELECT twilio_outbox.requeue(dead_after => now(), dead_before => now() - interval '1 day')$$),
+	-- an empty list of ids re-queues nothing
+	($$SELECT twilio_outbox.requeue(ARRAY[]::bigint[])$$)
+) AS t(sql);
+-- Nothing was paused by those calls.
+SELECT count(*) AS paused FROM (SELECT paused_until FROM twilio_outbox.accounts WHERE paused_until IS NOT NULL
+	UNION ALL SELECT paused_until FROM twilio_outbox.senders WHERE paused_until IS NOT NULL) p;
+
 -- purge: finished messages older than the cutoff go, with their attempts
 -- and dead letters; recent ones and live ones (however old) stay; attempts
 -- and status events older than the cutoff go whatever their message.
@@ -194,14 +235,59 @@ INSERT INTO twilio_outbox.status_events (message_sid, message_status, received_a
 	('SM00000000000000000000000000000401', 'delivered', now() - interval '2 days'),
 	('SM00000000000000000000000000000406', 'delivered', now() - interval '1 hour');
 
+-- Bad arguments are named first (here try() calls from a function, where
+-- purge could not commit: that comes last, 25001).
 SELECT try(sql) AS purge, sql FROM (VALUES
 	($$CALL twilio_outbox.purge('-1 day')$$),
-	($$CALL twilio_outbox.purge('1 day', 0)$$)
+	($$CALL twilio_outbox.purge('1 day -25 hours')$$),
+	($$CALL twilio_outbox.purge('1 day', 0)$$),
+	($$CALL twilio_outbox.purge('1 day', -5)$$),
+	($$CALL twilio_outbox.purge('1 day', 1000001)$$),
+	($$CALL twilio_outbox.purge(NULL)$$),
+	($$CALL twilio_outbox.purge('1 day', NULL)$$),
+	($$CALL twilio_outbox.purge(batch_size => NULL)$$),
+	($$CALL twilio_outbox.purge('1000000 years')$$),
+	($$CALL twilio_outbox.purge('1 day', 2)$$)
 ) AS t(sql);
+-- At the top level too: an error at once, not a loop.
+CALL twilio_outbox.purge(batch_size => NULL);
+CALL twilio_outbox.purge(NULL, 10);
+CALL twilio_outbox.purge('-1 second');
+-- A caller's search_path cannot lend purge an operator: with a schema
+-- before pg_catalog whose operators on purge's types record every call,
+-- purge runs as usual and calls none of them.
+CREATE SCHEMA evil;
+CREATE TABLE evil.calls (op text);
+CREATE FUNCTION evil.ts_minus(timestamptz, interval) RETURNS timestamptz LANGUAGE plpgsql
+	AS $$BEGIN INSERT INTO evil.calls VALUES ('-'); RETURN pg_catalog.timestamptz_mi_interval($1, $2); END$$;
+CREATE FUNCTION evil.iv_lt(interval, interval) RETURNS boolean LANGUAGE plpgsql
+	AS $$BEGIN INSERT INTO evil.calls VALUES ('interval <'); RETURN pg_catalog.interval_lt($1, $2); END$$;
+CREATE FUNCTION evil.ts_lt(timestamptz, timestamptz) RETURNS boolean LANGUAGE plpgsql
+	AS $$BEGIN INSERT INTO evil.calls VALUES ('timestamptz <'); RETURN pg_catalog.timestamptz_lt($1, $2); END$$;
+CREATE FUNCTION evil.i8_lt(bigint, integer) RETURNS boolean LANGUAGE plpgsql
+	AS $$BEGIN INSERT INTO evil.calls VALUES ('bigint < integer'); RETURN pg_catalog.int84lt($1, $2); END$$;
+CREATE FUNCTION evil.i8_pl(bigint, bigint) RETURNS bigint LANGUAGE plpgsql
+	AS $$BEGIN INSERT INTO evil.calls VALUES ('bigint +'); RETURN pg_catalog.int8pl($1, $2); END$$;
+CREATE FUNCTION evil.i8_eq(bigint, bigint) RETURNS boolean LANGUAGE plpgsql
+	AS $$BEGIN INSERT INTO evil.calls VALUES ('bigint ='); RETURN pg_catalog.int8eq($1, $2); END$$;
+CREATE OPERATOR evil.- (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = evil.ts_minus);
+CREATE OPERATOR evil.< (LEFTARG = interval, RIGHTARG = interval, FUNCTION = evil.iv_lt);
+CREATE OPERATOR evil.< (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.ts_lt);
+CREATE OPERATOR evil.< (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = evil.i8_lt);
+CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.i8_pl);
+CREATE OPERATOR evil.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.i8_eq);
+-- the hostile operators work when a query does not pin its path:
+SET search_path = evil, pg_catalog;
+SELECT now() - interval '1 day' < now() AS evil_works;
+SELECT op FROM evil.calls ORDER BY op;
+TRUNCATE evil.calls;
 -- Its notice names the cutoff, a timestamp: not shown here.
 SET client_min_messages = warning;
 CALL twilio_outbox.purge('1 day', 2);
 RESET client_min_messages;
+SELECT op AS hostile_operator_called FROM evil.calls;
+RESET search_path;
+DROP SCHEMA evil CASCADE;
 SELECT id, state FROM twilio_outbox.messages ORDER BY id;
 SELECT message_id, attempt FROM twilio_outbox.attempts ORDER BY message_id, attempt;
 SELECT message_id, reason FROM twilio_outbox.dead_letters ORDER BY message_id;

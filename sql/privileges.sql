@@ -72,6 +72,56 @@ SELECT try(sql) AS credentials, sql FROM (VALUES
 	($$UPDATE twilio_outbox.account_credentials SET secret = NULL, secret_env = 'TWILIO_TOKEN'$$)
 ) AS t(sql);
 
+-- account_roles: an account with rows there is only for those roles and
+-- their members; a role of another account learns nothing about it (not
+-- its senders, suppressions or dedupe keys: 42501 comes first), and an
+-- account without rows stays open to every enqueueing role.
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS app_b, app_b_member, app_gone;
+RESET client_min_messages;
+CREATE ROLE app_b LOGIN IN ROLE twilio_outbox_enqueue;
+CREATE ROLE app_b_member LOGIN IN ROLE app_b;
+CREATE ROLE app_gone;
+INSERT INTO twilio_outbox.accounts (name, account_sid)
+	VALUES ('acct_b', 'AC0000000000000000000000000000000b'), ('acct_gone', 'AC0000000000000000000000000000000c');
+INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
+	VALUES ('acct_b', '+15005550010', 'long_code', true), ('acct_gone', '+15005550011', 'long_code', true);
+INSERT INTO twilio_outbox.suppressed_recipients (account, to_number) VALUES ('acct_b', '+14155550999');
+INSERT INTO twilio_outbox.account_roles (account, role) VALUES ('acct_b', 'app_b'), ('acct_gone', 'app_gone');
+DROP ROLE app_gone;
+SET ROLE app_b;
+SELECT twilio_enqueue('+14155552671', 'b secret', account => 'acct_b', dedupe_key => 'b-1') > 0 AS b_enqueued;
+RESET ROLE;
+SET ROLE app_user;
+SELECT try(sql) AS app_user_on_acct_b, sql FROM (VALUES
+	($$SELECT twilio_enqueue('+14155552671', 'b secret', account => 'acct_b', dedupe_key => 'b-1')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'other', account => 'acct_b', dedupe_key => 'b-1')$$),
+	($$SELECT twilio_enqueue('+14155550999', 'x', account => 'acct_b')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', account => 'acct_b', from_number => '+15005550099')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', account => 'acct_b', from_number => '+15005550010')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', account => 'acct_gone')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', account => 'no_such_account')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'open account', dedupe_key => 'b-1')$$),
+	($$SELECT count(*) FROM twilio_outbox.account_roles$$)
+) AS t(sql);
+RESET ROLE;
+SET ROLE app_b_member;
+SELECT try(sql) AS member_of_app_b, sql FROM (VALUES
+	($$SELECT twilio_enqueue('+14155552671', 'b secret', account => 'acct_b', dedupe_key => 'b-1')$$),
+	($$SELECT twilio_enqueue('+14155550999', 'x', account => 'acct_b')$$),
+	($$SELECT twilio_enqueue('+14155552671', 'x', account => 'acct_gone')$$)
+) AS t(sql);
+RESET ROLE;
+-- What went in, and by whom: nothing of app_user in acct_b.
+SELECT account, body, enqueued_by FROM twilio_outbox.messages
+WHERE account IN ('acct_b', 'acct_gone') OR body = 'open account' ORDER BY id;
+SET ROLE ops_viewer;
+SELECT account, role FROM twilio_outbox.account_roles WHERE account = 'acct_b' ORDER BY 1, 2;
+RESET ROLE;
+SET ROLE ops_admin;
+SELECT try($$DELETE FROM twilio_outbox.account_roles WHERE account = 'acct_gone'$$) AS admin_maintains_roles;
+RESET ROLE;
+
 -- No table or function of the extension is open to PUBLIC.
 SELECT c.relname, c.relacl::text LIKE '%=%/%' AND c.relacl::text ~ '(^|,|\{)=' AS public_has_rights
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -99,5 +149,6 @@ RESET ROLE;
 SELECT count(*) AS rows_from_hostile_path FROM twilio_outbox.messages WHERE body = 'not hijacked';
 DROP SCHEMA evil CASCADE;
 
-DROP OWNED BY app_user, ops_viewer, ops_admin;
-DROP ROLE app_user, ops_viewer, ops_admin;
+DELETE FROM twilio_outbox.account_roles;
+DROP OWNED BY app_user, ops_viewer, ops_admin, app_b, app_b_member;
+DROP ROLE app_user, ops_viewer, ops_admin, app_b, app_b_member;

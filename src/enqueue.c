@@ -9,6 +9,8 @@
  * function is SECURITY DEFINER: the application role needs EXECUTE on it and
  * nothing else.  Queries go through plans prepared once per backend, under
  * a search path of pg_catalog alone, pushed for the duration of the call.
+ * Errors quote user input through outbox_clip: never more than a short
+ * prefix, whatever the caller passed.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,6 +20,7 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -25,11 +28,15 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 PG_FUNCTION_INFO_V1(twilio_enqueue);
+PG_FUNCTION_INFO_V1(twilio_outbox_account_roles_changed);
 
 /* Argument positions, as declared in the install script. */
 enum
@@ -51,53 +58,75 @@ enum
 
 #define MAX_DEDUPE_KEY_BYTES 255
 
+/* Content API limits (twilio.com/docs/content/using-variables-with-content-api). */
+#define MAX_CONTENT_VARIABLES	100
+#define MAX_CONTENT_KEY_CHARS	16
+#define MAX_CONTENT_VALUE_CHARS 1600
+
+/* Limits of ours on params: Twilio documents none, a row must stay small. */
+#define MAX_PARAM_STRING_BYTES	1024
+#define MAX_PERSISTENT_ACTIONS	10
+#define MAX_NUMBER_CHARS		32
+
+/* How far ahead send_after and expires_at may lie: every message must end. */
+#define MAX_SCHEDULE_DAYS		366
+
 /* Kinds of value a Twilio parameter given through "params" may take. */
 typedef enum TwilioParamKind
 {
-	PK_BOOL,
-	PK_INT,
-	PK_NUMBER,
-	PK_STRING,
-	PK_STRINGS,
-	PK_ENUM,
-	PK_SID,
-	PK_DATETIME
+	PK_BOOL,					/* type boolean */
+	PK_INT,						/* type integer, within min..max */
+	PK_NUMBER,					/* type number, within min..max */
+	PK_STRINGS,					/* type array of strings: repeated fields */
+	PK_ENUM,					/* $ref message_enum_*: one of extra */
+	PK_SID,						/* pattern ^{extra}[0-9a-fA-F]{32}$ */
+	PK_PHONE,					/* format phone-number; extra "sms": no channel address */
+	PK_DATETIME					/* format date-time */
 } TwilioParamKind;
 
 typedef struct TwilioParamSpec
 {
 	const char *name;
 	TwilioParamKind	kind;
-	const char *extra;			/* enum values (space separated) or SID prefix */
-	int			min;			/* PK_INT bounds, when max > min */
-	int			max;
+	const char *extra;			/* enum values (space separated), SID prefix, "sms" */
+	int64		min;			/* PK_INT / PK_NUMBER bounds */
+	int64		max;
+	bool		needs_service;	/* only with a Messaging Service (when true, for booleans) */
 } TwilioParamSpec;
 
 /*
- * The optional request fields of Twilio's CreateMessage (OpenAPI spec
- * 2010-04-01) that have no argument of their own.
+ * The request fields of Twilio's CreateMessage (OpenAPI spec 2010-04-01,
+ * components of POST .../Messages.json, CreateMessageRequest) that have no
+ * argument of their own, with the type the spec gives each.  Bounds the
+ * spec leaves open are ours: Attempt counts attempts (at least 1), MaxPrice
+ * (obsolete since 2024-06-03) is a price in the account's currency.
+ * needs_service follows the spec's descriptions: ScheduleType, ShortenUrls
+ * true and FallbackFrom are for Messaging Services only.
  */
 static const TwilioParamSpec param_specs[] = {
-	{"AddressRetention", PK_ENUM, "retain obfuscate", 0, 0},
-	{"ApplicationSid", PK_SID, "AP", 0, 0},
-	{"Attempt", PK_INT, NULL, 1, 1000},
-	{"ContentRetention", PK_ENUM, "retain discard", 0, 0},
-	{"FallbackFrom", PK_STRING, NULL, 0, 0},
-	{"ForceDelivery", PK_BOOL, NULL, 0, 0},
-	{"MaxPrice", PK_NUMBER, NULL, 0, 0},
-	{"PersistentAction", PK_STRINGS, NULL, 0, 0},
-	{"ProvideFeedback", PK_BOOL, NULL, 0, 0},
-	{"RiskCheck", PK_ENUM, "enable disable", 0, 0},
-	{"ScheduleType", PK_ENUM, "fixed", 0, 0},
-	{"SendAsMms", PK_BOOL, NULL, 0, 0},
-	{"SendAt", PK_DATETIME, NULL, 0, 0},
-	{"ShortenUrls", PK_BOOL, NULL, 0, 0},
-	{"SmartEncoded", PK_BOOL, NULL, 0, 0},
-	{"TrafficType", PK_ENUM, "free", 0, 0},
-	{"ValidityPeriod", PK_INT, NULL, 1, 36000},
+	{"AddressRetention", PK_ENUM, "retain obfuscate", 0, 0, false},
+	{"ApplicationSid", PK_SID, "AP", 0, 0, false},
+	{"Attempt", PK_INT, NULL, 1, PG_INT32_MAX, false},
+	{"ContentRetention", PK_ENUM, "retain discard", 0, 0, false},
+	{"FallbackFrom", PK_PHONE, "sms", 0, 0, true},
+	{"ForceDelivery", PK_BOOL, NULL, 0, 0, false},
+	{"MaxPrice", PK_NUMBER, NULL, 0, 1000000, false},
+	{"PersistentAction", PK_STRINGS, NULL, 0, 0, false},
+	{"ProvideFeedback", PK_BOOL, NULL, 0, 0, false},
+	{"RiskCheck", PK_ENUM, "enable disable", 0, 0, false},
+	{"ScheduleType", PK_ENUM, "fixed", 0, 0, true},
+	{"SendAsMms", PK_BOOL, NULL, 0, 0, false},
+	{"SendAt", PK_DATETIME, NULL, 0, 0, false},
+	{"ShortenUrls", PK_BOOL, NULL, 0, 0, true},
+	{"SmartEncoded", PK_BOOL, NULL, 0, 0, false},
+	{"TrafficType", PK_ENUM, "free", 0, 0, false},
+	{"ValidityPeriod", PK_INT, NULL, 1, 36000, false},
 };
 
-/* Request fields that twilio_enqueue() takes as arguments of its own. */
+/*
+ * The other fields of CreateMessageRequest: twilio_enqueue() takes each as
+ * an argument of its own (To is the only one the spec requires).
+ */
 static const char *const reserved_params[][2] = {
 	{"To", "to_number"},
 	{"From", "from_number"},
@@ -118,8 +147,21 @@ typedef enum SenderLookup
 	NUM_LOOKUPS
 } SenderLookup;
 
-static SPIPlanPtr lookup_plans[NUM_LOOKUPS];
+/* Plans by sender lookup and by whether account_roles exists. */
+static SPIPlanPtr lookup_plans[NUM_LOOKUPS][2];
 static SPIPlanPtr find_dedupe_plan;
+
+/*
+ * The caller may use the account: when account_roles lists roles for it,
+ * the caller ($4, an OID) must be one of them or a member of one; with no
+ * row for the account, anyone who may enqueue may use it.  One index probe.
+ * A row naming a role dropped since grants nothing (pg_has_role of a
+ * missing OID is false).
+ */
+#define ACCOUNT_ALLOWED(param) \
+	"COALESCE((SELECT pg_catalog.bool_or(pg_catalog.pg_has_role(" param "," \
+	" x.role::pg_catalog.oid, 'MEMBER')) FROM twilio_outbox.account_roles x" \
+	" WHERE x.account OPERATOR(pg_catalog.=) a.name), true)"
 
 /* pg_catalog alone, not even pg_temp */
 static OverrideSearchPath pinned_path = {NIL, true, false, 0};
@@ -133,6 +175,7 @@ typedef struct ResolvedSender
 	char	   *from_number;
 	char	   *service_sid;
 	bool		suppressed;
+	bool		allowed;
 } ResolvedSender;
 
 /*
@@ -171,8 +214,8 @@ check_url(const char *url, const char *name)
 	if (!outbox_is_http_url(url))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid %s \"%s\"", name, url),
-				 errdetail("It must be an absolute http:// or https:// URL of at most %d bytes, without spaces or control characters.",
+				 errmsg("invalid %s \"%s\"", name, outbox_clip(url)),
+				 errdetail("It must be an absolute http:// or https:// URL of at most %d bytes, with a host name or address (no underscore), in ASCII (percent-encode anything else), without spaces, control characters or any of \"<>\\^`{|}.",
 						   OUTBOX_MAX_URL_LENGTH)));
 }
 
@@ -196,13 +239,14 @@ check_media(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("media_urls must be a one-dimensional array")));
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
 	if (n > OUTBOX_MAX_MEDIA_URLS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("too many media URLs"),
 				 errdetail("The message has %d media URLs; Twilio accepts at most %d.",
 						   n, OUTBOX_MAX_MEDIA_URLS)));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	for (i = 0; i < n; i++)
 	{
 		if (nulls[i])
@@ -224,15 +268,54 @@ param_error(const char *key, const char *detail)
 }
 
 /*
- * SendAt: an ISO 8601 date-time with a zone ("2026-12-01T09:30:00Z"), in the
- * future and no more than 35 days ahead, the most Twilio schedules.
+ * An input function's result, or ok = false when it raised a data
+ * exception (class 22: out of range, bad format, bad zone).  Lets a bad
+ * value of ours become one 22023 naming the field instead of whatever the
+ * cast said.  Input functions hold no resources, so flushing their error
+ * without a subtransaction is safe; any other error is thrown on.
+ */
+static Datum
+input_or_fail(PGFunction in, const char *s, bool *ok)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile Datum result = (Datum) 0;
+	volatile bool good = true;
+
+	PG_TRY();
+	{
+		result = DirectFunctionCall3(in, CStringGetDatum(s),
+									 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
+			PG_RE_THROW();
+		FlushErrorState();
+		FreeErrorData(edata);
+		good = false;
+	}
+	PG_END_TRY();
+	*ok = good;
+	return result;
+}
+
+/*
+ * SendAt: an ISO 8601 date-time with a zone ("2026-12-01T09:30:00Z"), what
+ * Twilio schedules (its errors 35114/35115): more than 5 minutes after the
+ * request, which goes out no earlier than `earliest` (now, or send_after),
+ * and at most 35 days after now.
  */
 static void
-check_send_at(const char *key, const char *s)
+check_send_at(const char *key, const char *s, TimestampTz earliest)
 {
 	static const char pattern[] = "dddd-dd-ddTdd:dd:dd";
 	const char *p = s;
 	TimestampTz t;
+	bool		ok;
 	int			i;
 
 	for (i = 0; pattern[i]; i++, p++)
@@ -248,63 +331,84 @@ check_send_at(const char *key, const char *s)
 		   isdigit((unsigned char) p[2]) && p[3] == ':' && isdigit((unsigned char) p[4]) &&
 		   isdigit((unsigned char) p[5]) && p[6] == '\0')))
 		param_error(key, "It must be an ISO 8601 date-time with a zone (Z or +hh:mm).");
-	t = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(s),
-												ObjectIdGetDatum(InvalidOid),
-												Int32GetDatum(-1)));
-	if (t <= GetCurrentTimestamp() ||
+	t = DatumGetTimestampTz(input_or_fail(timestamptz_in, s, &ok));
+	if (!ok)
+		param_error(key, "It must be an existing date and time with a valid zone offset.");
+	if (t <= earliest + (int64) 300 * USECS_PER_SEC ||
 		t > GetCurrentTimestamp() + (int64) 35 * USECS_PER_DAY)
-		param_error(key, "Twilio schedules messages up to 35 days ahead, never in the past.");
+		param_error(key, "Twilio schedules a message more than 5 minutes after its request (sent at send_after at the earliest) and at most 35 days ahead.");
 }
 
-/* Check one value of params against what Twilio's spec says of its key. */
+/*
+ * A JSON number within min..max (whole when whole is set) and of at most
+ * MAX_NUMBER_CHARS characters, compared without casts that throw.
+ */
 static void
-check_param_value(const TwilioParamSpec *spec, JsonbValue *v)
+check_number(const TwilioParamSpec *spec, Numeric n, bool whole)
+{
+	Datum		num = NumericGetDatum(n);
+	char	   *text = DatumGetCString(DirectFunctionCall1(numeric_out, num));
+	const char *what = whole ? "a whole number" : "a number";
+
+	if (strlen(text) > MAX_NUMBER_CHARS ||
+		DatumGetBool(DirectFunctionCall2(numeric_lt, num,
+										 DirectFunctionCall1(int8_numeric, Int64GetDatum(spec->min)))) ||
+		DatumGetBool(DirectFunctionCall2(numeric_gt, num,
+										 DirectFunctionCall1(int8_numeric, Int64GetDatum(spec->max)))))
+		param_error(spec->name,
+					psprintf("It must be %s from " INT64_FORMAT " to " INT64_FORMAT ".",
+							 what, spec->min, spec->max));
+	/* 1.0 is whole, but would reach Twilio as "1.0": the form sends the text */
+	if (whole && strchr(text, '.') != NULL)
+		param_error(spec->name, psprintf("It must be %s, written without a decimal point.", what));
+}
+
+/*
+ * Check one value of params against what Twilio's spec says of its key.
+ * Returns whether it makes the message need a Messaging Service.
+ */
+static bool
+check_param_value(const TwilioParamSpec *spec, JsonbValue *v, TimestampTz earliest)
 {
 	switch (spec->kind)
 	{
 		case PK_BOOL:
 			if (v->type != jbvBool)
-				param_error(spec->name, "It must be true or false.");
-			break;
+				param_error(spec->name, "It must be true or false (a JSON boolean).");
+			return spec->needs_service && v->val.boolean;
 		case PK_NUMBER:
-			if (v->type != jbvNumeric)
-				param_error(spec->name, "It must be a number.");
-			break;
 		case PK_INT:
-			{
-				int32		n;
-
-				if (v->type != jbvNumeric)
-					param_error(spec->name, "It must be a whole number.");
-				n = DatumGetInt32(DirectFunctionCall1(numeric_int4,
-													  NumericGetDatum(v->val.numeric)));
-				if (DatumGetBool(DirectFunctionCall2(numeric_ne,
-													 NumericGetDatum(v->val.numeric),
-													 DirectFunctionCall1(int4_numeric, Int32GetDatum(n)))))
-					param_error(spec->name, "It must be a whole number.");
-				if (n < spec->min || n > spec->max)
-					param_error(spec->name,
-								psprintf("It must be between %d and %d.", spec->min, spec->max));
-				break;
-			}
-		case PK_STRING:
+			if (v->type != jbvNumeric)
+				param_error(spec->name, spec->kind == PK_INT ?
+							"It must be a whole number (a JSON number)." :
+							"It must be a number (a JSON number).");
+			check_number(spec, v->val.numeric, spec->kind == PK_INT);
+			break;
 		case PK_STRINGS:
 		case PK_ENUM:
 		case PK_SID:
+		case PK_PHONE:
 		case PK_DATETIME:
 			{
 				char	   *s;
 
 				if (v->type != jbvString)
-					param_error(spec->name, "It must be a string.");
+					param_error(spec->name, spec->kind == PK_STRINGS ?
+								"It must be an array of strings." : "It must be a string.");
+				if (v->val.string.len > MAX_PARAM_STRING_BYTES)
+					param_error(spec->name,
+								psprintf("It must be at most %d bytes long.", MAX_PARAM_STRING_BYTES));
 				s = pnstrdup(v->val.string.val, v->val.string.len);
 				if (*s == '\0' || outbox_has_control(s))
 					param_error(spec->name, "It must be a non-empty string without control characters.");
 				if (spec->kind == PK_DATETIME)
-					check_send_at(spec->name, s);
+					check_send_at(spec->name, s, earliest);
 				if (spec->kind == PK_SID && !outbox_is_sid(s, spec->extra))
 					param_error(spec->name,
 								psprintf("It must be %s followed by 32 hexadecimal digits.", spec->extra));
+				if (spec->kind == PK_PHONE && !outbox_is_sender_address(s, spec->extra != NULL))
+					param_error(spec->name,
+								"It must be an E.164 number (+14155552671), a short code or an alphanumeric sender ID.");
 				if (spec->kind == PK_ENUM)
 				{
 					char	   *values = pstrdup(spec->extra);
@@ -320,11 +424,38 @@ check_param_value(const TwilioParamSpec *spec, JsonbValue *v)
 				break;
 			}
 	}
+	return spec->needs_service;
+}
+
+static const TwilioParamSpec *
+lookup_param(const char *key)
+{
+	int			i;
+
+	for (i = 0; i < (int) lengthof(param_specs); i++)
+	{
+		if (strcmp(key, param_specs[i].name) == 0)
+			return &param_specs[i];
+	}
+	return NULL;
+}
+
+/*
+ * Whether the form encoder may send this params key: a CreateMessage field
+ * that params may carry.  Rows written into the messages table by hand
+ * bypass twilio_enqueue's checks; the dispatcher skips any other key rather
+ * than let it add or override a field.
+ */
+bool
+outbox_param_is_known(const char *key)
+{
+	return lookup_param(key) != NULL;
 }
 
 static const TwilioParamSpec *
 find_param_spec(const char *key)
 {
+	const TwilioParamSpec *spec;
 	int			i;
 
 	for (i = 0; i < (int) lengthof(reserved_params); i++)
@@ -336,33 +467,35 @@ find_param_spec(const char *key)
 					 errhint("Pass it as the argument %s of twilio_enqueue().",
 							 reserved_params[i][1])));
 	}
-	for (i = 0; i < (int) lengthof(param_specs); i++)
-	{
-		if (strcmp(key, param_specs[i].name) == 0)
-			return &param_specs[i];
-	}
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown Twilio parameter \"%s\"", key),
-			 errhint("params takes the optional fields of Twilio's Messages API by their API names, such as ValidityPeriod or SendAt.")));
-	return NULL;				/* keep compiler quiet */
+	spec = lookup_param(key);
+	if (spec == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown Twilio parameter \"%s\"", outbox_clip(key)),
+				 errhint("params takes the optional fields of Twilio's Messages API by their API names, such as ValidityPeriod or SendAt.")));
+	return spec;
 }
 
 /*
  * params: a JSON object of further CreateMessage fields, each checked for
- * name and type.  Sets *has_schedule / *has_send_at for the caller's
- * cross-field checks.
+ * name and type (SendAt against earliest, when the request may go out).
+ * Sets *has_schedule / *has_send_at for the caller's
+ * cross-field checks, and *service_param to a field that needs a Messaging
+ * Service (NULL if none).
  */
 static void
-check_params(Jsonb *params, bool *has_schedule, bool *has_send_at)
+check_params(Jsonb *params, TimestampTz earliest, bool *has_schedule,
+			 bool *has_send_at, const char **service_param)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	const TwilioParamSpec *spec = NULL;
 	int			depth = 0;
+	int			elems = 0;
 
 	*has_schedule = *has_send_at = false;
+	*service_param = NULL;
 	if (!JB_ROOT_IS_OBJECT(params) || JB_ROOT_IS_SCALAR(params))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -379,10 +512,16 @@ check_params(Jsonb *params, bool *has_schedule, bool *has_send_at)
 					param_error(spec->name, "It must be a scalar value.");
 				if (depth == 2)
 					param_error(spec->name, "It must be an array of strings.");
+				if (depth == 1 && v.val.array.nElems > MAX_PERSISTENT_ACTIONS)
+					param_error(spec->name,
+								psprintf("It takes at most %d values.", MAX_PERSISTENT_ACTIONS));
+				elems = 0;
 				depth++;
 				break;
 			case WJB_END_OBJECT:
 			case WJB_END_ARRAY:
+				if (depth == 2 && elems == 0)
+					param_error(spec->name, "It must not be an empty array: leave the field out instead.");
 				depth--;
 				break;
 			case WJB_KEY:
@@ -397,14 +536,153 @@ check_params(Jsonb *params, bool *has_schedule, bool *has_send_at)
 			case WJB_VALUE:
 				if (spec->kind == PK_STRINGS)
 					param_error(spec->name, "It must be an array of strings.");
-				check_param_value(spec, &v);
+				if (v.type == jbvNull)
+					param_error(spec->name, "It must not be null: leave the field out instead.");
+				if (check_param_value(spec, &v, earliest) && *service_param == NULL)
+					*service_param = spec->name;
 				break;
 			case WJB_ELEM:
-				check_param_value(spec, &v);
+				elems++;
+				check_param_value(spec, &v, earliest);
 				break;
 			case WJB_DONE:
 				break;
 		}
+	}
+}
+
+/*
+ * content_variables: what Twilio's Content API takes, a flat JSON object of
+ * at most 100 variables, each key 1 to 16 characters without white space,
+ * each value a non-empty string of at most 1,600 characters (Twilio answers
+ * 21656 to null or empty values).
+ */
+static void
+check_content_variables(Jsonb *vars)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+	int			n = 0;
+
+	if (!JB_ROOT_IS_OBJECT(vars) || JB_ROOT_IS_SCALAR(vars))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("content_variables must be a JSON object")));
+	if (JB_ROOT_COUNT(vars) > MAX_CONTENT_VARIABLES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("too many content variables"),
+				 errdetail("content_variables has %d variables; a template has at most %d.",
+						   (int) JB_ROOT_COUNT(vars), MAX_CONTENT_VARIABLES)));
+
+	it = JsonbIteratorInit(&vars->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			int			chars;
+			int			i;
+
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			chars = pg_mbstrlen(key);
+			for (i = 0; key[i]; i++)
+			{
+				if (isspace((unsigned char) key[i]) || (unsigned char) key[i] < 0x20 ||
+					key[i] == 0x7f || key[i] == '{' || key[i] == '}')
+					break;
+			}
+			if (chars < 1 || chars > MAX_CONTENT_KEY_CHARS || key[i] != '\0')
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid content variable name \"%s\"", outbox_clip(key)),
+						 errdetail("A variable name has 1 to %d characters, without spaces, control characters or braces.",
+								   MAX_CONTENT_KEY_CHARS)));
+			n++;
+		}
+		else if (tok == WJB_VALUE)
+		{
+			char	   *val;
+			const char *utf8;
+
+			if (v.type != jbvString)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("content variable \"%s\" must be a string", outbox_clip(key)),
+						 errdetail("content_variables is a flat JSON object of string values, such as {\"1\": \"Ada\"}.")));
+			val = pnstrdup(v.val.string.val, v.val.string.len);
+			utf8 = pg_server_to_any(val, v.val.string.len, PG_UTF8);
+			if (outbox_text_has_control(utf8))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("content variable \"%s\" must not contain control characters",
+								outbox_clip(key)),
+						 errdetail("Tab, line feed, carriage return and form feed are the only control characters a variable may contain.")));
+			if (outbox_is_blank(utf8))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("content variable \"%s\" must not be empty", outbox_clip(key)),
+						 errdetail("Twilio refuses empty variables (21656); leave the variable out to use the template's default.")));
+			if (pg_mbstrlen(val) > MAX_CONTENT_VALUE_CHARS)
+				ereport(ERROR,
+						(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+						 errmsg("content variable \"%s\" is too long", outbox_clip(key)),
+						 errdetail("A variable's value has at most %d characters.",
+								   MAX_CONTENT_VALUE_CHARS)));
+		}
+	}
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("content_variables must not be an empty object"),
+				 errhint("Leave content_variables out to use the template's defaults.")));
+}
+
+/*
+ * send_after and expires_at: finite, within MAX_SCHEDULE_DAYS, expires_at
+ * in the future and after send_after, so that every message accepted is
+ * sent or expires, some day.
+ */
+static void
+check_times(FunctionCallInfo fcinfo, TimestampTz now)
+{
+	TimestampTz horizon = now + (int64) MAX_SCHEDULE_DAYS * USECS_PER_DAY;
+	bool		has_after = !PG_ARGISNULL(ARG_SEND_AFTER);
+	bool		has_expiry = !PG_ARGISNULL(ARG_EXPIRES_AT);
+	TimestampTz after = has_after ? PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : 0;
+	TimestampTz expires = has_expiry ? PG_GETARG_TIMESTAMPTZ(ARG_EXPIRES_AT) : 0;
+
+	if ((has_after && TIMESTAMP_NOT_FINITE(after)) ||
+		(has_expiry && TIMESTAMP_NOT_FINITE(expires)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a finite time", has_after && TIMESTAMP_NOT_FINITE(after) ?
+						"send_after" : "expires_at"),
+				 errdetail("A message that is never due or never expires would never end."),
+				 errhint("Leave the argument out (NULL) for \"now\" or \"never expires\".")));
+	if (has_after && after > horizon)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("send_after is too far ahead"),
+				 errdetail("A message can be scheduled at most %d days ahead.", MAX_SCHEDULE_DAYS)));
+	if (has_expiry)
+	{
+		if (expires <= now)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("expires_at is already past"),
+					 errdetail("A message that has expired is never sent.")));
+		if (expires > horizon)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("expires_at is too far ahead"),
+					 errdetail("A message expires at most %d days ahead; leave expires_at out for a message that never expires.",
+							   MAX_SCHEDULE_DAYS)));
+		if (has_after && after >= expires)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("send_after must be earlier than expires_at")));
 	}
 }
 
@@ -424,13 +702,102 @@ random_uuid(void)
 }
 
 /*
+ * Whether account_roles has any row, cached per backend so that enqueueing
+ * costs nothing extra while no deployment uses it, and one index probe of
+ * the table (inside the insert) once it does.  The cache is dropped on any
+ * relcache invalidation of the table, which the statement trigger
+ * account_roles_changed sends at the commit of every change to its rows
+ * (DDL sends one anyway); the generation counter keeps an answer computed
+ * while an invalidation arrived from being cached.  Before ALTER EXTENSION
+ * UPDATE the table does not exist and nothing is restricted (nothing is
+ * cached either: two syscache probes per call, until the update).
+ */
+typedef enum RolesState
+{
+	ROLES_UNKNOWN,
+	ROLES_UNUSED,
+	ROLES_IN_USE
+} RolesState;
+
+static RolesState roles_state = ROLES_UNKNOWN;
+static Oid	roles_relid = InvalidOid;
+static uint64 roles_generation = 0;
+static bool roles_callback_registered = false;
+
+static void
+roles_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == roles_relid)
+	{
+		roles_state = ROLES_UNKNOWN;
+		roles_generation++;
+	}
+}
+
+/* SPI connected, under the pinned search path. */
+static bool
+account_roles_in_use(void)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			nsp;
+	Oid			relid;
+	uint64		generation;
+	bool		in_use;
+	bool		isnull;
+
+	if (!roles_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(roles_invalidate, (Datum) 0);
+		roles_callback_registered = true;
+	}
+	if (roles_state != ROLES_UNKNOWN)
+		return roles_state == ROLES_IN_USE;
+
+	nsp = get_namespace_oid(OUTBOX_SCHEMA, true);
+	relid = OidIsValid(nsp) ? get_relname_relid("account_roles", nsp) : InvalidOid;
+	if (!OidIsValid(relid))
+		return false;
+	roles_relid = relid;
+	generation = roles_generation;
+	outbox_prepare(&plan, "SELECT EXISTS (SELECT FROM twilio_outbox.account_roles)", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read twilio_outbox.account_roles");
+	in_use = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (generation == roles_generation)
+		roles_state = in_use ? ROLES_IN_USE : ROLES_UNUSED;
+	return in_use;
+}
+
+/*
+ * twilio_outbox.account_roles_changed(): statement trigger on account_roles
+ * (insert, update, delete, truncate, cascades included).  Invalidates the
+ * table's relcache entry at commit, in every backend, so that their cached
+ * account_roles_in_use() answers are recomputed.
+ */
+Datum
+twilio_outbox_account_roles_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("account_roles_changed() must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
+}
+
+/*
  * Find the account (the named one, or the default) and the sender the
  * message names (by from-number or Messaging Service SID, or the account's
- * default), and whether the recipient is suppressed there.
+ * default), and whether the recipient is suppressed there.  Runs only when
+ * the insert found nothing to insert, to say why; the first thing it says
+ * is whether the caller may use the account at all, so that a role of
+ * another account learns nothing of its senders, suppressions or keys.
  */
 static void
 resolve_sender(const char *account, const char *from, const char *service,
-			   const char *to, ResolvedSender *out)
+			   const char *to, bool roles, ResolvedSender *out)
 {
 	static const char *const sender_match[NUM_LOOKUPS] = {
 		"s.from_number OPERATOR(pg_catalog.=) $2",
@@ -438,30 +805,32 @@ resolve_sender(const char *account, const char *from, const char *service,
 		"s.is_default AND $2::text IS NULL",
 	};
 	SenderLookup which = from ? LOOKUP_BY_FROM : service ? LOOKUP_BY_SERVICE : LOOKUP_DEFAULT;
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, OIDOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	SPIPlanPtr	plan;
 	bool		isnull;
 	int			rc;
 
-	if (lookup_plans[which] == NULL)
+	if (lookup_plans[which][roles] == NULL)
 	{
 		char	   *sql = psprintf(
 								   "SELECT a.name, s.id, s.from_number, s.messaging_service_sid,"
 								   " EXISTS (SELECT 1 FROM twilio_outbox.suppressed_recipients r"
 								   "  WHERE r.account OPERATOR(pg_catalog.=) a.name"
-								   "  AND r.to_number OPERATOR(pg_catalog.=) $3)"
+								   "  AND r.to_number OPERATOR(pg_catalog.=) $3),"
+								   " %s AND $4 IS NOT NULL"
 								   " FROM twilio_outbox.accounts a"
 								   " LEFT JOIN twilio_outbox.senders s"
 								   "  ON s.account OPERATOR(pg_catalog.=) a.name AND %s"
 								   " WHERE CASE WHEN $1 IS NULL THEN a.is_default"
 								   "  ELSE a.name OPERATOR(pg_catalog.=) $1 END",
+								   roles ? ACCOUNT_ALLOWED("$4") : "true",
 								   sender_match[which]);
 
-		outbox_prepare(&lookup_plans[which], sql, 3, argtypes);
+		outbox_prepare(&lookup_plans[which][roles], sql, 4, argtypes);
 	}
-	plan = lookup_plans[which];
+	plan = lookup_plans[which][roles];
 
 	values[0] = account ? CStringGetTextDatum(account) : (Datum) 0;
 	nulls[0] = account ? ' ' : 'n';
@@ -469,6 +838,7 @@ resolve_sender(const char *account, const char *from, const char *service,
 		service ? CStringGetTextDatum(service) : (Datum) 0;
 	nulls[1] = (from || service) ? ' ' : 'n';
 	values[2] = CStringGetTextDatum(to);
+	values[3] = ObjectIdGetDatum(GetOuterUserId());
 
 	rc = SPI_execute_plan(plan, values, nulls, false, 1);
 	if (rc != SPI_OK_SELECT)
@@ -479,7 +849,7 @@ resolve_sender(const char *account, const char *from, const char *service,
 		if (account)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("account \"%s\" does not exist", account)));
+					 errmsg("account \"%s\" does not exist", outbox_clip(account))));
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("no default account is configured"),
@@ -494,14 +864,22 @@ resolve_sender(const char *account, const char *from, const char *service,
 	out->service_sid = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 	out->suppressed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 												 SPI_tuptable->tupdesc, 5, &isnull));
+	out->allowed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 6, &isnull)) && !isnull;
 
+	if (!out->allowed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to enqueue messages with account \"%s\"",
+						out->account),
+				 errhint("An administrator lists the roles that may use an account in twilio_outbox.account_roles.")));
 	if (!out->has_sender)
 	{
 		if (from || service)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("sender \"%s\" does not exist in account \"%s\"",
-							from ? from : service, out->account),
+							outbox_clip(from ? from : service), out->account),
 					 errhint("Add it to twilio_outbox.senders first.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -519,15 +897,56 @@ resolve_sender(const char *account, const char *from, const char *service,
 }
 
 /*
- * The insert, resolving the account and sender and checking suppression,
- * channel and scheduling in the same statement: one round through the
- * executor for a message that is fine.  Returns false when no row went in
- * (a check failed, or the dedupe key exists); the caller finds out which.
+ * Run the insert; a table constraint it breaks (a CHECK or NOT NULL an
+ * administrator or a later version added, stricter than the checks above)
+ * becomes one 22023 naming the constraint.  PostgreSQL's own message would
+ * carry the whole row in its detail ("Failing row contains ..."): the body,
+ * and whatever size the caller passed, into the error and the server log.
+ * Nothing is done after the error but raising ours; the transaction aborts.
+ */
+static int
+insert_quietly(SPIPlanPtr plan, Datum *values, const char *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int rc = 0;
+
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, nulls, false, 1);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		char	   *constraint;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_CHECK_VIOLATION &&
+			edata->sqlerrcode != ERRCODE_NOT_NULL_VIOLATION)
+			PG_RE_THROW();
+		FlushErrorState();
+		constraint = edata->constraint_name ? edata->constraint_name :
+			edata->column_name ? edata->column_name : "a constraint";
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message violates \"%s\" of twilio_outbox.messages", constraint),
+				 errdetail("The outbox table refuses this message; see that constraint for what it requires.")));
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+/*
+ * The insert, resolving the account and sender and checking permission,
+ * suppression, channel and scheduling in the same statement: one round
+ * through the executor for a message that is fine.  Returns false when no
+ * row went in (a check failed, or the dedupe key exists); the caller finds
+ * out which.
  */
 static bool
-try_insert(SenderLookup which, Datum *values, const char *nulls, int64 *id)
+try_insert(SenderLookup which, bool roles, Datum *values, const char *nulls, int64 *id)
 {
-	static SPIPlanPtr plans[NUM_LOOKUPS];
+	static SPIPlanPtr plans[NUM_LOOKUPS][2];
 	static const char *const sender_match[NUM_LOOKUPS] = {
 		"s.from_number OPERATOR(pg_catalog.=) $2",
 		"s.messaging_service_sid OPERATOR(pg_catalog.=) $2",
@@ -536,13 +955,13 @@ try_insert(SenderLookup which, Datum *values, const char *nulls, int64 *id)
 	static Oid	argtypes[] = {
 		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, JSONBOID,
 		TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, NAMEOID, TEXTOID, BOOLOID
+		TIMESTAMPTZOID, NAMEOID, TEXTOID, BOOLOID, OIDOID
 	};
 	bool		isnull;
 	int			rc;
 
-	if (plans[which] == NULL)
-		outbox_prepare(&plans[which],
+	if (plans[which][roles] == NULL)
+		outbox_prepare(&plans[which][roles],
 					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
@@ -556,6 +975,7 @@ try_insert(SenderLookup which, Datum *values, const char *nulls, int64 *id)
 								"  ON s.account OPERATOR(pg_catalog.=) a.name AND %s"
 								" WHERE CASE WHEN $1 IS NULL THEN a.is_default"
 								"  ELSE a.name OPERATOR(pg_catalog.=) $1 END"
+								" AND %s AND $19 IS NOT NULL"
 								" AND NOT EXISTS (SELECT 1 FROM twilio_outbox.suppressed_recipients r"
 								"  WHERE r.account OPERATOR(pg_catalog.=) a.name"
 								"  AND r.to_number OPERATOR(pg_catalog.=) $3)"
@@ -565,10 +985,11 @@ try_insert(SenderLookup which, Datum *values, const char *nulls, int64 *id)
 								" AND (NOT $18 OR s.messaging_service_sid IS NOT NULL)"
 								" ON CONFLICT (account, dedupe_key) WHERE dedupe_key IS NOT NULL"
 								" DO NOTHING RETURNING id",
-								sender_match[which]),
+								sender_match[which],
+								roles ? ACCOUNT_ALLOWED("$19") : "true"),
 					   lengthof(argtypes), argtypes);
 
-	rc = SPI_execute_plan(plans[which], values, nulls, false, 1);
+	rc = insert_quietly(plans[which][roles], values, nulls);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -578,32 +999,69 @@ try_insert(SenderLookup which, Datum *values, const char *nulls, int64 *id)
 }
 
 /*
- * The message with this dedupe key, enqueued before.  In READ COMMITTED a
- * concurrent insert of the same key made ours wait for the other
- * transaction; it committed, so this statement's snapshot sees its row.
+ * The message with this dedupe key, enqueued before, if it is the same
+ * message: same recipient, sender, body, media, template and variables,
+ * status callback and params (the times are left out: a retried call that
+ * computes now() + interval again is still the same message).  A key that
+ * names a different message is an error, never a silent drop of the new
+ * one.  In READ COMMITTED a concurrent insert of the same key made ours wait
+ * for the other transaction; it committed, so this statement's snapshot
+ * sees its row.  values/nulls are the insert's.  Runs under the pinned
+ * search path, so IS NOT DISTINCT FROM takes pg_catalog's operators.
  */
 static int64
-find_dedupe(const char *account, const char *dedupe_key)
+find_dedupe(const char *account, const char *dedupe_key, int64 sender_id,
+			Datum *values, const char *nulls)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID,
+	TEXTARRAYOID, TEXTOID, JSONBOID, TEXTOID, JSONBOID};
+	Datum		args[10];
+	char		argnulls[10];
 	bool		isnull;
 	int			rc;
+	int			i;
 
 	outbox_prepare(&find_dedupe_plan,
-				   "SELECT id FROM twilio_outbox.messages"
-				   " WHERE account OPERATOR(pg_catalog.=) $1"
-				   " AND dedupe_key OPERATOR(pg_catalog.=) $2",
-				   2, types);
-	values[0] = CStringGetTextDatum(account);
-	values[1] = CStringGetTextDatum(dedupe_key);
-	rc = SPI_execute_plan(find_dedupe_plan, values, NULL, false, 1);
+				   "SELECT m.id, m.to_number IS NOT DISTINCT FROM $3"
+				   " AND m.sender_id IS NOT DISTINCT FROM $4"
+				   " AND m.body IS NOT DISTINCT FROM $5"
+				   " AND m.media_urls IS NOT DISTINCT FROM $6"
+				   " AND m.content_sid IS NOT DISTINCT FROM $7"
+				   " AND m.content_variables IS NOT DISTINCT FROM $8"
+				   " AND m.status_callback IS NOT DISTINCT FROM $9"
+				   " AND m.params IS NOT DISTINCT FROM $10"
+				   " FROM twilio_outbox.messages m"
+				   " WHERE m.account OPERATOR(pg_catalog.=) $1"
+				   " AND m.dedupe_key OPERATOR(pg_catalog.=) $2",
+				   10, types);
+	memset(argnulls, ' ', sizeof(argnulls));
+	args[0] = CStringGetTextDatum(account);
+	args[1] = CStringGetTextDatum(dedupe_key);
+	args[3] = Int64GetDatum(sender_id);
+	/* to, body, media, content_sid, variables, callback, params */
+	args[2] = values[2];
+	argnulls[2] = nulls[2];
+	for (i = 3; i <= 8; i++)
+	{
+		args[i + 1] = values[i];
+		argnulls[i + 1] = nulls[i];
+	}
+	rc = SPI_execute_plan(find_dedupe_plan, args, argnulls, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not find the message with dedupe key \"%s\"", dedupe_key),
+				 errmsg("could not find the message with dedupe key \"%s\"",
+						outbox_clip(dedupe_key)),
 				 errdetail("A concurrent transaction holds that key."),
 				 errhint("Retry the transaction.")));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("dedupe key \"%s\" is already used by a different message",
+						outbox_clip(dedupe_key)),
+				 errdetail("A message enqueued with this key in account \"%s\" has another recipient, sender, body, media, template, variables, status callback or params.",
+						   account),
+				 errhint("Use a new key for a new message; a dedupe key is free again once its message is purged.")));
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
@@ -631,12 +1089,15 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	bool		has_params = !PG_ARGISNULL(ARG_PARAMS);
 	bool		has_schedule = false;
 	bool		has_send_at = false;
+	const char *service_param = NULL;
+	const char *utf8_body;
+	bool		roles;
 	TimestampTz now = GetCurrentTimestamp();
 	OutboxSegments seg;
 	ResolvedSender sender;
 	int			nmedia;
-	Datum		values[18];
-	char		nulls[18];
+	Datum		values[19];
+	char		nulls[19];
 	int64		id;
 
 	/* The recipient. */
@@ -648,7 +1109,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	if (!outbox_is_recipient(to))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid recipient \"%s\"", to),
+				 errmsg("invalid recipient \"%s\"", outbox_clip(to)),
 				 errdetail("A recipient is an E.164 number, a plus sign and 2 to 15 digits not starting with 0 (+14155552671), or a channel address such as whatsapp:+14155552671.")));
 
 	/* The sender, if named. */
@@ -658,32 +1119,44 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				 errmsg("from_number and messaging_service_sid cannot both be given"),
 				 errhint("Name one sender, or neither to use the account's default sender.")));
 	check_no_control(from, "from_number");
+	if (from && !outbox_is_sender_address(from, false))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid sender \"%s\"", outbox_clip(from)),
+				 errdetail("A from_number is an E.164 number (+15005550006), a channel address (whatsapp:+15005550006), a short code of 3 to 8 digits or an alphanumeric sender ID of up to 11 letters, digits and spaces.")));
 	if (service && !outbox_is_sid(service, "MG"))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Messaging Service SID \"%s\"", service),
+				 errmsg("invalid Messaging Service SID \"%s\"", outbox_clip(service)),
 				 errdetail("A Messaging Service SID is MG followed by 32 hexadecimal digits.")));
 
 	/* The content. */
 	if (body && *body == '\0')
-		body = NULL;
+		body = NULL;			/* '' is no body, as in 0.1 */
+	utf8_body = body ? pg_server_to_any(body, strlen(body), PG_UTF8) : "";
+	if (body && outbox_is_blank(utf8_body))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("body must not be blank"),
+				 errdetail("The body has only white space or invisible characters; Twilio refuses such a body (21602)."),
+				 errhint("Pass NULL, or leave body out, to send media or a template without text.")));
+	if (body && outbox_text_has_control(utf8_body))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("body must not contain control characters"),
+				 errdetail("Tab, line feed, carriage return and form feed are the only control characters a body may contain.")));
 	if (content_sid && !outbox_is_sid(content_sid, "HX"))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Content SID \"%s\"", content_sid),
+				 errmsg("invalid Content SID \"%s\"", outbox_clip(content_sid)),
 				 errdetail("A Content SID is HX followed by 32 hexadecimal digits.")));
 	if (has_vars)
 	{
-		Jsonb	   *vars = PG_GETARG_JSONB_P(ARG_CONTENT_VARS);
-
 		if (content_sid == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("content_variables requires content_sid")));
-		if (!JB_ROOT_IS_OBJECT(vars) || JB_ROOT_IS_SCALAR(vars))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("content_variables must be a JSON object")));
+		check_content_variables(PG_GETARG_JSONB_P(ARG_CONTENT_VARS));
 	}
 	nmedia = check_media(fcinfo);
 	if (body == NULL && nmedia == 0 && content_sid == NULL)
@@ -691,8 +1164,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message has no content"),
 				 errhint("Pass body, media_urls or content_sid.")));
-	outbox_count_segments(body ? (char *) pg_server_to_any(body, strlen(body), PG_UTF8) : "",
-						  &seg);
+	outbox_count_segments(utf8_body, &seg);
 	if (seg.chars > OUTBOX_MAX_BODY_CHARS)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
@@ -703,27 +1175,19 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 		check_url(callback, "status_callback URL");
 
 	/* When. */
-	if (!PG_ARGISNULL(ARG_EXPIRES_AT))
-	{
-		TimestampTz expires = PG_GETARG_TIMESTAMPTZ(ARG_EXPIRES_AT);
-
-		if (expires <= now)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("expires_at is already past"),
-					 errdetail("A message that has expired is never sent.")));
-		if (!PG_ARGISNULL(ARG_SEND_AFTER) && PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) >= expires)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("send_after must be earlier than expires_at")));
-	}
+	check_times(fcinfo, now);
 	if (dedupe_key && strlen(dedupe_key) > MAX_DEDUPE_KEY_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("dedupe_key is too long"),
 				 errdetail("A dedupe key has at most %d bytes.", MAX_DEDUPE_KEY_BYTES)));
+	/* it is shown in monitoring and quoted in errors, never sent */
+	check_no_control(dedupe_key, "dedupe_key");
 	if (has_params)
-		check_params(PG_GETARG_JSONB_P(ARG_PARAMS), &has_schedule, &has_send_at);
+		check_params(PG_GETARG_JSONB_P(ARG_PARAMS),
+					 PG_ARGISNULL(ARG_SEND_AFTER) ? now :
+					 Max(now, PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER)),
+					 &has_schedule, &has_send_at, &service_param);
 	if (has_schedule != has_send_at)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -762,7 +1226,8 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	values[15] = DirectFunctionCall1(namein,
 									 CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
 	values[16] = CStringGetTextDatum(outbox_channel_of(to) ? outbox_channel_of(to) : "");
-	values[17] = BoolGetDatum(has_schedule);
+	values[17] = BoolGetDatum(service_param != NULL);
+	values[18] = ObjectIdGetDatum(GetOuterUserId());
 
 	/*
 	 * Our queries resolve names in pg_catalog only, whatever the caller's
@@ -774,15 +1239,18 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	PushOverrideSearchPath(&pinned_path);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	roles = account_roles_in_use();
 	if (!try_insert(from ? LOOKUP_BY_FROM : service ? LOOKUP_BY_SERVICE : LOOKUP_DEFAULT,
-					values, nulls, &id))
+					roles, values, nulls, &id))
 	{
 		/* Nothing went in: say why, or it was a dedupe key seen before. */
-		resolve_sender(account, from, service, to, &sender);
-		if (has_schedule && sender.service_sid == NULL)
+		resolve_sender(account, from, service, to, roles, &sender);
+		if (service_param && sender.service_sid == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("a scheduled send (ScheduleType) requires a Messaging Service sender")));
+					 errmsg("Twilio parameter \"%s\" requires a Messaging Service sender",
+							service_param),
+					 errhint("Pass messaging_service_sid.")));
 		if (sender.from_number &&
 			outbox_channel_of(sender.from_number) != outbox_channel_of(to))
 			ereport(ERROR,
@@ -794,7 +1262,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not enqueue the message: its account or sender changed meanwhile"),
 					 errhint("Retry the transaction.")));
-		id = find_dedupe(sender.account, dedupe_key);
+		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);
 	}
 	SPI_finish();
 	PopOverrideSearchPath();

@@ -4,14 +4,16 @@
  *		What a message may look like before it becomes a Twilio request:
  *		address, SID and URL checks, and the GSM-7 / UCS-2 segment count.
  *
- * Pure functions of their arguments: no catalog access, no allocation, no
- * ereport.  Callers decide which error to raise.
+ * Pure functions of their arguments: no catalog access, no ereport, and no
+ * allocation but outbox_clip's copy.  Callers decide which error to raise.
  *
  *-------------------------------------------------------------------------
  */
 #include "twilio_outbox.h"
 
 #include <string.h>
+
+#include "mb/pg_wchar.h"
 
 /* Channels whose addresses look like "channel:+E164". */
 static const char *const channels[] = {"whatsapp", NULL};
@@ -99,33 +101,139 @@ outbox_has_control(const char *s)
 }
 
 /*
- * An absolute http or https URL with a host, no white space or control
- * characters, of a length Twilio accepts.
+ * A sender address as Twilio's "phone-number" format allows it for From: an
+ * E.164 number, a channel address (whatsapp:+E.164), a short code (3 to 8
+ * digits), or an alphanumeric sender ID (1 to 11 letters, digits and
+ * spaces, at least one letter).  With sms_only, no channel address (an SMS
+ * fallback sender such as FallbackFrom).  The senders table's CHECK is the
+ * same but for the letter an alphanumeric ID needs at Twilio.
+ */
+bool
+outbox_is_sender_address(const char *s, bool sms_only)
+{
+	size_t		len = strlen(s);
+	bool		letter = false;
+	size_t		i;
+
+	if (outbox_is_e164(s))
+		return true;
+	if (!sms_only && outbox_channel_of(s) != NULL)
+		return outbox_is_recipient(s);
+	if (len >= 3 && len <= 8 && strspn(s, "0123456789") == len)
+		return true;
+	if (len < 1 || len > 11 || s[0] == ' ' || s[len - 1] == ' ')
+		return false;
+	for (i = 0; i < len; i++)
+	{
+		char		c = s[i];
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))
+			letter = true;
+		else if (!((c >= '0' && c <= '9') || c == ' '))
+			return false;
+	}
+	return letter;
+}
+
+/*
+ * An absolute http or https URL (RFC 3986, so ASCII only) of a length
+ * Twilio accepts: a host of letters, digits, dots and hyphens (Twilio
+ * refuses underscores in callback hosts) or a bracketed IPv6 literal, an
+ * optional user:password@ (Twilio sends it as Basic auth) and :port, and
+ * no white space, control, non-ASCII or other character RFC 3986 excludes
+ * ("<>\^`{|} and the double quote).
  */
 bool
 outbox_is_http_url(const char *s)
 {
+	const char *auth;
+	const char *end;
 	const char *host;
 	const char *p;
 
 	if (strlen(s) > OUTBOX_MAX_URL_LENGTH)
 		return false;
-	if (strncmp(s, "https://", 8) == 0)
-		host = s + 8;
-	else if (strncmp(s, "http://", 7) == 0)
-		host = s + 7;
+	if (pg_strncasecmp(s, "https://", 8) == 0)
+		auth = s + 8;
+	else if (pg_strncasecmp(s, "http://", 7) == 0)
+		auth = s + 7;
 	else
-		return false;
-	if (*host == '\0' || *host == '/' || *host == '?' || *host == '#')
 		return false;
 	for (p = s; *p; p++)
 	{
 		unsigned char c = (unsigned char) *p;
 
-		if (c <= 0x20 || c == 0x7f)
+		if (c <= 0x20 || c >= 0x7f || strchr("\"<>\\^`{|}", c) != NULL)
 			return false;
 	}
-	return true;
+	end = auth + strcspn(auth, "/?#");
+	host = auth;
+	for (p = auth; p < end; p++)
+	{
+		if (*p == '@')
+			host = p + 1;
+	}
+	if (host == end)
+		return false;
+	if (*host == '[')
+	{
+		p = host + 1 + strspn(host + 1, "0123456789abcdefABCDEF:.");
+		if (*p != ']' || p == host + 1)
+			return false;
+		p++;
+	}
+	else
+	{
+		p = host + strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-");
+		if (p == host || *host == '.' || *host == '-')
+			return false;
+	}
+	if (p < end && *p == ':')
+	{
+		p++;
+		if (p == end || strspn(p, "0123456789") < (size_t) (end - p) ||
+			end - p > 5 || atoi(p) > 65535)
+			return false;
+		p = end;
+	}
+	return p == end;
+}
+
+/*
+ * A copy of user input fit to quote in an error message: at most
+ * OUTBOX_QUOTE_CHARS characters of the server encoding, cut on a character
+ * boundary and marked with "..." when cut, control characters shown as '?'
+ * so that no value can break a log line.  Allocates in the current memory
+ * context; a NULL gives "(null)".
+ */
+char *
+outbox_clip(const char *s)
+{
+	int			len;
+	int			cut = 0;
+	int			chars = 0;
+	char	   *out;
+	int			i;
+
+	if (s == NULL)
+		return pstrdup("(null)");
+	len = strlen(s);
+	while (cut < len && chars < OUTBOX_QUOTE_CHARS)
+	{
+		cut += pg_mblen(s + cut);
+		chars++;
+	}
+	if (cut > len)
+		cut = len;
+	out = palloc(cut + 4);
+	memcpy(out, s, cut);
+	for (i = 0; i < cut; i++)
+	{
+		if ((unsigned char) out[i] < 0x20 || out[i] == 0x7f)
+			out[i] = '?';
+	}
+	strcpy(out + cut, cut < len ? "..." : "");
+	return out;
 }
 
 /*
@@ -204,6 +312,55 @@ next_code_point(const unsigned char **p)
 	}
 	*p = s + extra + 1;
 	return cp;
+}
+
+/*
+ * Characters that show nothing: Unicode's White_Space property (tab to CR,
+ * space, NEL, no-break spaces, the U+2000 spaces, line and paragraph
+ * separators, ideographic space) and the invisible format characters a body
+ * is padded with (zero-width space, joiners, word joiner, BOM).
+ */
+static bool
+invisible(uint32 cp)
+{
+	return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 ||
+		cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200D) ||
+		cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+		cp == 0x2060 || cp == 0x3000 || cp == 0xFEFF || cp == 0x180E;
+}
+
+/* A UTF-8 string with nothing visible in it (Twilio answers 21602 to it). */
+bool
+outbox_is_blank(const char *utf8)
+{
+	const unsigned char *s = (const unsigned char *) utf8;
+
+	while (*s)
+	{
+		if (!invisible(next_code_point(&s)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Control characters no message text carries: C0 but tab, LF, CR and form
+ * feed (a GSM-7 character), DEL and the C1 range.
+ */
+bool
+outbox_text_has_control(const char *utf8)
+{
+	const unsigned char *s = (const unsigned char *) utf8;
+
+	while (*s)
+	{
+		uint32		cp = next_code_point(&s);
+
+		if ((cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r' && cp != '\f') ||
+			(cp >= 0x7F && cp <= 0x9F))
+			return true;
+	}
+	return false;
 }
 
 /*

@@ -6,8 +6,10 @@
  *
  * Field names are exactly those of Twilio's OpenAPI description
  * (2010-04-01, CreateMessage).  outbox_build_form runs inside the claim
- * transaction (it reads jsonb); the parsers run outside any transaction and
- * never throw on bad input: a body they cannot read is flagged malformed.
+ * transaction (it reads jsonb) and trusts nothing of the row: every key and
+ * value is encoded, params keys are filtered; the parsers run outside any
+ * transaction and never throw on bad input: a body they cannot read is
+ * flagged malformed.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,17 +27,14 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-/* Append one key=value pair, form-encoded (RFC 1866: space as '+'). */
+/* Append s form-encoded (RFC 1866: space as '+', all else but unreserved as %XX). */
 static void
-append_field(StringInfo buf, const char *key, const char *value)
+append_encoded(StringInfo buf, const char *s)
 {
+	const char *utf8 = pg_server_to_any(s, strlen(s), PG_UTF8);
 	const char *p;
 
-	if (buf->len > 0)
-		appendStringInfoChar(buf, '&');
-	appendStringInfoString(buf, key);
-	appendStringInfoChar(buf, '=');
-	for (p = value; *p; p++)
+	for (p = utf8; *p; p++)
 	{
 		unsigned char c = (unsigned char) *p;
 
@@ -46,6 +45,21 @@ append_field(StringInfo buf, const char *key, const char *value)
 		else
 			appendStringInfo(buf, "%%%02X", c);
 	}
+}
+
+/*
+ * Append one key=value pair, both encoded whatever wrote them (a row an
+ * administrator inserted by hand included), in UTF-8 as Twilio reads them
+ * whatever the server encoding: no key or value can add a field.
+ */
+static void
+append_field(StringInfo buf, const char *key, const char *value)
+{
+	if (buf->len > 0)
+		appendStringInfoChar(buf, '&');
+	append_encoded(buf, key);
+	appendStringInfoChar(buf, '=');
+	append_encoded(buf, value);
 }
 
 /* A jsonb scalar as Twilio expects it in a form: strings raw, booleans as true/false. */
@@ -66,29 +80,72 @@ scalar_text(JsonbValue *v)
 	}
 }
 
-/* params: each key once, array values as repeated fields. */
+/*
+ * params: each key once, an array's scalars as repeated fields
+ * (PersistentAction=a&PersistentAction=b, as MediaUrl), nothing nested
+ * deeper.  twilio_enqueue admits only the CreateMessage fields params may
+ * carry; a row written into the table by hand may hold anything, so any
+ * other key (To, From, Body: a second value of a field we set; or a name
+ * Twilio does not know) is skipped with a warning instead of reaching
+ * Twilio, and the message goes out with the rest.
+ */
 static void
 append_params(StringInfo buf, Jsonb *params, bool *has_validity)
 {
-	JsonbIterator *it = JsonbIteratorInit(&params->root);
+	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
+	int			depth = 0;
 
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	if (!JB_ROOT_IS_OBJECT(params) || JB_ROOT_IS_SCALAR(params))
+	{
+		ereport(WARNING,
+				(errmsg("twilio_outbox: params of a message is not a JSON object: not sent")));
+		return;
+	}
+	it = JsonbIteratorInit(&params->root);
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
 	{
 		char	   *text;
 
-		if (tok == WJB_KEY)
+		switch (tok)
 		{
-			key = pnstrdup(v.val.string.val, v.val.string.len);
-			if (strcmp(key, "ValidityPeriod") == 0)
-				*has_validity = true;
-			continue;
+			case WJB_BEGIN_OBJECT:
+			case WJB_BEGIN_ARRAY:
+				depth++;
+				break;
+			case WJB_END_OBJECT:
+			case WJB_END_ARRAY:
+				depth--;
+				break;
+			case WJB_KEY:
+				if (depth != 1)
+					break;
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+				if (!outbox_param_is_known(key))
+				{
+					ereport(WARNING,
+							(errmsg("twilio_outbox: params key \"%s\" is not a field params may carry: not sent",
+									outbox_clip(key))));
+					key = NULL;
+				}
+				break;
+			case WJB_VALUE:
+			case WJB_ELEM:
+				/* a value of the object, or an element of an array value of it */
+				if (key != NULL &&
+					((tok == WJB_VALUE && depth == 1) || (tok == WJB_ELEM && depth == 2)) &&
+					(text = scalar_text(&v)) != NULL)
+				{
+					append_field(buf, key, text);
+					if (strcmp(key, "ValidityPeriod") == 0)
+						*has_validity = true;
+				}
+				break;
+			case WJB_DONE:
+				break;
 		}
-		if ((tok == WJB_VALUE || tok == WJB_ELEM) && key != NULL &&
-			(text = scalar_text(&v)) != NULL)
-			append_field(buf, key, text);
 	}
 }
 

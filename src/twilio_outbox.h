@@ -28,6 +28,9 @@
 #define OUTBOX_MAX_MEDIA_URLS	10
 #define OUTBOX_MAX_URL_LENGTH	2048
 
+/* Characters of user input an error message quotes at most (outbox_clip). */
+#define OUTBOX_QUOTE_CHARS		64
+
 /* guc.c: settings, changeable with a reload unless noted */
 typedef enum OutboxAmbiguousPolicy
 {
@@ -75,9 +78,16 @@ extern bool outbox_is_e164(const char *s);
 extern bool outbox_is_sid(const char *s, const char *prefix);
 extern bool outbox_has_control(const char *s);
 extern bool outbox_is_http_url(const char *s);
+extern bool outbox_is_sender_address(const char *s, bool sms_only);
+extern bool outbox_is_blank(const char *utf8);
+extern bool outbox_text_has_control(const char *utf8);
+extern char *outbox_clip(const char *s);
 extern const char *outbox_channel_of(const char *address);
 extern void outbox_count_segments(const char *utf8, OutboxSegments *out);
 extern const char *outbox_encoding_name(OutboxEncoding e);
+
+/* enqueue.c: the SQL entry point */
+extern bool outbox_param_is_known(const char *key);
 
 /* shmem.c: one slot per database with a dispatcher */
 #define OUTBOX_PUBLISHED_ACCOUNTS 32

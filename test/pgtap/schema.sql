@@ -1,21 +1,54 @@
 -- The schema's shape and the security model, as pgTAP assertions.
 BEGIN;
-SELECT plan(27);
+SELECT plan(30);
 
 SELECT has_schema('twilio_outbox');
 SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
 	'messages', 'attempts', 'dead_letters', 'error_policy', 'suppressed_recipients',
-	'status_events']);
+	'status_events', 'account_roles']);
 SELECT has_function('public', 'twilio_enqueue', 'twilio_enqueue is in the extension''s schema');
 SELECT is_definer('public', 'twilio_enqueue',
 	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
 		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb'],
 	'twilio_enqueue runs as its owner');
-SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-		   WHERE n.nspname = 'twilio_outbox' AND p.prokind = 'f'
-		     AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql')
-		     AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)),
-	'every PL/pgSQL function of the schema pins its search_path (twilio_enqueue pins its own in C)');
+-- search_path: every function and procedure of the extension written in SQL
+-- or PL/pgSQL pins it, and so does every SECURITY DEFINER object.  The C
+-- functions run no SQL that a caller's path could redirect, with two
+-- exceptions checked by name: twilio_enqueue (SECURITY DEFINER) pushes a
+-- pg_catalog-only path in C for its queries, and purge, a procedure that
+-- commits and so cannot carry a SET clause, runs nothing but calls of its
+-- batch functions by qualified name (they pin it; the regress test
+-- operations.sql runs purge under a hostile search_path).
+SELECT is(ARRAY(
+		SELECT p.oid::regprocedure::text FROM pg_proc p
+		JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+		JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'twilio_outbox'
+		WHERE p.prolang IN (SELECT oid FROM pg_language WHERE lanname IN ('sql', 'plpgsql'))
+		  AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)
+		ORDER BY 1),
+	ARRAY[]::text[],
+	'every SQL and PL/pgSQL function and procedure of the extension pins its search_path');
+SELECT is(ARRAY(
+		SELECT p.oid::regprocedure::text FROM pg_proc p
+		JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+		JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'twilio_outbox'
+		WHERE p.prosecdef
+		  AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)
+		ORDER BY 1),
+	ARRAY['twilio_enqueue(text,text,text,text,text[],text,timestamp with time zone,timestamp with time zone,text,text,text,jsonb,jsonb)'],
+	'every SECURITY DEFINER object pins its search_path but twilio_enqueue, which pins it in C');
+SELECT is(ARRAY(
+		SELECT p.oid::regprocedure::text FROM pg_proc p
+		JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+		JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'twilio_outbox'
+		WHERE p.prokind = 'p'
+		  AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)
+		ORDER BY 1),
+	ARRAY['twilio_outbox.purge(interval,integer)'],
+	'purge is the only procedure without a pinned search_path (it commits; it calls pinned functions only)');
+SELECT is((SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+		   WHERE p.oid = 'twilio_outbox.purge(interval,integer)'::regprocedure),
+	'c', 'purge is in C: no expression of its own for a caller''s operator to replace');
 
 -- The claim path: a partial index on queued rows, per sender in due order.
 SELECT has_index('twilio_outbox', 'messages', 'messages_due', ARRAY['sender_id', 'next_attempt_at', 'id']);

@@ -239,6 +239,12 @@ my %cases = (
 		q{body => 'options', params => '{"SmartEncoded": true, "ShortenUrls": false,
 			"RiskCheck": "disable", "Attempt": 1, "AddressRetention": "retain",
 			"ContentRetention": "discard", "ProvideFeedback": true}'} ],
+	'+14155550212' => [ 'PersistentAction as repeated fields, MaxPrice, SendAsMms',
+		q{body => 'here we are', params => '{"PersistentAction": ["geo:37.787890,-122.391664|375 Beale St",
+			"mailto:ops@example.com"], "MaxPrice": 0.75, "SendAsMms": true, "TrafficType": "free"}'} ],
+	'+14155550213' => [ 'FallbackFrom and ShortenUrls through a Messaging Service',
+		qq{body => 'see https://example.com', messaging_service_sid => '$service',
+			params => '{"FallbackFrom": "+15005550006", "ShortenUrls": true, "ForceDelivery": false}'} ],
 );
 
 my $pid = OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
