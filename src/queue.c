@@ -591,6 +591,8 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		int64		sender_id;
 
 		m->batch = batch;
+		m->resp.concurrent_requests = -1;
+		m->resp.request_duration = -1;
 		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		m->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		m->failures = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));

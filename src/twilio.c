@@ -191,9 +191,10 @@ outbox_clean_string(char *s, size_t cap)
 
 /*
  * A JSON \u0000 escape stands for a character no text value can hold, and
- * PostgreSQL's JSON lexer refuses it.  Rewrite each into \ufffd, in place
- * (same length), walking escapes pairwise so that "\\u0000" (a backslash,
- * then u0000) is left alone.
+ * PostgreSQL's JSON lexer refuses it.  Rewrite each into \u003f ('?', as
+ * outbox_clean_string writes for what cannot be kept), in place (same
+ * length), walking escapes pairwise so that "\\u0000" (a backslash, then
+ * u0000) is left alone.
  */
 static void
 replace_nul_escapes(char *body, size_t len)
@@ -205,7 +206,7 @@ replace_nul_escapes(char *body, size_t len)
 		if (body[i] != '\\')
 			continue;
 		if (body[i + 1] == 'u' && i + 5 < len && memcmp(body + i + 2, "0000", 4) == 0)
-			memcpy(body + i + 2, "fffd", 4);
+			memcpy(body + i + 2, "003f", 4);
 		i++;					/* skip the escaped character */
 	}
 }
