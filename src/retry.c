@@ -67,7 +67,8 @@ outbox_policy_refresh(void)
 
 		policy[i].http = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
 		policy[i].code = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		policy[i].action =
+		/* NOT NULL, unless a superuser changed the table: then no entry */
+		policy[i].action = action == NULL ? ACTION_NONE :
 			strcmp(action, "retry") == 0 ? ACTION_RETRY :
 			strcmp(action, "dead") == 0 ? ACTION_DEAD :
 			strcmp(action, "pause_account") == 0 ? ACTION_PAUSE_ACCOUNT :
