@@ -16,8 +16,9 @@
  * https (and http when allowed) is spoken; plain http never goes through a
  * proxy.
  *
- * Resends by libcurl itself.  libcurl (lib/transfer.c Curl_retry_request,
- * called from lib/multi.c when a transfer on a connection fails) sends a
+ * Resends by libcurl itself.  libcurl (7.85 to 8.x; lib/transfer.c
+ * Curl_retry_request, called from lib/multi.c when a transfer on a
+ * connection fails, or when sending on a reused one does) sends a
  * request again on a fresh connection, on its own, in exactly two cases:
  *	 - the connection was reused (conn->bits.reuse) and it died before a
  *	   single byte of the response (status line, header or body) came back;
