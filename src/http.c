@@ -275,8 +275,12 @@ outbox_http_start(OutboxMessage *m)
 	CURL	   *e;
 	void	   *url = NULL;
 	const char *refusal;
+	MemoryContext old;
 
+	/* in the batch's context: nothing of the check outlives the batch */
+	old = MemoryContextSwitchTo(cxt);
 	refusal = outbox_url_refusal(a->messages_url, &url);
+	MemoryContextSwitchTo(old);
 	if (refusal != NULL)
 	{
 		strlcpy(m->resp.transport_error, refusal, sizeof(m->resp.transport_error));
