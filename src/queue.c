@@ -184,6 +184,12 @@ load_secret(char *inline_secret, const char *env, const char *file,
 			*problem = "its secret_file needs twilio_outbox.secrets_dir to be set";
 			return NULL;
 		}
+		/* the table's check, again: a superuser may have written around it */
+		if (file[0] == '.' || strchr(file, '/') != NULL)
+		{
+			*problem = "its secret_file is not a plain file name in twilio_outbox.secrets_dir";
+			return NULL;
+		}
 		path = psprintf("%s/%s", outbox_secrets_dir, file);
 		f = AllocateFile(path, "r");
 		if (f == NULL)
