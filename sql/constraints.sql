@@ -55,15 +55,15 @@ FROM (VALUES ('NULL'), ('1'), ('10000'), ($$'NaN'$$), ($$'Infinity'$$), ('1e10')
 
 -- A message needs its account to exist ...
 SELECT try($$INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
-	VALUES ('no_such_account', 1, '+14155550100', 'GSM-7', 1, gen_random_uuid(), now())$$);
+	VALUES ('no_such_account', 1, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now())$$);
 -- ... and a rename carries the account's messages (queued or not) along.
 INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
-SELECT 'c_acct', s.id, '+14155550100', 'GSM-7', 1, gen_random_uuid(), now()
+SELECT 'c_acct', s.id, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now()
 FROM twilio_outbox.senders s WHERE s.from_number = '+15005550100';
 UPDATE twilio_outbox.accounts SET name = 'c_renamed' WHERE name = 'c_acct';
 SELECT m.account, m.state, s.account AS sender_account
 FROM twilio_outbox.messages m JOIN twilio_outbox.senders s ON s.id = m.sender_id
-WHERE m.to_number = '+14155550100';
+WHERE m.to_number = '+14155559901';
 -- An account still in use (senders, messages) cannot be deleted.
 SELECT try($$DELETE FROM twilio_outbox.accounts WHERE name = 'c_renamed'$$);
 
