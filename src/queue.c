@@ -4,6 +4,10 @@
  *		The dispatcher's queries: refresh accounts, expire, rescue, claim and
  *		record, each a set-based statement over the whole batch.
  *
+ * Counters are incremented with least(counter, INT_MAX - 1) + 1: a row
+ * whose counter someone set to INT_MAX must not make a whole batch's
+ * statement fail on integer overflow, again and again.
+ *
  * Every function here runs inside a transaction the worker started, with
  * SPI connected and a snapshot pushed, and may throw; the worker rolls back
  * and tries again.  No query runs read-only: each must see what the ones
@@ -548,7 +552,7 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 			"  WHERE m.id = ANY (ARRAY(SELECT id FROM pick)) AND m.state = 'queued'"
 			"  FOR UPDATE SKIP LOCKED)"
 			" UPDATE twilio_outbox.messages m SET state = 'sending',"
-			"  attempts = m.attempts + 1, lease_until = now() + make_interval(secs => $7),"
+			"  attempts = least(m.attempts, 2147483646) + 1, lease_until = now() + make_interval(secs => $7),"
 			"  worker_pid = $8, updated_at = now()"
 			" FROM c WHERE m.id = c.id AND m.state = 'queued'"
 			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
@@ -806,7 +810,7 @@ outbox_rescue(bool all)
 			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET"
 			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"
-			"  ambiguous_attempts = m.ambiguous_attempts + 1,"
+			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + 1,"
 			"  lease_until = NULL, worker_pid = NULL, updated_at = now(),"
 			"  last_error_message = 'the dispatcher stopped while the request was in flight'"
 			"  FROM x WHERE m.id = x.id AND m.state = 'sending'"
@@ -995,8 +999,8 @@ outbox_record(List *done)
 			" u AS (UPDATE twilio_outbox.messages m SET"
 			"  state = r.state::twilio_outbox.message_state,"
 			"  next_attempt_at = coalesce(r.next_at, m.next_attempt_at),"
-			"  failures = m.failures + r.failed,"
-			"  ambiguous_attempts = m.ambiguous_attempts + r.ambiguous,"
+			"  failures = least(m.failures, 2147483646) + r.failed,"
+			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + r.ambiguous,"
 			"  lease_until = NULL, worker_pid = NULL,"
 			"  twilio_sid = coalesce(r.sid, m.twilio_sid),"
 			"  twilio_status = coalesce(r.tstatus, m.twilio_status),"

@@ -46,6 +46,9 @@ my $ok1 = run(q{SELECT twilio_enqueue('+14155550502', 'a good neighbour')});
 my $ghost = run(q{SELECT twilio_enqueue('+14155550503', 'account gone')});
 my $ghost_sending = run(q{SELECT twilio_enqueue('+14155550504', 'account gone while in flight')});
 my $empty_to = run(q{SELECT twilio_enqueue('+14155550505', 'no recipient')});
+my $maxed = run(q{SELECT twilio_enqueue('+14155550508', 'counters at their maximum')});
+run("UPDATE twilio_outbox.messages SET attempts = 2147483647, failures = 2147483647,
+	ambiguous_attempts = 2147483647, segments = 2147483647 WHERE id = $maxed");
 run(qq{
 	SET session_replication_role = replica;
 	UPDATE twilio_outbox.messages SET account = 'ghost' WHERE id = $ghost;
@@ -83,8 +86,8 @@ $pid = run('SELECT twilio_outbox.worker_pid()');
 run("SELECT twilio_outbox.resume_account('main2')");
 
 OutboxTest::wait_until($node,
-	"SELECT count(*) = 2 FROM twilio_outbox.messages WHERE id IN ($renamed, $ok1) AND state = 'sent'",
-	'the renamed account\'s message and its neighbour are sent');
+	"SELECT count(*) = 3 FROM twilio_outbox.messages WHERE id IN ($renamed, $ok1, $maxed) AND state = 'sent'",
+	'the renamed account\'s message, its neighbour, and a row with counters at their maximum are sent');
 OutboxTest::wait_until($node,
 	"SELECT count(*) = 5 FROM twilio_outbox.messages WHERE id IN ($ghost, $ghost_sending, $empty_to, $crossed, $orphan) AND state = 'dead'",
 	'every unusable row is dead');
