@@ -790,7 +790,8 @@ outbox_sweep_orphans(void)
 
 /*
  * Take back messages left in sending by a dispatcher that is gone: at start
- * (all) every one, later only those of another process whose lease ran out.
+ * (all) every one, later only those of another process whose lease ran out
+ * (or that have none: a row written by hand).
  * Their attempt is recorded as lost and ambiguous, not charged; the message
  * goes back to the queue with the same idempotency key, or is held when
  * twilio_outbox.on_ambiguous = hold.
@@ -806,7 +807,8 @@ outbox_rescue(bool all)
 	outbox_prepare(&plan,
 			"WITH x AS (SELECT id, worker_pid FROM twilio_outbox.messages"
 			"  WHERE state = 'sending'"
-			"  AND ($1 OR (lease_until < now() AND worker_pid IS DISTINCT FROM $2))"
+			"  AND ($1 OR ((lease_until < now() OR lease_until IS NULL)"
+			"   AND worker_pid IS DISTINCT FROM $2))"
 			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET"
 			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"

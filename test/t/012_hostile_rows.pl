@@ -105,6 +105,19 @@ is(scalar @{ $standin->requests(to => $_) }, 0, "no request for $_")
 is(run("SELECT count(*) FROM twilio_outbox.attempts WHERE message_id IN ($ghost, $empty_to, $crossed) AND outcome = 'dead'"),
 	'3', 'the refused claims are recorded as dead attempts');
 
+# --- a `sending` row written by hand, with no lease: taken back and sent,
+# without waiting for a restart -------------------------------------------------
+my $no_lease = run(q{
+	INSERT INTO twilio_outbox.messages (account, sender_id, to_number, body, encoding,
+		segments, idempotency_key, next_attempt_at, state, attempts)
+	SELECT 'main2', id, '+14155550509', 'sending, no lease', 'GSM-7', 1, gen_random_uuid(),
+		now(), 'sending', 1 FROM twilio_outbox.senders WHERE from_number = '+15005550006'
+	RETURNING id});
+run('SELECT twilio_outbox.wake_worker()');
+OutboxTest::wait_until($node,
+	"SELECT state = 'sent' AND attempts = 2 FROM twilio_outbox.messages WHERE id = $no_lease",
+	'a sending row without a lease is taken back (attempt lost) and sent');
+
 # --- a sender whose burst or rate no dispatcher can use -----------------------
 # The table refuses them (senders_rate_range, senders_burst_range); a
 # superuser can drop the constraints.  Each bad sender is clamped; none
