@@ -14,7 +14,8 @@ use OutboxTest;
 use TwilioStandIn;
 
 my $standin = TwilioStandIn->start;
-my $node = OutboxTest::node('hostile_rows');
+# Pauses and hand-written rows are noticed at the next poll: poll often.
+my $node = OutboxTest::node('hostile_rows', "twilio_outbox.poll_interval = '1s'\n");
 OutboxTest::add_account($node, $standin);
 OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
 my $pid = OutboxTest::query($node, 'SELECT twilio_outbox.worker_pid()');
