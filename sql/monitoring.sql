@@ -147,7 +147,11 @@ FROM twilio_outbox.stats;
 
 -- health: one row per check.  With nothing going on, only the dispatcher
 -- (none runs in this test) is a problem.
-SELECT "check", status, value, threshold, hint FROM twilio_outbox.health;
+SELECT check_name, status, value, threshold, hint FROM twilio_outbox.health;
+-- Its columns: check_name, not "check" (a reserved word users had to quote).
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'twilio_outbox' AND table_name = 'health'
+ORDER BY ordinal_position;
 
 -- rate_limited_share over the last 5 minutes: above 5 % warns, above 10 %
 -- (twice that) is critical.  A 429 older than 5 minutes does not count.
@@ -162,7 +166,7 @@ CREATE FUNCTION pg_temp.rate_limited(k integer) RETURNS TABLE (status text, valu
 LANGUAGE sql AS $$
 	UPDATE twilio_outbox.attempts SET http_status = CASE WHEN message_id <= k THEN 429 ELSE 201 END
 	WHERE started_at > now() - interval '5 minutes';
-	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE "check" = 'rate_limited_share';
+	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE check_name = 'rate_limited_share';
 $$;
 SELECT s.limited AS of_100, h.* FROM shares s, pg_temp.rate_limited(s.limited) h ORDER BY s.limited;
 ROLLBACK;
@@ -183,10 +187,29 @@ LANGUAGE sql AS $$
 	SET state = CASE WHEN id > k THEN 'sent' WHEN id % 3 = 0 THEN 'dead'
 					 WHEN id % 3 = 1 THEN 'undelivered' ELSE 'failed' END::twilio_outbox.message_state
 	WHERE id <= 100;
-	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE "check" = 'failure_share';
+	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE check_name = 'failure_share';
 $$;
 SELECT s.failed AS of_100, h.* FROM (VALUES (0), (2), (3), (4), (5)) s(failed), pg_temp.failures(s.failed) h
 ORDER BY s.failed;
+ROLLBACK;
+
+-- A share needs twilio_outbox.health_min_count (20) attempts or messages
+-- before it alarms: one dead message out of eight is reported, not alarmed.
+BEGIN;
+SELECT count(pg_temp.msg(n, 901, CASE WHEN n = 1 THEN 'dead' ELSE 'sent' END::twilio_outbox.message_state,
+	1, finished_at => now() - interval '10 minutes')) AS finished
+FROM generate_series(1, 8) n;
+INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at, http_status, outcome)
+SELECT n, 1, 'mon', now() - interval '1 minute', CASE WHEN n <= 3 THEN 429 ELSE 201 END,
+	CASE WHEN n <= 3 THEN 'rate_limited' ELSE 'sent' END::twilio_outbox.attempt_outcome
+FROM generate_series(1, 19) n;
+SELECT check_name, status, value, threshold, hint FROM twilio_outbox.health
+WHERE check_name IN ('failure_share', 'rate_limited_share') ORDER BY check_name;
+-- The twentieth attempt (a 429 too) makes the 429 share count: 4 of 20.
+INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at, http_status, outcome)
+VALUES (20, 1, 'mon', now() - interval '1 minute', 429, 'rate_limited');
+SELECT check_name, status, value, hint IS NOT NULL AS hinted FROM twilio_outbox.health
+WHERE check_name = 'rate_limited_share';
 ROLLBACK;
 
 -- queue_growing: the queue's depth 5 minutes ago, 2.5 minutes ago and now,
@@ -195,13 +218,13 @@ BEGIN;
 SELECT pg_temp.msg(1, 901, 'queued', created_at => now() - interval '10 minutes'),
 	pg_temp.msg(2, 901, 'queued', created_at => now() - interval '4 minutes'),
 	pg_temp.msg(3, 902, 'sending', 1, created_at => now() - interval '1 minute');
-SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE "check" = 'queue_growing';
+SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE check_name = 'queue_growing';
 -- Message 2 was sent a minute ago: 1 -> 2 -> 2 is not growing.
 UPDATE twilio_outbox.messages SET state = 'sent', finished_at = now() - interval '1 minute' WHERE id = 2;
-SELECT status, value, hint FROM twilio_outbox.health WHERE "check" = 'queue_growing';
+SELECT status, value, hint FROM twilio_outbox.health WHERE check_name = 'queue_growing';
 -- And 1 -> 2 -> 1 neither.
 UPDATE twilio_outbox.messages SET state = 'sent', finished_at = now() - interval '30 seconds' WHERE id = 3;
-SELECT status, value, hint FROM twilio_outbox.health WHERE "check" = 'queue_growing';
+SELECT status, value, hint FROM twilio_outbox.health WHERE check_name = 'queue_growing';
 ROLLBACK;
 
 -- oldest_due_age: the longest a due message has waited; above
@@ -210,16 +233,16 @@ ROLLBACK;
 BEGIN;
 SELECT pg_temp.msg(1, 901, 'queued', next_attempt_at => now() + interval '1 hour');
 SELECT status, value, threshold, hint IS NOT NULL AS hinted
-FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+FROM twilio_outbox.health WHERE check_name = 'oldest_due_age';
 CREATE FUNCTION pg_temp.due_for(age interval) RETURNS TABLE (status text, value text, hinted boolean)
 LANGUAGE sql AS $$
 	UPDATE twilio_outbox.messages SET next_attempt_at = now() - age WHERE id = 1;
-	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE check_name = 'oldest_due_age';
 $$;
 SELECT a.age AS due_for, h.* FROM (VALUES (interval '90 seconds'), ('4 minutes'), ('5 minutes'),
 	('6 minutes'), ('10 minutes'), ('11 minutes')) a(age), pg_temp.due_for(a.age) h
 ORDER BY a.age;
-SELECT hint FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+SELECT hint FROM twilio_outbox.health WHERE check_name = 'oldest_due_age';
 COMMIT;
 -- The threshold is a server setting (reloaded, not SET per session).
 SET twilio_outbox.health_due_age = '1min';
@@ -229,29 +252,62 @@ SELECT 1 AS waited FROM pg_sleep(0.5);
 SELECT 1 AS waited FROM pg_sleep(CASE WHEN current_setting('twilio_outbox.health_due_age') = '1min' THEN 0 ELSE 3 END);
 SELECT a.age AS due_for, h.* FROM (VALUES (interval '50 seconds'), ('90 seconds'), ('4 minutes')) a(age),
 	pg_temp.due_for(a.age) h ORDER BY a.age;
-SELECT threshold FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+SELECT threshold FROM twilio_outbox.health WHERE check_name = 'oldest_due_age';
 ALTER SYSTEM RESET twilio_outbox.health_due_age;
 SELECT pg_reload_conf();
 SELECT 1 AS waited FROM pg_sleep(0.5);
 SELECT 1 AS waited FROM pg_sleep(CASE WHEN current_setting('twilio_outbox.health_due_age') = '5min' THEN 0 ELSE 3 END);
-SELECT threshold FROM twilio_outbox.health WHERE "check" = 'oldest_due_age';
+SELECT threshold FROM twilio_outbox.health WHERE check_name = 'oldest_due_age';
 TRUNCATE twilio_outbox.messages;
+
+-- ambiguous: messages waiting for an operator's decision warn, naming
+-- them and what to do; waiting more than an hour is critical.
+SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE check_name = 'ambiguous';
+BEGIN;
+SELECT pg_temp.msg(41, 901, 'ambiguous', 1), pg_temp.msg(42, 902, 'ambiguous', 1),
+	pg_temp.msg(43, 902, 'queued', 1);
+UPDATE twilio_outbox.messages SET updated_at = now() - interval '10 minutes' WHERE id IN (41, 42);
+SELECT status, value, threshold,
+	replace(hint, date_trunc('second', now() - interval '10 minutes')::text, '<10 minutes ago>') AS hint
+FROM twilio_outbox.health WHERE check_name = 'ambiguous';
+UPDATE twilio_outbox.messages SET updated_at = now() - interval '61 minutes' WHERE id = 41;
+SELECT status, value FROM twilio_outbox.health WHERE check_name = 'ambiguous';
+ROLLBACK;
 
 -- paused: a paused account (or sender) warns, naming it, until when and why.
 -- A pause that has run out does not count.
 SELECT twilio_outbox.pause_account('mon', reason => 'carrier outage');
 SELECT twilio_outbox.pause_account('mon2', now() - interval '1 minute', 'over');
-SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE "check" = 'paused';
+SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE check_name = 'paused';
 SELECT twilio_outbox.resume_account('mon');
 SELECT twilio_outbox.resume_account('mon2');
-SELECT status, value, hint FROM twilio_outbox.health WHERE "check" = 'paused';
+SELECT status, value, hint FROM twilio_outbox.health WHERE check_name = 'paused';
 
--- worker: what the dispatcher published: no row when no dispatcher ever ran
--- in this database (one with pid NULL once one ran and stopped).
+-- worker: always exactly one row; here no dispatcher ever ran, so it is not
+-- running and has no figures (a dispatcher that ran and stopped leaves its
+-- figures, with running false: a TAP test).  The extension's version is
+-- there whether or not a dispatcher runs.
 SELECT count(*) AS worker_rows FROM twilio_outbox.worker;
 SELECT count(*) AS status_rows FROM twilio_outbox.worker_status();
--- worker_accounts: per account caps in use; none without a dispatcher.
+SELECT running, pid, library_version, extension_version, started_at, stopped_at, held_until,
+	supervisor_seen_at, in_flight, sent_since_start, dead_since_start, last_error,
+	accounts, accounts_unusable
+FROM twilio_outbox.worker;
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'twilio_outbox' AND table_name = 'worker'
+ORDER BY ordinal_position;
+-- The library this session runs (a dispatcher started now runs the same).
+SELECT twilio_outbox.library_version();
+-- worker_accounts: per account caps in use and why the dispatcher cannot
+-- use an account; none without a dispatcher.
 SELECT count(*) AS account_rows FROM twilio_outbox.worker_accounts;
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'twilio_outbox' AND table_name = 'worker_accounts'
+ORDER BY ordinal_position;
+-- Without a dispatcher, the checks that need one say so and do not alarm
+-- twice: worker_running is the critical one.
+SELECT check_name, status, value, threshold, hint IS NOT NULL AS hinted FROM twilio_outbox.health
+WHERE check_name IN ('worker_running', 'accounts_unusable', 'library_version') ORDER BY check_name;
 
 -- The monitoring role reads every view, but no message content, no
 -- credential, and changes nothing.
@@ -265,6 +321,10 @@ SELECT try(sql) AS mon_viewer, sql FROM (VALUES
 	($$SELECT count(*) FROM twilio_outbox.health$$),
 	($$SELECT count(*) FROM twilio_outbox.worker$$),
 	($$SELECT count(*) FROM twilio_outbox.worker_accounts$$),
+	($$SELECT count(*) FROM twilio_outbox.worker_status()$$),
+	($$SELECT twilio_outbox.stop_worker(hold => '1 hour')$$),
+	($$SELECT twilio_outbox.schedule_supervisor()$$),
+	($$SELECT twilio_outbox.schedule_supervisor_sql()$$),
 	($$SELECT body FROM twilio_outbox.messages$$),
 	($$SELECT content_variables FROM twilio_outbox.messages$$),
 	($$SELECT * FROM twilio_outbox.messages$$),

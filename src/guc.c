@@ -36,6 +36,7 @@ char	   *outbox_allowed_secret_envs = NULL;
 double		outbox_health_rate_limited_share = 0.05;
 double		outbox_health_failure_share = 0.02;
 int			outbox_health_due_age_s = 300;
+int			outbox_health_min_count = 20;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
@@ -210,6 +211,11 @@ outbox_guc_init(void)
 							"Age of the oldest due message above which the health view warns (critical at twice).",
 							NULL, &outbox_health_due_age_s, 300, 1, 7 * 24 * 3600,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.health_min_count",
+							"Fewest attempts (rate_limited_share) or finished messages (failure_share) before the health view judges a share.",
+							"Below it a share is reported but never alarms: one dead message out of eight is no trend.",
+							&outbox_health_min_count, 20, 0, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("twilio_outbox.secrets_dir",
 							   "Directory of the files that account_credentials.secret_file names.",
 							   "Empty: secrets from files are disabled.",

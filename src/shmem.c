@@ -18,6 +18,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 typedef struct OutboxShared
 {
@@ -96,8 +97,9 @@ outbox_shmem_lock(void)
 
 /*
  * The slot of a database, or NULL.  With create, a free slot is taken for
- * it (one whose database has no dispatcher and none starting); NULL when
- * all are in use.  The caller holds the lock, exclusively to create.
+ * it (one whose database has no dispatcher, none starting and no hold; the
+ * figures of that database's last dispatcher go with it); NULL when all are
+ * in use.  The caller holds the lock, exclusively to create.
  */
 OutboxSlot *
 outbox_slot_find(Oid dboid, bool create)
@@ -111,11 +113,13 @@ outbox_slot_find(Oid dboid, bool create)
 
 		if (slot->dboid == dboid)
 			return slot;
-		if (spare == NULL && (slot->dboid == InvalidOid ||
-							  (slot->pid == 0 && slot->starting_at == 0)))
+		/* a held database keeps its slot: the hold lives in it */
+		if (create && spare == NULL && (slot->dboid == InvalidOid ||
+							  (slot->pid == 0 && slot->starting_at == 0 &&
+							   slot->held_until <= GetCurrentTimestamp())))
 			spare = slot;
 	}
-	if (!create || spare == NULL)
+	if (spare == NULL)
 		return NULL;
 	memset(spare, 0, sizeof(OutboxSlot));
 	spare->dboid = dboid;

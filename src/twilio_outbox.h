@@ -86,8 +86,13 @@ extern const char *outbox_encoding_name(OutboxEncoding e);
 
 /* shmem.c: one slot per database with a dispatcher */
 #define OUTBOX_PUBLISHED_ACCOUNTS 32
+#define OUTBOX_PROBLEM_LEN 256
 
-/* An account as the dispatcher sees it, for monitoring. */
+/*
+ * An account as the dispatcher sees it, for monitoring.  Accounts it cannot
+ * use are published first, so that with more accounts than slots for them
+ * none of those is left out.
+ */
 typedef struct OutboxAccountState
 {
 	char		name[64];
@@ -95,6 +100,7 @@ typedef struct OutboxAccountState
 	int			cap;
 	int			in_flight;
 	TimestampTz paused_until;
+	char		problem[OUTBOX_PROBLEM_LEN];	/* why it cannot be used; "" if it can */
 } OutboxAccountState;
 
 typedef struct OutboxSlot
@@ -104,14 +110,20 @@ typedef struct OutboxSlot
 	int			pgprocno;		/* its PGPROC, for setting its latch */
 	TimestampTz starting_at;	/* a start was requested and not yet taken */
 	TimestampTz hold_until;		/* refuse starts before this (dropping) */
-	TimestampTz started_at;
-	/* figures the dispatcher publishes for monitoring */
+	TimestampTz held_until;		/* stop_worker(hold): only start_worker() by an operator starts it before this */
+	TimestampTz supervised_at;	/* the last start_worker(supervisor => true) */
+	TimestampTz started_at;		/* of the running or the last dispatcher */
+	TimestampTz stopped_at;		/* when the last dispatcher exited; 0 while one runs */
+	/* figures the dispatcher publishes for monitoring, kept after it exits */
+	char		library_version[16];	/* OUTBOX_VERSION of the dispatcher's library */
 	int			in_flight;
 	int64		sent;
 	int64		failed;
 	TimestampTz last_error_at;
 	char		last_error[256];
-	int			naccounts;
+	int			naccounts;		/* published in accounts[] */
+	int			accounts_total; /* accounts it knows, published or not */
+	int			accounts_unusable;	/* of which it cannot use, published or not */
 	OutboxAccountState accounts[OUTBOX_PUBLISHED_ACCOUNTS];
 } OutboxSlot;
 

@@ -50,6 +50,7 @@ PG_FUNCTION_INFO_V1(twilio_outbox_worker_pid);
 PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_status);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts);
+PG_FUNCTION_INFO_V1(twilio_outbox_library_version);
 
 #define REFRESH_INTERVAL_MS	1000
 #define WAKE_REFRESH_MS		100
@@ -90,27 +91,45 @@ detach_slot(int code, Datum arg)
 	{
 		slot->pid = 0;
 		slot->in_flight = 0;
+		slot->stopped_at = GetCurrentTimestamp();
 	}
 	LWLockRelease(outbox_shmem_lock());
 }
 
-/* Take this database's slot; false when another dispatcher holds it. */
+/*
+ * Take this database's slot; false when another dispatcher holds it, or an
+ * operator's stop_worker(hold => ...) holds this database (a dispatcher of
+ * twilio_outbox.databases that failed is restarted by the postmaster, and
+ * must not end the hold either).
+ */
 static bool
-attach_slot(void)
+attach_slot(bool *held)
 {
 	OutboxSlot *slot;
+	TimestampTz now = GetCurrentTimestamp();
 	bool		ok = false;
 
+	*held = false;
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
 	slot = outbox_slot_find(MyDatabaseId, true);
-	if (slot != NULL && slot->pid == 0)
+	if (slot != NULL && slot->pid == 0 && slot->held_until > now)
+	{
+		slot->starting_at = 0;
+		*held = true;
+	}
+	else if (slot != NULL && slot->pid == 0)
 	{
 		slot->pid = MyProcPid;
 		slot->pgprocno = MyProc->pgprocno;
 		slot->starting_at = 0;
-		slot->started_at = GetCurrentTimestamp();
+		slot->started_at = now;
+		slot->stopped_at = 0;
+		strlcpy(slot->library_version, OUTBOX_VERSION, sizeof(slot->library_version));
 		slot->sent = slot->failed = 0;
 		slot->in_flight = 0;
+		slot->last_error[0] = '\0';
+		slot->last_error_at = 0;
+		slot->naccounts = slot->accounts_total = slot->accounts_unusable = 0;
 		ok = true;
 	}
 	LWLockRelease(outbox_shmem_lock());
@@ -119,6 +138,24 @@ attach_slot(void)
 	return ok;
 }
 
+/* Copy one account into its published state. */
+static void
+publish_account(OutboxAccountState *st, OutboxAccount *a)
+{
+	strlcpy(st->name, a->name, sizeof(st->name));
+	st->max_concurrency = a->max_concurrency;
+	st->cap = a->cap;
+	st->in_flight = a->in_flight;
+	st->paused_until = a->paused_until;
+	strlcpy(st->problem, a->config_error ? a->config_error : "", sizeof(st->problem));
+}
+
+/*
+ * Publish the dispatcher's figures and its accounts in its slot, for the
+ * monitoring views; with error, also its last error.  Accounts it cannot
+ * use go first, so that none of those is ever left out of worker_accounts;
+ * the totals count every account.  Takes the slots' lock exclusively.
+ */
 static void
 publish(const char *error)
 {
@@ -129,24 +166,27 @@ publish(const char *error)
 	if (slot != NULL && slot->pid == MyProcPid)
 	{
 		ListCell   *lc;
+		int			pass;
 
 		slot->in_flight = outbox_http_in_flight();
 		slot->sent = self->sent;
 		slot->failed = self->failed;
-		slot->naccounts = 0;
-		foreach(lc, outbox_accounts)
+		slot->naccounts = slot->accounts_total = slot->accounts_unusable = 0;
+		for (pass = 0; pass < 2; pass++)
 		{
-			OutboxAccount *a = lfirst(lc);
-			OutboxAccountState *st;
+			foreach(lc, outbox_accounts)
+			{
+				OutboxAccount *a = lfirst(lc);
+				bool		unusable = a->config_error != NULL;
 
-			if (!a->seen || slot->naccounts >= OUTBOX_PUBLISHED_ACCOUNTS)
-				continue;
-			st = &slot->accounts[slot->naccounts++];
-			strlcpy(st->name, a->name, sizeof(st->name));
-			st->max_concurrency = a->max_concurrency;
-			st->cap = a->cap;
-			st->in_flight = a->in_flight;
-			st->paused_until = a->paused_until;
+				if (!a->seen || unusable != (pass == 0))
+					continue;
+				slot->accounts_total++;
+				if (unusable)
+					slot->accounts_unusable++;
+				if (slot->naccounts < OUTBOX_PUBLISHED_ACCOUNTS)
+					publish_account(&slot->accounts[slot->naccounts++], a);
+			}
 		}
 		if (error)
 		{
@@ -431,6 +471,7 @@ void
 outbox_worker_main(Datum arg)
 {
 	MemoryContext scratch;
+	bool		held;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -440,11 +481,16 @@ outbox_worker_main(Datum arg)
 	else
 		BackgroundWorkerInitializeConnection(MyBgworkerEntry->bgw_extra, NULL, 0);
 
-	if (!attach_slot())
+	if (!attach_slot(&held))
 	{
-		ereport(DEBUG1,
-				(errmsg("twilio_outbox dispatcher not started: one already runs in database %u",
-						MyDatabaseId)));
+		if (held)
+			ereport(DEBUG1,
+					(errmsg("twilio_outbox dispatcher not started: held by stop_worker(hold => ...) in database %u",
+							MyDatabaseId)));
+		else
+			ereport(DEBUG1,
+					(errmsg("twilio_outbox dispatcher not started: one already runs in database %u",
+							MyDatabaseId)));
 		leave();
 	}
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
@@ -580,8 +626,12 @@ wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
 }
 
 /*
- * Start this database's dispatcher unless one runs or is starting; return
- * its pid (NULL while a DROP DATABASE holds it off).
+ * start_worker(supervisor boolean DEFAULT false): start this database's
+ * dispatcher unless one runs or is starting; return its pid.  An operator's
+ * call ends a stop_worker(hold => ...); the supervisor's (pg_cron's job)
+ * respects it, and is remembered for the health view.  NULL while a hold or
+ * a DROP DATABASE holds the dispatcher off.  (The 0.1 SQL declares no
+ * argument: an operator's call.)
  */
 Datum
 twilio_outbox_start_worker(PG_FUNCTION_ARGS)
@@ -592,7 +642,16 @@ twilio_outbox_start_worker(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	pid_t		pid;
 	BgwHandleStatus status;
+	bool		supervisor = false;
 
+	if (PG_NARGS() > 0)
+	{
+		if (PG_ARGISNULL(0))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("supervisor must not be NULL")));
+		supervisor = PG_GETARG_BOOL(0);
+	}
 	require_shmem();
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
 	slot = outbox_slot_find(MyDatabaseId, true);
@@ -605,13 +664,17 @@ twilio_outbox_start_worker(PG_FUNCTION_ARGS)
 				 errhint("Raise twilio_outbox.max_databases (currently %d) and restart the server.",
 						 outbox_max_databases)));
 	}
+	if (supervisor)
+		slot->supervised_at = now;
+	else
+		slot->held_until = 0;
 	if (slot->pid != 0)
 	{
 		pid = slot->pid;
 		LWLockRelease(outbox_shmem_lock());
 		PG_RETURN_INT32(pid);
 	}
-	if (slot->hold_until > now)
+	if (slot->hold_until > now || slot->held_until > now)
 	{
 		LWLockRelease(outbox_shmem_lock());
 		PG_RETURN_NULL();
@@ -692,10 +755,48 @@ stop_dispatcher(Oid dboid, long hold_ms)
 	return true;
 }
 
+/*
+ * stop_worker(hold interval DEFAULT NULL): stop this database's dispatcher;
+ * with hold, keep the supervisor (and twilio_outbox.databases) from starting
+ * it again for that long, until an operator's start_worker().  The hold is
+ * set even when no dispatcher runs.  False if none ran.
+ */
 Datum
 twilio_outbox_stop_worker(PG_FUNCTION_ARGS)
 {
+	Interval   *hold = NULL;
+
+	if (PG_NARGS() > 0 && !PG_ARGISNULL(0))
+	{
+		hold = PG_GETARG_INTERVAL_P(0);
+		if (hold->month < 0 || hold->day < 0 || hold->time < 0 ||
+			(hold->month == 0 && hold->day == 0 && hold->time == 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("hold must be a positive interval"),
+					 errhint("Leave it out (or NULL) to stop without holding the dispatcher off.")));
+	}
 	require_shmem();
+	if (hold != NULL)
+	{
+		OutboxSlot *slot;
+		TimestampTz until;
+
+		until = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														TimestampTzGetDatum(GetCurrentTimestamp()),
+														IntervalPGetDatum(hold)));
+		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+		slot = outbox_slot_find(MyDatabaseId, true);
+		if (slot != NULL)
+			slot->held_until = until;
+		LWLockRelease(outbox_shmem_lock());
+		if (slot == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("too many databases run a twilio_outbox dispatcher"),
+					 errhint("Raise twilio_outbox.max_databases (currently %d) and restart the server.",
+							 outbox_max_databases)));
+	}
 	PG_RETURN_BOOL(stop_dispatcher(MyDatabaseId, 0));
 }
 
@@ -717,61 +818,140 @@ twilio_outbox_wake_worker(PG_FUNCTION_ARGS)
 }
 
 /*
- * worker_status(): what this database's dispatcher published, one row
- * (pid NULL when none runs), or none when no dispatcher ever ran here.
+ * library_version(): the version of the library this session runs, the
+ * one a dispatcher started now would run when the library is preloaded.
+ * Its symbol is new in 0.2: the upgrade script creates the function first,
+ * and so fails under a 0.1 library still loaded by a server not restarted.
+ */
+Datum
+twilio_outbox_library_version(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(OUTBOX_VERSION));
+}
+
+/*
+ * worker_status(): always one row: whether this database's dispatcher runs,
+ * and what it published, of the running dispatcher or, when none runs, of
+ * the last one since the server started (counters NULL when none ran).
+ * The 0.1 SQL declared seven columns (pid NULL when none runs, no row when
+ * none ever ran): a new library under the old SQL answers in that shape.
  */
 Datum
 twilio_outbox_worker_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	OutboxSlot	copy;
-	OutboxSlot *slot;
-	Datum		values[7];
-	bool		nulls[7];
+	bool		found = false;
+	Datum		values[14];
+	bool		nulls[14];
+	int			i;
 
 	InitMaterializedSRF(fcinfo, 0);
-	if (!outbox_shmem_ready())
-		PG_RETURN_VOID();
-	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
-	slot = outbox_slot_find(MyDatabaseId, false);
-	if (slot != NULL)
-		copy = *slot;
-	LWLockRelease(outbox_shmem_lock());
-	if (slot == NULL)
-		PG_RETURN_VOID();
+	memset(&copy, 0, sizeof(copy));
+	if (outbox_shmem_ready())
+	{
+		OutboxSlot *slot;
 
-	memset(nulls, 0, sizeof(nulls));
-	values[0] = Int32GetDatum(copy.pid);
-	nulls[0] = copy.pid == 0;
-	values[1] = TimestampTzGetDatum(copy.started_at);
-	nulls[1] = copy.started_at == 0;
-	values[2] = Int32GetDatum(copy.in_flight);
-	values[3] = Int64GetDatum(copy.sent);
-	values[4] = Int64GetDatum(copy.failed);
-	values[5] = CStringGetTextDatum(copy.last_error);
-	nulls[5] = copy.last_error[0] == '\0';
-	values[6] = TimestampTzGetDatum(copy.last_error_at);
-	nulls[6] = copy.last_error_at == 0;
+		LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
+		slot = outbox_slot_find(MyDatabaseId, false);
+		if (slot != NULL)
+		{
+			memcpy(&copy, slot, offsetof(OutboxSlot, accounts));
+			found = true;
+		}
+		LWLockRelease(outbox_shmem_lock());
+	}
+	if (rsinfo->setDesc->natts == 7)
+	{
+		if (!found)
+			PG_RETURN_VOID();
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(copy.pid);
+		nulls[0] = copy.pid == 0;
+		values[1] = TimestampTzGetDatum(copy.started_at);
+		nulls[1] = copy.started_at == 0;
+		values[2] = Int32GetDatum(copy.in_flight);
+		values[3] = Int64GetDatum(copy.sent);
+		values[4] = Int64GetDatum(copy.failed);
+		values[5] = CStringGetTextDatum(copy.last_error);
+		nulls[5] = copy.last_error[0] == '\0';
+		values[6] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[6] = copy.last_error_at == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		PG_RETURN_VOID();
+	}
+
+	/*
+	 * running, pid, library_version, started_at, stopped_at, held_until,
+	 * supervised_at, in_flight, sent, dead, last_error, last_error_at,
+	 * accounts, accounts_unusable
+	 */
+	for (i = 0; i < 14; i++)
+		nulls[i] = true;
+	values[0] = BoolGetDatum(copy.pid != 0);
+	nulls[0] = false;
+	if (copy.pid != 0)
+	{
+		values[1] = Int32GetDatum(copy.pid);
+		nulls[1] = false;
+	}
+	if (copy.started_at != 0)
+	{
+		/* a dispatcher ran since the server started: its figures */
+		values[2] = CStringGetTextDatum(copy.library_version);
+		values[3] = TimestampTzGetDatum(copy.started_at);
+		values[7] = Int32GetDatum(copy.in_flight);
+		values[8] = Int64GetDatum(copy.sent);
+		values[9] = Int64GetDatum(copy.failed);
+		values[12] = Int32GetDatum(copy.accounts_total);
+		values[13] = Int32GetDatum(copy.accounts_unusable);
+		nulls[2] = nulls[3] = nulls[7] = nulls[8] = nulls[9] = false;
+		nulls[12] = nulls[13] = false;
+	}
+	if (copy.stopped_at != 0)
+	{
+		values[4] = TimestampTzGetDatum(copy.stopped_at);
+		nulls[4] = false;
+	}
+	if (copy.held_until > GetCurrentTimestamp())
+	{
+		values[5] = TimestampTzGetDatum(copy.held_until);
+		nulls[5] = false;
+	}
+	if (copy.supervised_at != 0)
+	{
+		values[6] = TimestampTzGetDatum(copy.supervised_at);
+		nulls[6] = false;
+	}
+	if (copy.last_error[0] != '\0')
+	{
+		values[10] = CStringGetTextDatum(copy.last_error);
+		values[11] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[10] = nulls[11] = false;
+	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	PG_RETURN_VOID();
 }
 
 /*
  * worker_accounts(): per account, the concurrency cap the dispatcher uses
- * now (below max_concurrency after 429s), requests in flight, the pause.
+ * now (below max_concurrency after 429s), requests in flight, the pause,
+ * and why it cannot use the account (NULL when it can).  No rows when no
+ * dispatcher runs.  The 0.1 SQL declared the first five columns only.
  */
 Datum
 twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	OutboxSlot *slot;
-	OutboxAccountState states[OUTBOX_PUBLISHED_ACCOUNTS];
+	OutboxAccountState *states;
 	int			n = 0;
 	int			i;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (!outbox_shmem_ready())
 		PG_RETURN_VOID();
+	states = palloc(sizeof(OutboxAccountState) * OUTBOX_PUBLISHED_ACCOUNTS);
 	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
 	slot = outbox_slot_find(MyDatabaseId, false);
 	if (slot != NULL && slot->pid != 0)
@@ -783,8 +963,8 @@ twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
 
 	for (i = 0; i < n; i++)
 	{
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
 
 		values[0] = CStringGetTextDatum(states[i].name);
 		values[1] = Int32GetDatum(states[i].max_concurrency);
@@ -792,6 +972,9 @@ twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
 		values[3] = Int32GetDatum(states[i].in_flight);
 		values[4] = TimestampTzGetDatum(states[i].paused_until);
 		nulls[4] = states[i].paused_until == 0 || states[i].paused_until <= GetCurrentTimestamp();
+		values[5] = CStringGetTextDatum(states[i].problem);
+		nulls[5] = states[i].problem[0] == '\0';
+		/* under the 0.1 SQL's five columns the sixth value is not read */
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();

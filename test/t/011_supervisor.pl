@@ -17,7 +17,7 @@ use Test::More;
 use lib "$FindBin::RealBin/../perl";
 use OutboxTest;
 
-my $JOB_COMMAND = 'SELECT twilio_outbox.start_worker()';
+my $JOB_COMMAND = 'SELECT twilio_outbox.start_worker(supervisor => true)';
 
 # Run $sql in $db, expecting an error: returns (sqlstate, full stderr).
 sub sql_error
@@ -95,6 +95,28 @@ is(OutboxTest::query($node, q{
 is(OutboxTest::query($node, qq{SELECT jobname, database FROM cron.job WHERE jobid = $job}),
 	'twilio_outbox_supervisor_postgres|postgres', "postgres's own job is untouched");
 
+# An admin who is not a superuser needs no grant on pg_cron: the function
+# schedules for it, and the job runs as that admin, with no more rights.
+$node->safe_psql('postgres', 'CREATE ROLE ops LOGIN; GRANT twilio_outbox_admin TO ops;');
+my ($r, $o, $e) = $node->psql('postgres',
+	q{SELECT cron.schedule_in_database('x', '* * * * *', 'SELECT 1', 'postgres')},
+	extra_params => [ '-U', 'ops' ]);
+like($e, qr/permission denied for (schema cron|function schedule_in_database)/,
+	'ops has no grant on pg_cron itself');
+my $ops_job = $node->safe_psql('postgres',
+	q{SELECT twilio_outbox.schedule_supervisor(job_name => 'ops_supervisor')},
+	extra_params => [ '-U', 'ops' ]);
+like($ops_job, qr/^\d+$/, 'yet schedule_supervisor() as ops returns a job id');
+is(OutboxTest::query($node, qq{SELECT username, database, command FROM cron.job WHERE jobid = $ops_job}),
+	"ops|postgres|$JOB_COMMAND", 'the job runs start_worker(supervisor => true) as ops');
+($r, $o, $e) = $node->psql('postgres',
+	q{SELECT twilio_outbox.schedule_purge('-1 day')}, extra_params => [ '-U', 'ops' ]);
+like($e, qr/older_than must not be negative/, 'schedule_purge refuses a negative interval at the call');
+my $purge_job = $node->safe_psql('postgres',
+	q{SELECT twilio_outbox.schedule_purge('7 days', '0 4 * * sun')}, extra_params => [ '-U', 'ops' ]);
+is(OutboxTest::query($node, qq{SELECT jobname, schedule, username FROM cron.job WHERE jobid = $purge_job}),
+	'twilio_outbox_purge_postgres|0 4 * * sun|ops', 'schedule_purge as ops: the nightly job, run as ops');
+
 # One job per database for what follows.
 OutboxTest::query($node, qq{
 	SELECT cron.unschedule(jobid) FROM cron.job WHERE jobid NOT IN ($job, $app_job)});
@@ -148,6 +170,21 @@ is(OutboxTest::query($node, qq{
 	't', 'it keeps running after the job that started it');
 is(OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()'), $pid,
 	'start_worker() now returns the running one');
+
+# With pg_cron in this database, health's hint reads the job's last run
+# (here with the job switched off, so that nothing starts it again).
+OutboxTest::query($node, "SELECT cron.alter_job($job, active => false)");
+is(OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()'), 't', 'stopped, job off');
+my $hint = OutboxTest::query($node,
+	"SELECT status || ': ' || hint FROM twilio_outbox.health WHERE check_name = 'worker_running'");
+like($hint, qr/^critical: .*It stopped at .*the supervisor \(last call at /,
+	'health: it stopped after the supervisor\'s last call');
+like($hint, qr/Last run of the supervisor job: job $job \(twilio_outbox_supervisor_postgres, inactive\) succeeded at /,
+	'health: the hint quotes the job\'s last run from cron.job_run_details');
+is(OutboxTest::query($node, q{
+		SELECT running, pid IS NULL, stopped_at > started_at, supervisor_seen_at IS NOT NULL
+		FROM twilio_outbox.worker}),
+	'f|t|t|t', 'worker: one row, not running, stopped after it started, supervised');
 
 $node->stop;
 
