@@ -111,8 +111,9 @@ sub refused
 	run("UPDATE twilio_outbox.accounts SET base_url = '$url' WHERE name = 'main'");
 	run('SELECT twilio_outbox.wake_worker()');
 	ok($node->wait_for_log(qr/account "main" cannot be used: \Q$why\E/, $log_at), $what);
-	like(run("SELECT problem FROM twilio_outbox.worker_accounts WHERE account = 'main'"),
-		qr/^\Q$why\E/, "$what (worker_accounts.problem says why)");
+	OutboxTest::wait_until($node,
+		"SELECT starts_with(problem, \$\$$why\$\$) FROM twilio_outbox.worker_accounts WHERE account = 'main'",
+		"$what (worker_accounts.problem says why)");
 }
 
 # Forms the table refuses, written by a superuser without the constraints:
