@@ -312,6 +312,20 @@ outbox_refresh_accounts(TimestampTz now)
 		if (a->config_error)
 			pfree(a->config_error);
 		a->config_error = tm_strdup(problem);
+		/*
+		 * Printable ASCII only: it quotes what a superuser may have written
+		 * around the table's checks, and it is published (and cut) for
+		 * monitoring, where a cut or invalid character would make the view
+		 * unreadable.
+		 */
+		if (a->config_error)
+		{
+			unsigned char *p;
+
+			for (p = (unsigned char *) a->config_error; *p; p++)
+				if (*p < 0x20 || *p >= 0x7f)
+					*p = '?';
+		}
 
 		concurrency = SPI_getbinval(tup, desc, 4, &isnull);
 		outbox_concurrency_configure(a, isnull ? 1 :
