@@ -305,6 +305,23 @@ outbox_refresh_accounts(TimestampTz now)
 		if (secret)
 			explicit_bzero(secret, strlen(secret));
 
+		/*
+		 * Printable ASCII only: the problem quotes what a superuser may have
+		 * written around the table's checks, and it is published (and cut)
+		 * for monitoring, where a cut or invalid character would make the
+		 * view unreadable.
+		 */
+		if (problem != NULL)
+		{
+			char	   *clean = pstrdup(problem);
+			unsigned char *p;
+
+			for (p = (unsigned char *) clean; *p; p++)
+				if (*p < 0x20 || *p >= 0x7f)
+					*p = '?';
+			problem = clean;
+		}
+		/* said once, when it changes */
 		if (problem != NULL && (a->config_error == NULL || strcmp(a->config_error, problem) != 0))
 			ereport(WARNING,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -312,20 +329,6 @@ outbox_refresh_accounts(TimestampTz now)
 		if (a->config_error)
 			pfree(a->config_error);
 		a->config_error = tm_strdup(problem);
-		/*
-		 * Printable ASCII only: it quotes what a superuser may have written
-		 * around the table's checks, and it is published (and cut) for
-		 * monitoring, where a cut or invalid character would make the view
-		 * unreadable.
-		 */
-		if (a->config_error)
-		{
-			unsigned char *p;
-
-			for (p = (unsigned char *) a->config_error; *p; p++)
-				if (*p < 0x20 || *p >= 0x7f)
-					*p = '?';
-		}
 
 		concurrency = SPI_getbinval(tup, desc, 4, &isnull);
 		outbox_concurrency_configure(a, isnull ? 1 :
