@@ -33,7 +33,7 @@ SHLIB_LINK = $(shell curl-config --libs)
 
 # Suites, each against a throwaway instance with pg_cron and twilio_outbox
 # preloaded (test/postgresql.conf).
-REGRESS = setup enqueue validation segments privileges supervisor monitoring operations
+REGRESS = setup enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles
 ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=tmp_check_iso \

@@ -12,6 +12,7 @@
 
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 int			outbox_poll_interval_ms = 1000;
 int			outbox_claim_batch = 200;
@@ -30,6 +31,8 @@ int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RETRY;
 int			outbox_max_databases = 16;
 char	   *outbox_secrets_dir = NULL;
 char	   *outbox_databases = NULL;
+char	   *outbox_allowed_hosts = NULL;
+char	   *outbox_allowed_secret_envs = NULL;
 double		outbox_health_rate_limited_share = 0.05;
 double		outbox_health_failure_share = 0.02;
 int			outbox_health_due_age_s = 300;
@@ -58,6 +61,64 @@ check_header_name(char **newval, void **extra, GucSource source)
 			  (*p >= '0' && *p <= '9') || strchr("!#$%&'*+-.^_`|~", *p) != NULL))
 		{
 			GUC_check_errdetail("\"%s\" is not a valid HTTP header name.", *newval);
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * A list of host patterns: DNS names whose labels are letters, digits and
+ * '-', or '*' standing for exactly one label; or an IPv4 address or
+ * bracketed IPv6 address.  Empty entries are refused.
+ */
+static bool
+check_allowed_hosts(char **newval, void **extra, GucSource source)
+{
+	char	   *copy = pstrdup(*newval ? *newval : "");
+	List	   *items;
+	ListCell   *lc;
+
+	if (!SplitGUCList(copy, ',', &items))
+	{
+		GUC_check_errdetail("The list syntax is invalid.");
+		return false;
+	}
+	foreach(lc, items)
+	{
+		const char *h = lfirst(lc);
+		const char *p;
+
+		if (h[0] == '\0' || strlen(h) > 253)
+		{
+			GUC_check_errdetail("Each entry must be a host name or pattern of 1 to 253 characters.");
+			return false;
+		}
+		for (p = h; *p; p++)
+		{
+			if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+				  (*p >= '0' && *p <= '9') || strchr("-.*:[]", *p) != NULL))
+			{
+				GUC_check_errdetail("\"%s\" is not a host name, address or pattern.", h);
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+/* Environment variable names, each maybe ending in '*' (any suffix). */
+static bool
+check_secret_envs(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	for (p = *newval ? *newval : ""; *p; p++)
+	{
+		if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			  (*p >= '0' && *p <= '9') || strchr("_*, ", *p) != NULL))
+		{
+			GUC_check_errdetail("Entries are environment variable names, each maybe ending in '*'.");
 			return false;
 		}
 	}
@@ -124,6 +185,15 @@ outbox_guc_init(void)
 							 "For local stand-ins and tests; https is always required elsewhere.",
 							 &outbox_allow_insecure_http, false,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("twilio_outbox.allowed_hosts",
+							   "Hosts the dispatcher may send credentials to (comma-separated; '*' is exactly one DNS label).",
+							   "Loopback addresses are allowed as well while twilio_outbox.allow_insecure_http is on.",
+							   &outbox_allowed_hosts, OUTBOX_DEFAULT_ALLOWED_HOSTS,
+							   PGC_SIGHUP, GUC_LIST_INPUT, check_allowed_hosts, NULL, NULL);
+	DefineCustomStringVariable("twilio_outbox.allowed_secret_envs",
+							   "Environment variables of the server that account_credentials.secret_env may name (comma-separated; a final '*' matches any suffix).",
+							   NULL, &outbox_allowed_secret_envs, "TWILIO_*",
+							   PGC_SIGHUP, GUC_LIST_INPUT, check_secret_envs, NULL, NULL);
 	DefineCustomEnumVariable("twilio_outbox.on_ambiguous",
 							 "What to do when Twilio may have created a message without saying so.",
 							 "retry sends again with the same idempotency key; hold parks the message in state ambiguous for an operator.",

@@ -4,6 +4,10 @@
  *		The dispatcher's queries: refresh accounts, expire, rescue, claim and
  *		record, each a set-based statement over the whole batch.
  *
+ * Counters are incremented with least(counter, INT_MAX - 1) + 1: a row
+ * whose counter someone set to INT_MAX must not make a whole batch's
+ * statement fail on integer overflow, again and again.
+ *
  * Every function here runs inside a transaction the worker started, with
  * SPI connected and a snapshot pushed, and may throw; the worker rolls back
  * and tries again.  No query runs read-only: each must see what the ones
@@ -29,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 
 /* The accounts the worker knows, in TopMemoryContext; never freed while the worker runs. */
 List	   *outbox_accounts = NIL;
@@ -108,6 +113,9 @@ find_account(const char *name)
 {
 	ListCell   *lc;
 
+	if (name == NULL)
+		return NULL;
+
 	foreach(lc, outbox_accounts)
 	{
 		OutboxAccount *a = lfirst(lc);
@@ -118,24 +126,25 @@ find_account(const char *name)
 	return NULL;
 }
 
-/*
- * Plain http only when allowed, and only to a loopback address: a stand-in
- * on this machine, never the network.
- */
-static const char *
-check_base_url(const char *url)
+/* Whether secret_env may name this variable: twilio_outbox.allowed_secret_envs. */
+static bool
+secret_env_allowed(const char *env)
 {
-	const char *host;
+	char	   *list = pstrdup(outbox_allowed_secret_envs ? outbox_allowed_secret_envs : "");
+	List	   *items;
+	ListCell   *lc;
 
-	if (strncmp(url, "https://", 8) == 0)
-		return NULL;
-	if (!outbox_allow_insecure_http)
-		return "its base_url is plain http and twilio_outbox.allow_insecure_http is off";
-	host = url + 7;
-	if (strncmp(host, "127.", 4) == 0 || strncmp(host, "localhost", 9) == 0 ||
-		strncmp(host, "[::1]", 5) == 0)
-		return NULL;
-	return "plain http is allowed to loopback addresses only";
+	if (!SplitGUCList(list, ',', &items))
+		return false;
+	foreach(lc, items)
+	{
+		const char *pat = lfirst(lc);
+		size_t		n = strlen(pat);
+
+		if (n > 0 && pat[n - 1] == '*' ? strncmp(pat, env, n - 1) == 0 : strcmp(pat, env) == 0)
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -154,7 +163,14 @@ load_secret(char *inline_secret, const char *env, const char *file,
 		return NULL;
 	if (env != NULL)
 	{
-		const char *v = getenv(env);
+		const char *v;
+
+		if (!secret_env_allowed(env))
+		{
+			*problem = psprintf("its secret_env %s is not in twilio_outbox.allowed_secret_envs", env);
+			return NULL;
+		}
+		v = getenv(env);
 
 		secret = v ? pstrdup(v) : NULL;
 		if (secret == NULL)
@@ -170,6 +186,12 @@ load_secret(char *inline_secret, const char *env, const char *file,
 		if (outbox_secrets_dir == NULL || outbox_secrets_dir[0] == '\0')
 		{
 			*problem = "its secret_file needs twilio_outbox.secrets_dir to be set";
+			return NULL;
+		}
+		/* the table's check, again: a superuser may have written around it */
+		if (file[0] == '.' || strchr(file, '/') != NULL)
+		{
+			*problem = "its secret_file is not a plain file name in twilio_outbox.secrets_dir";
 			return NULL;
 		}
 		path = psprintf("%s/%s", outbox_secrets_dir, file);
@@ -233,16 +255,29 @@ outbox_refresh_accounts(TimestampTz now)
 		char	   *sid = SPI_getvalue(tup, desc, 2);
 		char	   *base = SPI_getvalue(tup, desc, 3);
 		char	   *key_sid = SPI_getvalue(tup, desc, 6);
-		char	   *url = psprintf("%s/2010-04-01/Accounts/%s/Messages.json", base, sid);
-		const char *problem = check_base_url(base);
-		char	   *secret = load_secret(SPI_getvalue(tup, desc, 7),
-										 SPI_getvalue(tup, desc, 8),
-										 SPI_getvalue(tup, desc, 9),
-										 problem ? NULL : &problem);
-		OutboxAccount *a = find_account(name);
+		char	   *url;
+		const char *problem = NULL;
+		char	   *secret;
+		OutboxAccount *a;
 		bool		isnull;
 		Datum		paused;
+		Datum		concurrency;
 
+		/* NOT NULL columns, unless a superuser changed the table */
+		if (name == NULL)
+			continue;
+		if (sid == NULL || base == NULL)
+			problem = "its account_sid or base_url is NULL";
+		url = psprintf("%s/2010-04-01/Accounts/%s/Messages.json",
+					   base ? base : "", sid ? sid : "");
+		/* the host decides: no secret is even read for one that is not allowed */
+		if (problem == NULL)
+			problem = outbox_url_refusal(url, NULL);
+		secret = load_secret(SPI_getvalue(tup, desc, 7),
+							 SPI_getvalue(tup, desc, 8),
+							 SPI_getvalue(tup, desc, 9),
+							 problem ? NULL : &problem);
+		a = find_account(name);
 		if (a == NULL)
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -270,6 +305,23 @@ outbox_refresh_accounts(TimestampTz now)
 		if (secret)
 			explicit_bzero(secret, strlen(secret));
 
+		/*
+		 * Printable ASCII only: the problem quotes what a superuser may have
+		 * written around the table's checks, and it is published (and cut)
+		 * for monitoring, where a cut or invalid character would make the
+		 * view unreadable.
+		 */
+		if (problem != NULL)
+		{
+			char	   *clean = pstrdup(problem);
+			unsigned char *p;
+
+			for (p = (unsigned char *) clean; *p; p++)
+				if (*p < 0x20 || *p >= 0x7f)
+					*p = '?';
+			problem = clean;
+		}
+		/* said once, when it changes */
 		if (problem != NULL && (a->config_error == NULL || strcmp(a->config_error, problem) != 0))
 			ereport(WARNING,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -278,7 +330,9 @@ outbox_refresh_accounts(TimestampTz now)
 			pfree(a->config_error);
 		a->config_error = tm_strdup(problem);
 
-		outbox_concurrency_configure(a, DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull)));
+		concurrency = SPI_getbinval(tup, desc, 4, &isnull);
+		outbox_concurrency_configure(a, isnull ? 1 :
+									 Min(Max(DatumGetInt32(concurrency), 1), 1000));
 		paused = SPI_getbinval(tup, desc, 5, &isnull);
 		a->paused_until = isnull ? 0 : DatumGetTimestampTz(paused);
 		a->seen = true;
@@ -314,8 +368,19 @@ outbox_refresh_senders(TimestampTz now)
 	int			rc;
 
 	outbox_prepare(&plan,
-			"SELECT id, account, kind::text, coalesce(rate::float8, 'NaN'),"
-			" coalesce(burst::float8, 'NaN'), paused_until FROM twilio_outbox.senders",
+			/*
+			 * Within what float8 and the buckets can hold, whatever a
+			 * superuser wrote (1e400 would not even cast): NaN stands for
+			 * NULL, the default.
+			 */
+			"SELECT id, account, kind::text,"
+			" CASE WHEN rate IS NULL OR rate = 'NaN' OR rate <= 0 THEN 'NaN'::float8"
+			"  WHEN rate = 'Infinity' THEN 'Infinity'::float8"
+			"  WHEN rate > 1000000 THEN 1000000::float8"
+			"  WHEN rate < 0.000001 THEN 0.000001::float8 ELSE rate::float8 END,"
+			" CASE WHEN burst IS NULL OR burst = 'NaN' OR burst < 1 THEN 'NaN'::float8"
+			"  WHEN burst > 1000000 THEN 1000000::float8 ELSE burst::float8 END,"
+			" paused_until FROM twilio_outbox.senders",
 			0, NULL);
 	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
@@ -331,6 +396,7 @@ outbox_refresh_senders(TimestampTz now)
 		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		OutboxSender *snd = find_sender(id);
 		Datum		paused;
+		char	   *kind = SPI_getvalue(tup, desc, 3);
 
 		if (snd == NULL)
 		{
@@ -342,7 +408,7 @@ outbox_refresh_senders(TimestampTz now)
 			MemoryContextSwitchTo(old);
 		}
 		snd->account = find_account(SPI_getvalue(tup, desc, 2));
-		outbox_sender_configure(snd, SPI_getvalue(tup, desc, 3),
+		outbox_sender_configure(snd, kind ? kind : "",
 								DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull)),
 								DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull)), now);
 		paused = SPI_getbinval(tup, desc, 6, &isnull);
@@ -371,6 +437,23 @@ make_array(Datum *values, bool *nulls, int n, Oid elemtype)
 	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
 	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
 											  elemtype, typlen, typbyval, typalign));
+}
+
+/* How soon a message claimed in the middle of a change is tried again. */
+#define REFRESH_AGAIN_MS	1000
+
+/* A claimed message that must not be sent: dead, with its reason, uncharged. */
+static void
+refuse_claimed(OutboxMessage *m, const char *reason, const char *why)
+{
+	m->decided = true;
+	m->resp.started_at = GetCurrentTimestamp();
+	m->outcome = OUTCOME_DEAD;
+	m->dead_reason = reason;
+	m->error_message = pstrdup(why);
+	ereport(LOG,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("twilio_outbox dead-lettered message " INT64_FORMAT ": %s", m->id, why)));
 }
 
 /*
@@ -467,7 +550,8 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 			"    SELECT x.id, x.next_attempt_at,"
 			"     sum(x.segments) OVER (ORDER BY x.next_attempt_at, x.id) AS cum,"
 			"     row_number() OVER (ORDER BY x.next_attempt_at, x.id) AS rn"
-			"    FROM (SELECT m.id, m.next_attempt_at, m.segments"
+			"    FROM (SELECT m.id, m.next_attempt_at,"
+			"     least(greatest(coalesce(m.segments, 1), 1), 1000) AS segments"
 			"     FROM twilio_outbox.messages m"
 			"     WHERE m.state = 'queued' AND m.sender_id = q.sender_id"
 			"     AND m.next_attempt_at <= now()"
@@ -485,13 +569,16 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 			"  WHERE m.id = ANY (ARRAY(SELECT id FROM pick)) AND m.state = 'queued'"
 			"  FOR UPDATE SKIP LOCKED)"
 			" UPDATE twilio_outbox.messages m SET state = 'sending',"
-			"  attempts = m.attempts + 1, lease_until = now() + make_interval(secs => $7),"
+			"  attempts = least(m.attempts, 2147483646) + 1, lease_until = now() + make_interval(secs => $7),"
 			"  worker_pid = $8, updated_at = now()"
 			" FROM c WHERE m.id = c.id AND m.state = 'queued'"
 			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
 			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
 			"  m.content_sid, m.content_variables::text, m.status_callback, m.params,"
-			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id",
+			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
+			/* what the row's sender and account are now, for the checks below */
+			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
+			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account)",
 			8, types);
 
 	values[0] = make_array(ids, NULL, n, INT8OID);
@@ -524,27 +611,90 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		Datum		media;
 		Datum		params;
 		Datum		expires;
+		Datum		d;
+		char	   *account = SPI_getvalue(tup, desc, 4);
+		char	   *sender_account = SPI_getvalue(tup, desc, 18);
+		bool		account_exists;
+		int64		sender_id;
 
 		m->batch = batch;
+		m->resp.concurrent_requests = -1;
+		m->resp.request_duration = -1;
 		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		m->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		m->failures = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		m->account = find_account(SPI_getvalue(tup, desc, 4));
+		/* attempts.account and dead_letters.account are NOT NULL */
+		m->account_name = account ? account : "(none)";
 		m->to_number = SPI_getvalue(tup, desc, 5);
 		media = SPI_getbinval(tup, desc, 9, &media_null);
 		params = SPI_getbinval(tup, desc, 13, &params_null);
 		expires = SPI_getbinval(tup, desc, 14, &isnull);
 		m->expires_at = isnull ? 0 : DatumGetTimestampTz(expires);
 		m->idempotency_key = SPI_getvalue(tup, desc, 15);
-		m->segments = DatumGetInt32(SPI_getbinval(tup, desc, 16, &isnull));
-		m->sender = find_sender(DatumGetInt64(SPI_getbinval(tup, desc, 17, &isnull)));
+		d = SPI_getbinval(tup, desc, 16, &isnull);
+		m->segments = isnull ? 1 : Min(Max(DatumGetInt32(d), 1), 1000);
+		d = SPI_getbinval(tup, desc, 17, &isnull);
+		sender_id = isnull ? 0 : DatumGetInt64(d);
+		m->sender = isnull ? NULL : find_sender(sender_id);
+		d = SPI_getbinval(tup, desc, 19, &isnull);
+		account_exists = !isnull && DatumGetBool(d);
+
+		/*
+		 * A row the dispatcher cannot send (written around twilio_enqueue,
+		 * or whose account or sender went away) is dead-lettered with its
+		 * reason through the normal record path, never sent: one such row
+		 * must never stop the others, let alone crash the dispatcher.
+		 */
+		if (account == NULL || !account_exists)
+			refuse_claimed(m, "account_missing",
+						   psprintf("its account \"%s\" does not exist", m->account_name));
+		else if (sender_account == NULL)
+			refuse_claimed(m, "sender_missing",
+						   psprintf("its sender " INT64_FORMAT " does not exist", sender_id));
+		else if (strcmp(sender_account, account) != 0)
+			refuse_claimed(m, "sender_missing",
+						   psprintf("its sender " INT64_FORMAT " belongs to account \"%s\", not to its account \"%s\"",
+									sender_id, sender_account, account));
+		else if (m->to_number == NULL || m->to_number[0] == '\0' ||
+				 outbox_has_control(m->to_number) || m->idempotency_key == NULL)
+			refuse_claimed(m, "invalid_message",
+						   "it has no usable recipient or no idempotency key");
+		else
+		{
+			/*
+			 * The account as the claim found it consistent with the sender;
+			 * renamed since the last refresh, the sender's struct still has
+			 * its URL and credentials.
+			 */
+			m->account = find_account(account);
+			if (m->account == NULL && m->sender != NULL)
+				m->account = m->sender->account;
+		}
+		if (m->decided)
+		{
+			claimed = lappend(claimed, m);
+			batch->pending++;
+			continue;
+		}
+		if (m->account == NULL || m->sender == NULL)
+		{
+			/* changed between the refresh and this claim: next time */
+			m->decided = true;
+			m->resp.started_at = GetCurrentTimestamp();
+			m->outcome = OUTCOME_PAUSED;
+			m->delay_ms = REFRESH_AGAIN_MS;
+			m->next_attempt_at = m->resp.started_at + REFRESH_AGAIN_MS * 1000;
+			m->error_message = "its account or sender changed while it was claimed";
+			claimed = lappend(claimed, m);
+			batch->pending++;
+			continue;
+		}
 		m->form = outbox_build_form(m->to_number,
 									SPI_getvalue(tup, desc, 6), SPI_getvalue(tup, desc, 7),
 									SPI_getvalue(tup, desc, 8), media, media_null,
 									SPI_getvalue(tup, desc, 10), SPI_getvalue(tup, desc, 11),
 									SPI_getvalue(tup, desc, 12), params, params_null,
 									m->expires_at, now);
-		Assert(m->account != NULL && m->sender != NULL);
 		outbox_bucket_take(m->sender, m->segments);
 		m->sender->served = ++served_seq;
 		claimed = lappend(claimed, m);
@@ -596,8 +746,69 @@ outbox_expire(void)
 }
 
 /*
+ * Dead-letter queued messages that can never be claimed because their
+ * sender, or their sender's account, no longer exists (only a superuser
+ * writing around the triggers and keys can get there): the claim goes per
+ * sender the dispatcher knows, so nothing else would ever finish them.
+ * Messages whose sender belongs to another account are dead-lettered by
+ * the claim itself when they come due.
+ *
+ * Cheap with millions of queued rows: a skip scan of the distinct sender
+ * ids in the partial index messages_due (one index probe per sender; 0.3 ms
+ * for 20 senders beside 2 million rows), then at most 1000 messages of the
+ * orphaned senders per call, in the index's order.  Returns how many.
+ */
+int
+outbox_sweep_orphans(void)
+{
+	static SPIPlanPtr plan = NULL;
+	int			rc;
+
+	outbox_prepare(&plan,
+			"WITH RECURSIVE ids AS ("
+			"  (SELECT m.sender_id FROM twilio_outbox.messages m WHERE m.state = 'queued'"
+			"   AND m.sender_id IS NOT NULL ORDER BY m.sender_id LIMIT 1)"
+			"  UNION ALL"
+			"  SELECT (SELECT m.sender_id FROM twilio_outbox.messages m WHERE m.state = 'queued'"
+			"   AND m.sender_id > ids.sender_id ORDER BY m.sender_id LIMIT 1)"
+			"  FROM ids WHERE ids.sender_id IS NOT NULL),"
+			" orphans AS (SELECT i.sender_id, s.id IS NULL AS no_sender FROM ids i"
+			"  LEFT JOIN twilio_outbox.senders s ON s.id = i.sender_id"
+			"  LEFT JOIN twilio_outbox.accounts a ON a.name = s.account"
+			"  WHERE i.sender_id IS NOT NULL AND a.name IS NULL),"
+			" x AS (SELECT l.id, o.no_sender FROM orphans o CROSS JOIN LATERAL ("
+			"   SELECT m.id FROM twilio_outbox.messages m WHERE m.state = 'queued'"
+			"   AND m.sender_id = o.sender_id ORDER BY m.next_attempt_at, m.id"
+			"   LIMIT 1000 FOR UPDATE SKIP LOCKED) l"
+			"  LIMIT 1000),"
+			" u AS (UPDATE twilio_outbox.messages m SET state = 'dead',"
+			"  finished_at = now(), updated_at = now(),"
+			"  last_error_message = CASE WHEN x.no_sender"
+			"   THEN 'its sender ' || m.sender_id || ' does not exist'"
+			"   ELSE 'the account of its sender ' || m.sender_id || ' does not exist' END"
+			"  FROM x WHERE m.id = x.id AND m.state = 'queued'"
+			"  RETURNING m.id, m.account, m.to_number, m.attempts, m.last_http_status,"
+			"  m.last_error_code, m.last_error_message, x.no_sender)"
+			" INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number,"
+			"  reason, http_status, twilio_code, error_message, attempts)"
+			" SELECT id, coalesce(account, '(none)'), coalesce(to_number, ''),"
+			"  CASE WHEN no_sender THEN 'sender_missing' ELSE 'account_missing' END,"
+			"  last_http_status, last_error_code, last_error_message, attempts FROM u",
+			0, NULL);
+	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "orphan sweep failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("twilio_outbox dead-lettered %d queued messages whose sender or its account no longer exists",
+						(int) SPI_processed)));
+	return (int) SPI_processed;
+}
+
+/*
  * Take back messages left in sending by a dispatcher that is gone: at start
- * (all) every one, later only those of another process whose lease ran out.
+ * (all) every one, later only those of another process whose lease ran out
+ * (or that have none: a row written by hand).
  * Their attempt is recorded as lost and ambiguous, not charged; the message
  * goes back to the queue with the same idempotency key, or is held when
  * twilio_outbox.on_ambiguous = hold.
@@ -613,11 +824,12 @@ outbox_rescue(bool all)
 	outbox_prepare(&plan,
 			"WITH x AS (SELECT id, worker_pid FROM twilio_outbox.messages"
 			"  WHERE state = 'sending'"
-			"  AND ($1 OR (lease_until < now() AND worker_pid IS DISTINCT FROM $2))"
+			"  AND ($1 OR ((lease_until < now() OR lease_until IS NULL)"
+			"   AND worker_pid IS DISTINCT FROM $2))"
 			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET"
 			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"
-			"  ambiguous_attempts = m.ambiguous_attempts + 1,"
+			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + 1,"
 			"  lease_until = NULL, worker_pid = NULL, updated_at = now(),"
 			"  last_error_message = 'the dispatcher stopped while the request was in flight'"
 			"  FROM x WHERE m.id = x.id AND m.state = 'sending'"
@@ -697,7 +909,7 @@ fill_row(Columns *c, int i, OutboxMessage *m)
 
 	set_int(c, C_ID, i, m->id, false, INT8OID);
 	set_int(c, C_ATTEMPT, i, m->attempt, false, INT4OID);
-	set_text(c, C_ACCOUNT, i, m->account->name);
+	set_text(c, C_ACCOUNT, i, m->account_name);
 	set_text(c, C_STATE, i, outcome_states[m->outcome]);
 	set_col(c, C_NEXT_AT, i, TimestampTzGetDatum(m->next_attempt_at), terminal);
 	set_int(c, C_FAILED, i, m->charged ? 1 : 0, false, INT4OID);
@@ -806,8 +1018,8 @@ outbox_record(List *done)
 			" u AS (UPDATE twilio_outbox.messages m SET"
 			"  state = r.state::twilio_outbox.message_state,"
 			"  next_attempt_at = coalesce(r.next_at, m.next_attempt_at),"
-			"  failures = m.failures + r.failed,"
-			"  ambiguous_attempts = m.ambiguous_attempts + r.ambiguous,"
+			"  failures = least(m.failures, 2147483646) + r.failed,"
+			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + r.ambiguous,"
 			"  lease_until = NULL, worker_pid = NULL,"
 			"  twilio_sid = coalesce(r.sid, m.twilio_sid),"
 			"  twilio_status = coalesce(r.tstatus, m.twilio_status),"
@@ -919,6 +1131,9 @@ outbox_next_due(TimestampTz now)
 																	SPI_tuptable->tupdesc, 1, &isnull)));
 		TimestampTz at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
 														   SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (snd == NULL || snd->account == NULL)
+			continue;
 
 		at = Max(at, outbox_bucket_ready_at(snd, now,
 											DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],

@@ -55,11 +55,21 @@ outbox_sender_configure(OutboxSender *s, const char *kind, double rate,
 
 	if (!fresh)
 		outbox_bucket_refill(s, now);
-	if (isnan(rate))
-		rate = default_rate(kind);
+	/*
+	 * The table refuses what cannot be used (senders_rate_range,
+	 * senders_burst_range), but a superuser can write around constraints:
+	 * one sender's row must never stop the others, so clamp here too.  A
+	 * burst of 1e10 would overflow the int the claim counts in.
+	 */
+	if (isnan(rate) || rate <= 0)
+		rate = default_rate(kind ? kind : "");
+	else if (!isinf(rate))
+		rate = Min(Max(rate, OUTBOX_MIN_RATE), OUTBOX_MAX_RATE);
+	if (isnan(burst) || burst < 1)
+		burst = 1.0;
 	s->unlimited = isinf(rate);
 	s->rate = rate;
-	s->burst = isnan(burst) ? 1.0 : burst;
+	s->burst = Min(burst, OUTBOX_MAX_BURST);
 	if (fresh || s->tokens > s->burst)
 		s->tokens = s->burst;
 	s->refilled_at = now;

@@ -67,7 +67,8 @@ outbox_policy_refresh(void)
 
 		policy[i].http = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
 		policy[i].code = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		policy[i].action =
+		/* NOT NULL, unless a superuser changed the table: then no entry */
+		policy[i].action = action == NULL ? ACTION_NONE :
 			strcmp(action, "retry") == 0 ? ACTION_RETRY :
 			strcmp(action, "dead") == 0 ? ACTION_DEAD :
 			strcmp(action, "pause_account") == 0 ? ACTION_PAUSE_ACCOUNT :
@@ -110,23 +111,35 @@ backoff_ms(int n)
 	return (int64) Min(d, (double) outbox_backoff_max_ms);
 }
 
-/* Retry-After: delta-seconds or an HTTP-date; -1 when absent or unreadable. */
+/*
+ * The longest a Retry-After may pause an account, whether it came as
+ * seconds or as an HTTP-date: a broken proxy's "Retry-After: <a date in
+ * 2037>" must not stop an account for years.
+ */
+#define RETRY_AFTER_MAX_S	(24 * 3600)
+
+/*
+ * Retry-After: delta-seconds or an HTTP-date, capped at RETRY_AFTER_MAX_S;
+ * -1 when absent or unreadable.
+ */
 static int64
 retry_after_ms(const char *value, TimestampTz now)
 {
 	char	   *end;
 	long		secs;
 	time_t		when;
+	int64		delta;
 
 	if (value[0] == '\0')
 		return -1;
 	secs = strtol(value, &end, 10);
 	if (end != value && *end == '\0' && secs >= 0)
-		return (int64) Min(secs, 24 * 3600) * 1000;
+		return (int64) Min(secs, RETRY_AFTER_MAX_S) * 1000;
 	when = curl_getdate(value, NULL);
 	if (when < 0)
 		return -1;
-	return Max(0, (int64) (when - timestamptz_to_time_t(now))) * 1000;
+	delta = (int64) when - (int64) timestamptz_to_time_t(now);
+	return Max(0, Min(delta, RETRY_AFTER_MAX_S)) * 1000;
 }
 
 /* A retryable failure: back off, or give up when the budget is spent. */

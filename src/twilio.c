@@ -9,7 +9,9 @@
  * transaction (it reads jsonb) and trusts nothing of the row: every key and
  * value is encoded, params keys are filtered; the parsers run outside any
  * transaction and never throw on bad input: a body they cannot read is
- * flagged malformed.
+ * flagged malformed.  Every string that comes from the network and reaches
+ * a table goes through outbox_clean_string(): valid in the database
+ * encoding, no control characters, bounded.
  *
  *-------------------------------------------------------------------------
  */
@@ -203,6 +205,68 @@ outbox_build_form(const char *to, const char *from, const char *service,
 	return buf.data;
 }
 
+/* Longest Twilio error message and status kept; Twilio's are far shorter. */
+#define TWILIO_MESSAGE_CAP	1024
+#define TWILIO_STATUS_CAP	64
+
+/*
+ * Make a string from the network fit to store, in place: at most cap - 1
+ * bytes; every control character (CR, LF, TAB, ...) a space; every byte
+ * that does not belong to a valid character of the database encoding
+ * (UTF-8; in any other encoding, ASCII) a '?'.  A character cut by the
+ * length bound is invalid, so it goes too.  Never allocates, never throws:
+ * it runs in libcurl's callbacks.
+ */
+void
+outbox_clean_string(char *s, size_t cap)
+{
+	unsigned char *p = (unsigned char *) s;
+	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
+	size_t		len = strnlen(s, cap);
+	size_t		i = 0;
+
+	if (len >= cap)
+		len = cap - 1;
+	s[len] = '\0';
+	while (i < len)
+	{
+		unsigned char c = p[i];
+		int			n;
+
+		if (c < 0x20 || c == 0x7f)
+			p[i++] = ' ';
+		else if (c < 0x80)
+			i++;
+		else if (utf8 && (n = pg_utf_mblen(p + i)) > 1 && i + n <= len &&
+				 pg_utf8_islegal(p + i, n))
+			i += n;
+		else
+			p[i++] = '?';
+	}
+}
+
+/*
+ * A JSON \u0000 escape stands for a character no text value can hold, and
+ * PostgreSQL's JSON lexer refuses it.  Rewrite each into \u003f ('?', as
+ * outbox_clean_string writes for what cannot be kept), in place (same
+ * length), walking escapes pairwise so that "\\u0000" (a backslash, then
+ * u0000) is left alone.
+ */
+static void
+replace_nul_escapes(char *body, size_t len)
+{
+	size_t		i;
+
+	for (i = 0; i + 1 < len; i++)
+	{
+		if (body[i] != '\\')
+			continue;
+		if (body[i + 1] == 'u' && i + 5 < len && memcmp(body + i + 2, "0000", 4) == 0)
+			memcpy(body + i + 2, "003f", 4);
+		i++;					/* skip the escaped character */
+	}
+}
+
 /* Parser state: the top-level fields of a Message or an error object. */
 typedef struct ParseState
 {
@@ -291,6 +355,7 @@ outbox_parse_response(OutboxResponse *resp)
 		resp->body_malformed = true;
 		return;
 	}
+	replace_nul_escapes(resp->body, resp->body_len);
 	PG_TRY();
 	{
 		JsonLexContext *lex = makeJsonLexContextCstringLen(resp->body,
@@ -312,9 +377,17 @@ outbox_parse_response(OutboxResponse *resp)
 	if (resp->twilio_sid != NULL &&
 		!outbox_is_sid(resp->twilio_sid, "SM") && !outbox_is_sid(resp->twilio_sid, "MM"))
 		resp->twilio_sid = NULL;
+	/* The lexer neither checks the encoding of what it unescapes nor bounds it. */
+	if (resp->twilio_message != NULL)
+		outbox_clean_string(resp->twilio_message, TWILIO_MESSAGE_CAP);
+	if (resp->twilio_status != NULL)
+		outbox_clean_string(resp->twilio_status, TWILIO_STATUS_CAP);
 }
 
-/* Copy a header value, trimmed, into a fixed buffer. */
+/*
+ * Copy a header value, trimmed, into a fixed buffer, fit to store (a NUL
+ * byte inside the value ends it).
+ */
 static void
 copy_value(char *dst, size_t cap, const char *v, size_t len)
 {
@@ -327,6 +400,7 @@ copy_value(char *dst, size_t cap, const char *v, size_t len)
 		len = cap - 1;
 	memcpy(dst, v, len);
 	dst[len] = '\0';
+	outbox_clean_string(dst, cap);
 }
 
 /*
@@ -364,12 +438,23 @@ outbox_parse_header(OutboxResponse *resp, const char *line, size_t len)
 					   colon + 1, len - nlen - 1);
 			break;
 		case 2:
-			copy_value(tmp, sizeof(tmp), colon + 1, len - nlen - 1);
-			resp->concurrent_requests = atoi(tmp);
+			{
+				long		v;
+
+				copy_value(tmp, sizeof(tmp), colon + 1, len - nlen - 1);
+				v = strtol(tmp, NULL, 10);
+				resp->concurrent_requests = (v >= 0 && v < INT_MAX) ? (int) v : -1;
+			}
 			break;
 		case 3:
-			copy_value(tmp, sizeof(tmp), colon + 1, len - nlen - 1);
-			resp->request_duration = strtod(tmp, NULL);
+			{
+				double		v;
+
+				copy_value(tmp, sizeof(tmp), colon + 1, len - nlen - 1);
+				v = strtod(tmp, NULL);
+				/* "nan", "inf" and garbage are not a duration */
+				resp->request_duration = (isfinite(v) && v >= 0 && v < 1e9) ? v : -1;
+			}
 			break;
 		default:
 			break;

@@ -55,6 +55,11 @@ extern int	outbox_ambiguous_policy;
 extern int	outbox_max_databases;
 extern char *outbox_secrets_dir;
 extern char *outbox_databases;
+extern char *outbox_allowed_hosts;
+extern char *outbox_allowed_secret_envs;
+
+/* Twilio's API hosts: api.twilio.com and its regional and edge forms (api.{edge}.{region}.twilio.com). */
+#define OUTBOX_DEFAULT_ALLOWED_HOSTS "api.twilio.com, api.*.twilio.com, api.*.*.twilio.com"
 
 extern void outbox_guc_init(void);
 
@@ -230,7 +235,9 @@ typedef struct OutboxMessage
 	int64		id;
 	int			attempt;		/* attempts after the claim: this attempt's number */
 	int			failures;		/* charged failures before this attempt */
-	OutboxAccount *account;
+	OutboxAccount *account;		/* NULL when decided at the claim */
+	char	   *account_name;	/* the row's account, as recorded */
+	bool		decided;		/* outcome decided at the claim: never sent */
 	char	   *to_number;
 	char	   *idempotency_key;
 	int			segments;
@@ -240,6 +247,7 @@ typedef struct OutboxMessage
 	/* transport */
 	void	   *easy;			/* CURL *, NULL when not in flight */
 	void	   *headers;		/* struct curl_slist * */
+	void	   *url;			/* CURLU *: the parsed, checked URL */
 	OutboxResponse resp;
 	/* decision */
 	OutboxOutcome outcome;
@@ -271,6 +279,7 @@ extern char *outbox_build_form(const char *to, const char *from,
 							   TimestampTz now);
 extern void outbox_parse_response(OutboxResponse *resp);
 extern void outbox_parse_header(OutboxResponse *resp, const char *line, size_t len);
+extern void outbox_clean_string(char *s, size_t cap);
 
 /* retry.c: what to do after an attempt */
 extern void outbox_policy_refresh(void);
@@ -279,12 +288,17 @@ extern void outbox_decide(OutboxMessage *m, TimestampTz now);
 /* http.c: requests in flight over libcurl's multi interface */
 typedef void (*OutboxHttpDone) (OutboxMessage *m);
 extern void outbox_http_init(void);
-extern void outbox_http_start(OutboxMessage *m);
+extern bool outbox_http_start(OutboxMessage *m);
+extern const char *outbox_url_refusal(const char *url, void **parsed);
 extern int	outbox_http_poll(int timeout_ms, OutboxHttpDone done);
 extern int	outbox_http_in_flight(void);
 extern void outbox_http_shutdown(void);
 
 /* ratelimit.c: token buckets per sender, concurrency caps per account */
+/* What senders_rate_range and senders_burst_range allow (segments, per second). */
+#define OUTBOX_MIN_RATE		0.001
+#define OUTBOX_MAX_RATE		10000.0
+#define OUTBOX_MAX_BURST	10000.0
 extern List *outbox_senders;
 extern void outbox_sender_configure(OutboxSender *s, const char *kind,
 									double rate, double burst, TimestampTz now);
@@ -304,6 +318,7 @@ extern void outbox_refresh_accounts(TimestampTz now);
 extern void outbox_refresh_senders(TimestampTz now);
 extern int	outbox_expire(void);
 extern int	outbox_rescue(bool all);
+extern int	outbox_sweep_orphans(void);
 extern List *outbox_claim(int capacity, TimestampTz now, int *quota);
 extern void outbox_record(List *done);
 extern TimestampTz outbox_next_due(TimestampTz now);

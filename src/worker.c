@@ -251,17 +251,35 @@ start_claimed(void)
 	{
 		OutboxMessage *m = lfirst(lc);
 
-		if (m->expires_at != 0 && m->expires_at <= now)
+		if (!m->decided && m->expires_at != 0 && m->expires_at <= now)
 		{
 			m->resp.started_at = now;
 			m->outcome = OUTCOME_DEAD;
 			m->dead_reason = "expired";
 			m->error_message = "expired before it could be sent";
+			m->decided = true;
+		}
+		else if (!m->decided && !outbox_http_start(m))
+		{
+			/*
+			 * Its host is no longer allowed (the settings changed since its
+			 * account was checked): nothing was sent; it waits, uncharged,
+			 * while the account refresh marks the account unusable.
+			 */
+			MemoryContextSwitchTo(m->batch->cxt);
+			m->resp.started_at = now;
+			m->outcome = OUTCOME_PAUSED;
+			m->delay_ms = ERROR_BACKOFF_MS;
+			m->next_attempt_at = now + ERROR_BACKOFF_MS * 1000L;
+			m->error_message = pstrdup(m->resp.transport_error);
+			m->decided = true;
+			self->refresh_pending = true;
+		}
+		if (m->decided)
+		{
 			MemoryContextSwitchTo(worker_cxt);
 			self->done = lappend(self->done, m);
-			continue;
 		}
-		outbox_http_start(m);
 	}
 	MemoryContextSwitchTo(worker_cxt);
 	list_free(self->to_start);
@@ -342,6 +360,7 @@ database_phase(bool claim, int capacity)
 		{
 			outbox_policy_refresh();
 			outbox_expire();
+			outbox_sweep_orphans();
 			outbox_rescue(false);
 			self->last_housekeeping = now;
 		}

@@ -24,6 +24,10 @@ Actions (JSON objects):
     {"hang": s}          read the request, sleep s seconds, then answer 201
     {"reset": true}      read the request, then close the socket with an RST
     {"malformed": true}  answer 201 with a truncated JSON body
+    {"raw": {"status": n, "headers_b64": [...], "body_b64": str}}
+                         answer exactly these bytes, whatever they are (a broken
+                         Twilio or proxy): each header line (name: value, no CRLF)
+                         and the body base64-encoded; Content-Length is added
 
 Control endpoints (JSON in and out):
     POST /_script   {"to": "+1...", "actions": [...]} | {"default": [...]} | {"steady": {...}}
@@ -125,6 +129,15 @@ def normalise_action(raw):
         if "hang" in raw:
             check_keys(raw, {"hang"})
             return {"hang": float(raw["hang"])}
+        if "raw" in raw:
+            check_keys(raw, {"raw"})
+            spec = raw["raw"]
+            check_keys(spec, {"status", "headers_b64", "body_b64"})
+            headers = [str(h) for h in spec.get("headers_b64", [])]
+            body = str(spec.get("body_b64", ""))
+            for item in headers + [body]:
+                base64.b64decode(item, validate=True)  # refuse what cannot be sent
+            return {"raw": {"status": int(spec["status"]), "headers_b64": headers, "body_b64": body}}
         for flag in ("reset", "malformed"):
             if flag in raw:
                 check_keys(raw, {flag})
@@ -422,9 +435,21 @@ class Handler(BaseHTTPRequestHandler):
         action = self.state.admit(fields, first(form, "To"), sender_of(form), time.monotonic())
         self._perform(action, account_sid, form)
 
+    def _send_raw(self, spec):
+        """Status line, the given header lines byte for byte, Content-Length, body."""
+        body = base64.b64decode(spec["body_b64"])
+        out = [f"HTTP/1.1 {spec['status']} Whatever".encode("ascii")]
+        out += [base64.b64decode(h) for h in spec["headers_b64"]]
+        out.append(f"Content-Length: {len(body)}".encode("ascii"))
+        self.wfile.write(b"\r\n".join(out) + b"\r\n\r\n" + body)
+        self.wfile.flush()
+
     def _perform(self, action, account_sid, form):
         if action.get("reset"):
             self._reset_connection()
+            return
+        if "raw" in action:
+            self._send_raw(action["raw"])
             return
         time.sleep(action.get("hang", action.get("delay", 0)))
         if action.get("malformed"):

@@ -115,6 +115,21 @@ sub DESTROY
 	return;
 }
 
+# A raw action from byte strings: the stand-in answers exactly these bytes
+# (invalid UTF-8, control characters and all).
+sub raw
+{
+	my ($status, $headers, $body) = @_;
+	require MIME::Base64;
+	return {
+		raw => {
+			status      => $status,
+			headers_b64 => [ map { MIME::Base64::encode_base64($_, '') } @$headers ],
+			body_b64    => MIME::Base64::encode_base64($body // '', ''),
+		}
+	};
+}
+
 # --- internals ----------------------------------------------------------
 
 sub _spawn
@@ -284,6 +299,10 @@ Sends SIGTERM and reaps the server.  Preserves C<$?>.
   { hang => $s }          # sleep $s, then 201 (client should time out first)
   { reset => 1 }          # read the request, close with RST, no response
   { malformed => 1 }      # 201 with a truncated JSON body
+  { raw => { status => 400, headers_b64 => [...], body_b64 => '...' } }
+                          # exactly these bytes (base64: header lines without
+                          # CRLF, and the body); Content-Length is added.
+                          # TwilioStandIn::raw(400, \@header_lines, $body) builds it.
 
 Error codes default to 21211 (400), 20003 (401), 20404 (404), 20429 (429)
 and 20500 (5xx).  Unknown keys or impossible actions make the call die.

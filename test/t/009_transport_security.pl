@@ -17,8 +17,15 @@ OutboxTest::add_account($node, $standin);
 OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
 
 # http to an address that is not loopback (0.0.0.0 stays on this machine
-# should the check ever fail): refused.
+# should the check ever fail): the table refuses it ...
 my $port = $standin->port;
+my ($rc, $out, $err) = $node->psql('postgres',
+	"UPDATE twilio_outbox.accounts SET base_url = 'http://0.0.0.0:$port' WHERE name = 'main'");
+like($err, qr/violates check constraint "accounts_base_url_http_only_to_loopback"/,
+	'the table refuses plain http to a host that is not loopback');
+# ... and so does the dispatcher, when a superuser writes around the table.
+OutboxTest::query($node,
+	'ALTER TABLE twilio_outbox.accounts DROP CONSTRAINT accounts_base_url_http_only_to_loopback');
 OutboxTest::query($node,
 	"UPDATE twilio_outbox.accounts SET base_url = 'http://0.0.0.0:$port' WHERE name = 'main'");
 sleep 1.5;

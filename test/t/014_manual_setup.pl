@@ -164,7 +164,7 @@ is($node->safe_psql('appdb', q{
 
 $node->safe_psql('appdb', qq{
 	INSERT INTO twilio_outbox.accounts (name, account_sid, base_url)
-		VALUES ('nosecret', '$SID', '$base'), ('faraway', '$SID', 'http://example.com');
+		VALUES ('nosecret', '$SID', '$base'), ('faraway', '$SID', 'https://example.com');
 	INSERT INTO twilio_outbox.account_credentials (account, secret_env)
 		VALUES ('nosecret', 'TWILIO_OTHER_TOKEN'), ('faraway', 'TWILIO_AUTH_TOKEN');
 	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
@@ -179,7 +179,8 @@ ok(wait_for($node, 'appdb',
 my %problem = map { split /\|/, $_, 2 } split /\n/, $node->safe_psql('appdb',
 	q{SELECT account, problem FROM twilio_outbox.worker_accounts WHERE problem IS NOT NULL});
 like($problem{nosecret}, qr/TWILIO_OTHER_TOKEN/, 'nosecret: the missing variable is named');
-like($problem{faraway}, qr/loopback/, 'faraway: plain http to a non-loopback host');
+like($problem{faraway}, qr/host "example.com" is not in twilio_outbox.allowed_hosts/,
+	'faraway: a host credentials may not go to');
 is($node->safe_psql('appdb', q{
 		SELECT status, value, hint LIKE '%nosecret (%' AND hint LIKE '%faraway (%'
 			AND hint LIKE '%restart%'
