@@ -34,9 +34,9 @@ SHLIB_LINK = $(shell curl-config --libs)
 # Suites, each against a throwaway instance with pg_cron and twilio_outbox
 # preloaded (test/postgresql.conf).
 REGRESS = setup enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
-REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/postgresql.conf
+REGRESS_OPTS = --encoding=UTF8 --temp-instance=tmp_check --temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles
-ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=tmp_check_iso \
+ISOLATION_OPTS = --encoding=UTF8 --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

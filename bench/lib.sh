@@ -80,7 +80,7 @@ bench_cleanup()
 # postgresql.conf) as arguments.  No TCP: a Unix socket in $BENCH_DIR.
 start_cluster()
 {
-	as_pg initdb -D "$BENCH_DIR/data" -A trust -U postgres >/dev/null
+	as_pg initdb -D "$BENCH_DIR/data" -A trust -U postgres -E UTF8 --locale=C >/dev/null
 	cat >>"$BENCH_DIR/data/postgresql.conf" <<CONF
 shared_preload_libraries = 'pg_cron,twilio_outbox'
 cron.database_name = 'postgres'

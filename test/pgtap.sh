@@ -8,7 +8,7 @@ unset $(compgen -e | grep -E '^PG[A-Z]+$')
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d /tmp/outbox_pgtap.XXXXXX)
 trap 'pg_ctl -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT
-initdb -D "$dir/data" -A trust -U postgres >/dev/null
+initdb -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C >/dev/null
 cat test/postgresql.conf >>"$dir/data/postgresql.conf"
 printf "unix_socket_directories = '%s'\nport = 5433\n" "$dir" >>"$dir/data/postgresql.conf"
 pg_ctl -D "$dir/data" -l "$dir/log" -w start >/dev/null

@@ -46,12 +46,14 @@ need_packages()
 build_and_install()
 {
 	echo "== building and installing twilio_outbox"
+	local sudo= ext
 	make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" all
-	if [ "$(id -u)" = 0 ]; then
-		make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" install
-	else
-		sudo make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" install
-	fi
+	[ "$(id -u)" = 0 ] || sudo=sudo
+	# Scripts another checkout installed (a version this one does not
+	# ship) would be taken by CREATE EXTENSION: only this tree's count.
+	ext=$("$PG_BIN/pg_config" --sharedir)/extension
+	$sudo rm -f "$ext"/twilio_outbox--*.sql
+	$sudo make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" install
 }
 
 # Run a command as the unprivileged postgres user when we are root
@@ -211,7 +213,7 @@ make_scratch()
 # on standard input.
 init_cluster()
 {
-	as_pg initdb -D "$dir/data" -A trust -U postgres >/dev/null
+	as_pg initdb -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C >/dev/null
 	{
 		printf "listen_addresses = ''\nunix_socket_directories = '%s'\nport = 5432\n" "$dir"
 		cat

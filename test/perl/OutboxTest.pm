@@ -36,13 +36,17 @@ twilio_outbox.connect_timeout = '2s'
 twilio_outbox.request_timeout = '2s'
 CONF
 
+# initdb's options for every test cluster: UTF-8 whatever the caller's
+# locale (a bare machine's C locale would give SQL_ASCII).
+our @INITDB = (extra => [ '--encoding=UTF8', '--locale=C' ]);
+
 sub node
 {
 	my ($name, $extra_conf) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	# The secret reaches the server through its environment, never a statement.
 	$ENV{TWILIO_TEST_AUTH_TOKEN} = $AUTH_TOKEN;
-	$node->init;
+	$node->init(@INITDB);
 	$node->append_conf('postgresql.conf', $BASE_CONF . ($extra_conf // ''));
 	$node->start;
 	$node->safe_psql('postgres',

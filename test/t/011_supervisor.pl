@@ -191,7 +191,7 @@ $node->stop;
 # ---------- without twilio_outbox in shared_preload_libraries ----------
 
 my $plain = PostgreSQL::Test::Cluster->new('no_preload');
-$plain->init;
+$plain->init(@OutboxTest::INITDB);
 $plain->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'pg_cron'
 cron.database_name = 'postgres'

@@ -56,7 +56,7 @@ my $standin = TwilioStandIn->start;
 # ---------- Install: postgresql.conf, restart, CREATE EXTENSION ----------
 
 my $node = PostgreSQL::Test::Cluster->new('manual');
-$node->init;
+$node->init(@OutboxTest::INITDB);
 $node->append_conf('postgresql.conf', q{
 shared_preload_libraries = 'pg_cron,twilio_outbox'
 cron.database_name = 'postgres'
