@@ -11,8 +11,12 @@ OBJS = \
 	src/guc.o \
 	src/message.o \
 	src/enqueue.o \
+	src/params.o \
 	src/shmem.o \
 	src/worker.o \
+	src/control.o \
+	src/spi_plan.o \
+	src/registry.o \
 	src/queue.o \
 	src/http.o \
 	src/twilio.o \
