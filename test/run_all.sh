@@ -73,6 +73,12 @@ run_suite()
 	rm -f "$out"
 }
 
+# The released install script is what its pieces in sql/0.1 give.
+check_released()
+{
+	if grep -q 'byte for byte' "$1"; then count 1 0; else count 0 1; fi
+}
+run_suite "released script" check_released make -s check-released
 run_suite "pg_regress" count_regress make -s installcheck ISOLATION= TAP_TESTS=
 [ -f "$work/regression.diffs" ] && head -200 "$work/regression.diffs"
 run_suite "isolation" count_regress make -s installcheck REGRESS= TAP_TESTS=
