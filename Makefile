@@ -42,8 +42,10 @@ SHLIB_LINK = $(shell curl-config --libs)
 
 # Suites, each against a throwaway instance with pg_cron and twilio_outbox
 # preloaded (test/postgresql.conf).
+# test/sql and test/expected (pgvector's layout); results go to test/results.
 REGRESS = setup enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
-REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/postgresql.conf
+REGRESS_OPTS = --inputdir=test --outputdir=test --temp-instance=tmp_check \
+	--temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles
 ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
