@@ -43,7 +43,8 @@ SHLIB_LINK = $(shell curl-config --libs)
 # Suites, each against a throwaway instance with pg_cron and twilio_outbox
 # preloaded (test/postgresql.conf).
 # test/sql and test/expected (pgvector's layout); results go to test/results.
-REGRESS = setup enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
+# Each file makes its own database and fixtures, so any one runs alone.
+REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
 REGRESS_OPTS = --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles

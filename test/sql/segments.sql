@@ -1,5 +1,16 @@
 -- Encoding and segment count, as carriers bill them.
-CREATE EXTENSION IF NOT EXISTS twilio_outbox;
+-- Its own database and fixtures: this file depends on no other.
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS outbox_segments;
+CREATE DATABASE outbox_segments;
+\c outbox_segments
+SET client_min_messages = warning;
+CREATE EXTENSION twilio_outbox;
+INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
+	VALUES ('main', 'AC0123456789abcdef0123456789abcdef', true);
+INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
+	VALUES ('main', '+15005550006', 'long_code', true);
+RESET client_min_messages;
 TRUNCATE twilio_outbox.messages;
 
 CREATE FUNCTION pg_temp.seg(body text, media text[] DEFAULT NULL) RETURNS text
