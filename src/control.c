@@ -28,11 +28,15 @@
 #include "utils/varlena.h"
 
 PG_FUNCTION_INFO_V1(twilio_outbox_start_worker);
+PG_FUNCTION_INFO_V1(twilio_outbox_start_worker_0_2);
 PG_FUNCTION_INFO_V1(twilio_outbox_stop_worker);
+PG_FUNCTION_INFO_V1(twilio_outbox_stop_worker_0_2);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_pid);
 PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_status);
+PG_FUNCTION_INFO_V1(twilio_outbox_worker_status_0_2);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts);
+PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts_0_2);
 PG_FUNCTION_INFO_V1(twilio_outbox_library_version);
 
 #define START_WAIT_MS		10000
@@ -88,10 +92,10 @@ wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
  * call ends a stop_worker(hold => ...); the supervisor's (pg_cron's job)
  * respects it, and is remembered for the health view.  NULL while a hold or
  * a DROP DATABASE holds the dispatcher off.  (The 0.1 SQL declares no
- * argument: an operator's call.)
+ * argument, !v0_2: an operator's call.)
  */
-Datum
-twilio_outbox_start_worker(PG_FUNCTION_ARGS)
+static Datum
+start_worker(FunctionCallInfo fcinfo, bool v0_2)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -101,7 +105,7 @@ twilio_outbox_start_worker(PG_FUNCTION_ARGS)
 	BgwHandleStatus status;
 	bool		supervisor = false;
 
-	if (PG_NARGS() > 0)
+	if (v0_2)
 	{
 		if (PG_ARGISNULL(0))
 			ereport(ERROR,
@@ -218,12 +222,12 @@ stop_dispatcher(Oid dboid, long hold_ms)
  * it again for that long, until an operator's start_worker().  The hold is
  * set even when no dispatcher runs.  False if none ran.
  */
-Datum
-twilio_outbox_stop_worker(PG_FUNCTION_ARGS)
+static Datum
+stop_worker(FunctionCallInfo fcinfo, bool v0_2)
 {
 	Interval   *hold = NULL;
 
-	if (PG_NARGS() > 0 && !PG_ARGISNULL(0))
+	if (v0_2 && !PG_ARGISNULL(0))
 	{
 		hold = PG_GETARG_INTERVAL_P(0);
 		if (hold->month < 0 || hold->day < 0 || hold->time < 0 ||
@@ -293,8 +297,8 @@ twilio_outbox_library_version(PG_FUNCTION_ARGS)
  * The 0.1 SQL declared seven columns (pid NULL when none runs, no row when
  * none ever ran): a new library under the old SQL answers in that shape.
  */
-Datum
-twilio_outbox_worker_status(PG_FUNCTION_ARGS)
+static Datum
+worker_status(FunctionCallInfo fcinfo, bool v0_2)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	OutboxSlot	copy;
@@ -318,7 +322,7 @@ twilio_outbox_worker_status(PG_FUNCTION_ARGS)
 		}
 		LWLockRelease(outbox_shmem_lock());
 	}
-	if (rsinfo->setDesc->natts == 7)
+	if (!v0_2)
 	{
 		if (!found)
 			PG_RETURN_VOID();
@@ -396,8 +400,8 @@ twilio_outbox_worker_status(PG_FUNCTION_ARGS)
  * and why it cannot use the account (NULL when it can).  No rows when no
  * dispatcher runs.  The 0.1 SQL declared the first five columns only.
  */
-Datum
-twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
+static Datum
+worker_accounts(FunctionCallInfo fcinfo, bool v0_2)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	OutboxSlot *slot;
@@ -431,16 +435,72 @@ twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
 		nulls[4] = states[i].paused_until == 0 || states[i].paused_until <= GetCurrentTimestamp();
 		values[5] = CStringGetTextDatum(states[i].problem);
 		nulls[5] = states[i].problem[0] == '\0';
-		/* under the 0.1 SQL's five columns the sixth value is not read */
+		/* under the 0.1 SQL's five columns (!v0_2) the sixth is not read */
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();
 }
 
 /*
+ * The C entry points by SQL signature, the way pg_stat_statements versions
+ * its own: a 0.1 schema (not yet updated, or a database the new library
+ * serves before ALTER EXTENSION UPDATE) calls the unversioned symbols with
+ * the 0.1 signatures, the 0.2 schema calls the _0_2 symbols.  Neither is
+ * ever called with the other's arguments or result columns.
+ */
+Datum
+twilio_outbox_start_worker(PG_FUNCTION_ARGS)
+{
+	return start_worker(fcinfo, false);
+}
+
+Datum
+twilio_outbox_start_worker_0_2(PG_FUNCTION_ARGS)
+{
+	return start_worker(fcinfo, true);
+}
+
+Datum
+twilio_outbox_stop_worker(PG_FUNCTION_ARGS)
+{
+	return stop_worker(fcinfo, false);
+}
+
+Datum
+twilio_outbox_stop_worker_0_2(PG_FUNCTION_ARGS)
+{
+	return stop_worker(fcinfo, true);
+}
+
+Datum
+twilio_outbox_worker_status(PG_FUNCTION_ARGS)
+{
+	return worker_status(fcinfo, false);
+}
+
+Datum
+twilio_outbox_worker_status_0_2(PG_FUNCTION_ARGS)
+{
+	return worker_status(fcinfo, true);
+}
+
+Datum
+twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
+{
+	return worker_accounts(fcinfo, false);
+}
+
+Datum
+twilio_outbox_worker_accounts_0_2(PG_FUNCTION_ARGS)
+{
+	return worker_accounts(fcinfo, true);
+}
+
+/*
  * DROP DATABASE fails while any session is connected, the dispatcher
  * included: stop it first, and keep pg_cron from restarting it meanwhile.
- * DROP EXTENSION wakes it when it commits, so that it leaves at once.
+ * DROP EXTENSION wakes it when it commits, so that it leaves at once;
+ * ALTER EXTENSION too, so that one waiting for the update starts at once.
  */
 static void
 outbox_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -468,6 +528,10 @@ outbox_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 				outbox_wake_at_commit();
 		}
 	}
+	/* ALTER EXTENSION: a dispatcher waiting for the update starts at once. */
+	if (IsA(parsetree, AlterExtensionStmt) &&
+		strcmp(((AlterExtensionStmt *) parsetree)->extname, "twilio_outbox") == 0)
+		outbox_wake_at_commit();
 	if (prev_utility_hook)
 		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
 						  queryEnv, dest, qc);

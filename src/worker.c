@@ -23,7 +23,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -38,6 +42,7 @@
 #include "tcop/utility.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -64,6 +69,8 @@ typedef struct Dispatcher
 	int			consecutive_errors;
 	int64		sent;
 	int64		failed;
+	bool		schema_ok;		/* the installed extension is this library's version */
+	char		reported[NAMEDATALEN];	/* the other version last reported, "" if none */
 } Dispatcher;
 
 static Dispatcher *self;
@@ -266,6 +273,83 @@ exit_if_dropped(void)
 }
 
 /*
+ * The version of the extension installed in this database, palloc'd, or
+ * NULL when it is not installed.  Needs a transaction.
+ */
+static char *
+installed_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("twilio_outbox"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = text_to_cstring(DatumGetTextPP(d));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * Whether the schema installed in this database is the one this library
+ * was built for.  A library newer (or older) than the schema would run its
+ * queries against tables and functions that are not what it expects: it
+ * does no work there until ALTER EXTENSION twilio_outbox UPDATE, says so
+ * once per version (log, and last_error for the worker view), and is asked
+ * again every second or when woken (the utility hook wakes it when ALTER
+ * EXTENSION commits).  Leaves when the extension is gone.  Runs outside
+ * any transaction, in its own.
+ */
+static bool
+schema_matches(void)
+{
+	char	   *installed;
+	bool		ok;
+
+	StartTransactionCommand();
+	exit_if_dropped();
+	installed = installed_version();
+	ok = installed != NULL && strcmp(installed, OUTBOX_VERSION) == 0;
+	if (!ok && strcmp(self->reported, installed ? installed : "") != 0)
+	{
+		const char *db = get_database_name(MyDatabaseId);
+
+		strlcpy(self->reported, installed ? installed : "", sizeof(self->reported));
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("database \"%s\" has twilio_outbox %s installed, but this server runs the twilio_outbox %s library",
+						db, installed ? installed : "", OUTBOX_VERSION),
+				 errdetail("The dispatcher sends nothing from this database until the extension is updated; it checks again every second."),
+				 errhint("Run ALTER EXTENSION twilio_outbox UPDATE in database \"%s\".", db)));
+		publish(psprintf("database \"%s\" has twilio_outbox %s installed, this library is %s: run ALTER EXTENSION twilio_outbox UPDATE there",
+						 db, installed ? installed : "", OUTBOX_VERSION));
+	}
+	else if (ok && self->reported[0] != '\0')
+	{
+		ereport(LOG,
+				(errmsg("twilio_outbox dispatcher: database \"%s\" now has twilio_outbox %s installed, starting work",
+						get_database_name(MyDatabaseId), OUTBOX_VERSION)));
+		self->reported[0] = '\0';
+	}
+	CommitTransactionCommand();
+	return ok;
+}
+
+/*
  * One transaction: record, refresh, claim.  Returns false after an error
  * (rolled back, reported); the unrecorded outcomes are kept for next time.
  */
@@ -279,6 +363,17 @@ database_phase(bool claim, int capacity)
 		(self->refresh_pending && now - self->last_refresh >= WAKE_REFRESH_MS * 1000L);
 	volatile bool ok = true;
 	List	   *volatile claimed = NIL;
+
+	/* every second, and whenever the last look found another version */
+	if (housekeeping || !self->schema_ok)
+	{
+		self->schema_ok = schema_matches();
+		if (!self->schema_ok)
+		{
+			self->claim_more = false;
+			return false;
+		}
+	}
 
 	PG_TRY();
 	{
@@ -383,6 +478,9 @@ idle_wait(void)
 		/* a wake-up not yet followed by an account refresh */
 		if (self->refresh_pending)
 			timeout = Min(timeout, WAKE_REFRESH_MS);
+		/* waiting for ALTER EXTENSION UPDATE: look every second */
+		if (!self->schema_ok)
+			timeout = Min(timeout, REFRESH_INTERVAL_MS);
 	}
 	if (timeout == 0)
 	{
@@ -438,8 +536,23 @@ outbox_worker_main(Datum arg)
 	outbox_http_init();
 	on_proc_exit((pg_on_exit_callback) outbox_http_shutdown, (Datum) 0);
 
-	/* Whatever a previous dispatcher left in flight comes back first. */
+	/* Only the schema this library was built for: wait until it is. */
 	MemoryContextSwitchTo(scratch);
+	while (!(self->schema_ok = schema_matches()))
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		process_signals();
+		if (ShutdownRequestPending)
+		{
+			ereport(LOG, (errmsg("twilio_outbox dispatcher stopped")));
+			proc_exit(0);
+		}
+		MemoryContextReset(scratch);
+	}
+
+	/* Whatever a previous dispatcher left in flight comes back first. */
 	begin_phase("taking back messages left in flight");
 	exit_if_dropped();
 	outbox_rescue(true);
@@ -458,7 +571,7 @@ outbox_worker_main(Datum arg)
 		process_signals();
 		stopping = ShutdownRequestPending;
 		if (stopping && outbox_http_in_flight() == 0 &&
-			(self->done == NIL || self->consecutive_errors >= 3))
+			(self->done == NIL || self->consecutive_errors >= 3 || !self->schema_ok))
 			break;				/* what could not be recorded is taken back at the next start */
 		if (MyLatch->is_set)
 		{

@@ -26,14 +26,14 @@ CREATE FUNCTION twilio_outbox.worker_status(
 	OUT accounts integer, OUT accounts_unusable integer)
 RETURNS SETOF record
 LANGUAGE c VOLATILE STRICT
-AS 'MODULE_PATHNAME', 'twilio_outbox_worker_status';
+AS 'MODULE_PATHNAME', 'twilio_outbox_worker_status_0_2';
 
 CREATE FUNCTION twilio_outbox.worker_accounts(
 	OUT account text, OUT max_concurrency integer, OUT current_cap integer,
 	OUT in_flight integer, OUT paused_until timestamptz, OUT problem text)
 RETURNS SETOF record
 LANGUAGE c VOLATILE STRICT
-AS 'MODULE_PATHNAME', 'twilio_outbox_worker_accounts';
+AS 'MODULE_PATHNAME', 'twilio_outbox_worker_accounts_0_2';
 
 /* Per account, what the dispatcher holds it to right now, and why it cannot use it. */
 CREATE VIEW twilio_outbox.worker_accounts AS

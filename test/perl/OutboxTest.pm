@@ -38,7 +38,7 @@ CONF
 
 sub node
 {
-	my ($name, $extra_conf) = @_;
+	my ($name, $extra_conf, %opt) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	# The secret reaches the server through its environment, never a statement.
 	$ENV{TWILIO_TEST_AUTH_TOKEN} = $AUTH_TOKEN;
@@ -46,7 +46,8 @@ sub node
 	$node->append_conf('postgresql.conf', $BASE_CONF . ($extra_conf // ''));
 	$node->start;
 	$node->safe_psql('postgres',
-		'CREATE EXTENSION pg_cron; CREATE EXTENSION twilio_outbox;');
+		'CREATE EXTENSION pg_cron; CREATE EXTENSION twilio_outbox'
+		  . (defined $opt{version} ? " VERSION '$opt{version}'" : '') . ';');
 	return $node;
 }
 
