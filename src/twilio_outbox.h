@@ -315,6 +315,7 @@ extern TimestampTz outbox_bucket_ready_at(OutboxSender *s, TimestampTz now, int 
 extern int	outbox_account_room(OutboxAccount *a, TimestampTz now);
 extern void outbox_concurrency_after(OutboxAccount *a, bool rate_limited);
 extern void outbox_concurrency_configure(OutboxAccount *a, int max_concurrency);
+extern void outbox_account_apply(OutboxAccount *a, const OutboxMessage *m);
 
 /* spi_plan.c: plans prepared once per backend */
 struct _SPI_plan;

@@ -144,11 +144,7 @@ on_done(OutboxMessage *m)
 	MemoryContext old = MemoryContextSwitchTo(m->batch->cxt);
 
 	outbox_decide(m, GetCurrentTimestamp());
-	/* a pause holds from now on, before it is even recorded */
-	if (m->pause_account_until > m->account->paused_until)
-		m->account->paused_until = m->pause_account_until;
-	if (m->outcome == OUTCOME_RATE_LIMITED || m->outcome == OUTCOME_SENT)
-		outbox_concurrency_after(m->account, m->outcome == OUTCOME_RATE_LIMITED);
+	outbox_account_apply(m->account, m);
 	MemoryContextSwitchTo(worker_cxt);
 	self->done = lappend(self->done, m);
 	/* its account has room again */
