@@ -130,8 +130,8 @@ refuse_claimed(OutboxMessage *m, const char *reason, const char *why)
  * to how many could have been claimed (0: no sender can send).
  *
  * Returns the claimed messages, each with its request built, in a new batch
- * context (a child of TopMemoryContext).  Nothing is sent here: the caller
- * commits first.
+ * context (a child of outbox_worker_cxt).  Nothing is sent here: the
+ * caller commits first.
  */
 List *
 outbox_claim(int capacity, TimestampTz now, int *quota)
@@ -258,7 +258,7 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 	if (SPI_processed == 0)
 		return NIL;
 
-	cxt = AllocSetContextCreate(TopMemoryContext, "twilio_outbox batch",
+	cxt = AllocSetContextCreate(outbox_worker_cxt, "twilio_outbox batch",
 								ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	batch = palloc0(sizeof(OutboxBatch));

@@ -7,7 +7,7 @@
  *		successes win back one step at a time.  outbox_account_apply() is
  *		the one call that applies an attempt's outcome to it.
  *
- * State lives in the dispatcher's memory (TopMemoryContext, like the
+ * State lives in the dispatcher's memory (outbox_worker_cxt, like the
  * account and sender lists it belongs to); nothing here touches the
  * database or throws.
  *

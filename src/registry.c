@@ -20,13 +20,13 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
-/* The accounts the worker knows, in TopMemoryContext; never freed while the worker runs. */
+/* The accounts the worker knows, in outbox_worker_cxt; never freed while the worker runs. */
 List	   *outbox_accounts = NIL;
 
 static char *
-tm_strdup(const char *s)
+worker_strdup(const char *s)
 {
-	return s ? MemoryContextStrdup(TopMemoryContext, s) : NULL;
+	return s ? MemoryContextStrdup(outbox_worker_cxt, s) : NULL;
 }
 
 OutboxAccount *
@@ -201,7 +201,7 @@ outbox_refresh_accounts(TimestampTz now)
 		a = outbox_find_account(name);
 		if (a == NULL)
 		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			MemoryContext old = MemoryContextSwitchTo(outbox_worker_cxt);
 
 			a = palloc0(sizeof(OutboxAccount));
 			a->name = pstrdup(name);
@@ -212,17 +212,17 @@ outbox_refresh_accounts(TimestampTz now)
 		{
 			if (a->messages_url)
 				pfree(a->messages_url);
-			a->messages_url = tm_strdup(url);
+			a->messages_url = worker_strdup(url);
 		}
 		if (a->auth_user)
 			pfree(a->auth_user);
-		a->auth_user = tm_strdup(key_sid ? key_sid : sid);
+		a->auth_user = worker_strdup(key_sid ? key_sid : sid);
 		if (a->auth_secret)
 		{
 			explicit_bzero(a->auth_secret, strlen(a->auth_secret));
 			pfree(a->auth_secret);
 		}
-		a->auth_secret = tm_strdup(secret ? secret : "");
+		a->auth_secret = worker_strdup(secret ? secret : "");
 		if (secret)
 			explicit_bzero(secret, strlen(secret));
 
@@ -249,7 +249,7 @@ outbox_refresh_accounts(TimestampTz now)
 					 errmsg("twilio_outbox account \"%s\" cannot be used: %s", name, problem)));
 		if (a->config_error)
 			pfree(a->config_error);
-		a->config_error = tm_strdup(problem);
+		a->config_error = worker_strdup(problem);
 
 		concurrency = SPI_getbinval(tup, desc, 4, &isnull);
 		outbox_concurrency_configure(a, isnull ? 1 :
@@ -321,7 +321,7 @@ outbox_refresh_senders(TimestampTz now)
 
 		if (snd == NULL)
 		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			MemoryContext old = MemoryContextSwitchTo(outbox_worker_cxt);
 
 			snd = palloc0(sizeof(OutboxSender));
 			snd->id = id;

@@ -52,7 +52,7 @@ outbox_policy_refresh(void)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read the error policy: %s", SPI_result_code_string(rc));
 
-	old = MemoryContextSwitchTo(TopMemoryContext);
+	old = MemoryContextSwitchTo(outbox_worker_cxt);
 	if (policy)
 		pfree(policy);
 	policy = palloc0(sizeof(PolicyEntry) * Max(SPI_processed, 1));

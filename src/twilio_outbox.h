@@ -151,6 +151,7 @@ extern bool outbox_slot_attach(bool *held);
 
 /* worker.c: the dispatcher's loop */
 extern PGDLLEXPORT void outbox_worker_main(Datum arg);
+extern MemoryContext outbox_worker_cxt;	/* the dispatcher's long-lived data */
 
 /* control.c: SQL control functions, utility hook, static dispatchers */
 extern void outbox_control_init(void);

@@ -74,7 +74,8 @@ typedef struct Dispatcher
 } Dispatcher;
 
 static Dispatcher *self;
-static MemoryContext worker_cxt;
+/* The dispatcher's long-lived memory: its state, accounts, senders, policy, batches. */
+MemoryContext outbox_worker_cxt = NULL;
 
 /* Copy one account into its published state. */
 static void
@@ -145,7 +146,7 @@ on_done(OutboxMessage *m)
 
 	outbox_decide(m, GetCurrentTimestamp());
 	outbox_account_apply(m->account, m);
-	MemoryContextSwitchTo(worker_cxt);
+	MemoryContextSwitchTo(outbox_worker_cxt);
 	self->done = lappend(self->done, m);
 	/* its account has room again */
 	self->claim_more = true;
@@ -211,11 +212,11 @@ start_claimed(void)
 		}
 		if (m->decided)
 		{
-			MemoryContextSwitchTo(worker_cxt);
+			MemoryContextSwitchTo(outbox_worker_cxt);
 			self->done = lappend(self->done, m);
 		}
 	}
-	MemoryContextSwitchTo(worker_cxt);
+	MemoryContextSwitchTo(outbox_worker_cxt);
 	list_free(self->to_start);
 	self->to_start = NIL;
 }
@@ -410,7 +411,7 @@ database_phase(bool claim, int capacity)
 		}
 		end_phase();
 
-		MemoryContextSwitchTo(worker_cxt);
+		MemoryContextSwitchTo(outbox_worker_cxt);
 		release_done();
 		self->to_start = list_concat(self->to_start, claimed);
 		self->consecutive_errors = 0;
@@ -522,11 +523,11 @@ outbox_worker_main(Datum arg)
 	SetConfigOption("application_name", "twilio_outbox dispatcher", PGC_USERSET, PGC_S_SESSION);
 	pgstat_report_appname("twilio_outbox dispatcher");
 
-	worker_cxt = AllocSetContextCreate(TopMemoryContext, "twilio_outbox dispatcher",
+	outbox_worker_cxt = AllocSetContextCreate(TopMemoryContext, "twilio_outbox dispatcher",
 									   ALLOCSET_DEFAULT_SIZES);
-	scratch = AllocSetContextCreate(worker_cxt, "twilio_outbox loop",
+	scratch = AllocSetContextCreate(outbox_worker_cxt, "twilio_outbox loop",
 									ALLOCSET_DEFAULT_SIZES);
-	MemoryContextSwitchTo(worker_cxt);
+	MemoryContextSwitchTo(outbox_worker_cxt);
 	self = palloc0(sizeof(Dispatcher));
 	self->claim_more = true;
 	outbox_http_init();
