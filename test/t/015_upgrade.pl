@@ -68,12 +68,12 @@ members AS (
 	WHERE refclassid = 'pg_extension'::regclass AND refobjid = ext.oid AND deptype = 'e'
 )
 SELECT string_agg(line, E'\n' ORDER BY line) FROM (
-	SELECT 'rel ' || c.relname || ' ' || c.relkind || ' ' || coalesce(c.relacl::text, '')
+	SELECT 'rel ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '')
 		|| ' ' || coalesce(obj_description(c.oid, 'pg_class'), '') AS line
 	FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
 	UNION ALL
 	SELECT 'col ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-		|| ' ' || a.attnotnull || ' ' || a.attidentity || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+		|| ' ' || a.attnotnull || ' ' || a.attidentity::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
 		|| ' ' || coalesce(a.attacl::text, '') || ' ' || coalesce(col_description(c.oid, a.attnum), '')
 	FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
 	JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -96,7 +96,7 @@ SELECT string_agg(line, E'\n' ORDER BY line) FROM (
 	WHERE c.relkind = 'v'
 	UNION ALL
 	SELECT 'fn ' || p.oid::regprocedure::text || ' ' || pg_get_function_result(p.oid)
-		|| ' ' || p.prokind || ' ' || p.prosecdef || ' ' || p.provolatile || ' ' || p.proisstrict
+		|| ' ' || p.prokind::text || ' ' || p.prosecdef || ' ' || p.provolatile::text || ' ' || p.proisstrict
 		|| ' ' || coalesce(p.proconfig::text, '') || ' ' || coalesce(p.proacl::text, '')
 		|| ' ' || md5(p.prosrc) || ' ' || coalesce(obj_description(p.oid, 'pg_proc'), '')
 	FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid
