@@ -50,6 +50,11 @@ OutboxTest::query($node, q{
 OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
 ok($node->wait_for_log(qr/database "postgres" has twilio_outbox 0\.1 installed.*ALTER EXTENSION twilio_outbox UPDATE/s),
 	'the dispatcher names the installed version and the command to run');
+# The 0.1 view, answered by the new library through the 0.1 entry point.
+is(OutboxTest::query($node, q{SELECT pid IS NOT NULL
+		AND last_error LIKE '%has twilio_outbox 0.1 installed%ALTER EXTENSION twilio_outbox UPDATE%'
+	FROM twilio_outbox.worker}),
+	't', 'the 0.1 worker view shows the running dispatcher and its refusal as last_error');
 is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.messages WHERE state = 'queued'}),
 	'2', 'nothing was claimed from the 0.1 schema');
 is(scalar @{ $standin->requests }, 0, 'nothing was sent from the 0.1 schema');
