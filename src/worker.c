@@ -326,14 +326,15 @@ schema_matches(void)
 		const char *db = get_database_name(MyDatabaseId);
 
 		strlcpy(self->reported, installed ? installed : "", sizeof(self->reported));
+		/* published before it is logged: whoever saw the log sees it in the view */
+		publish(psprintf("database \"%s\" has twilio_outbox %s installed, this library is %s: run ALTER EXTENSION twilio_outbox UPDATE there",
+						 db, installed ? installed : "", OUTBOX_VERSION));
 		ereport(WARNING,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("database \"%s\" has twilio_outbox %s installed, but this server runs the twilio_outbox %s library",
 						db, installed ? installed : "", OUTBOX_VERSION),
 				 errdetail("The dispatcher sends nothing from this database until the extension is updated; it checks again every second."),
 				 errhint("Run ALTER EXTENSION twilio_outbox UPDATE in database \"%s\".", db)));
-		publish(psprintf("database \"%s\" has twilio_outbox %s installed, this library is %s: run ALTER EXTENSION twilio_outbox UPDATE there",
-						 db, installed ? installed : "", OUTBOX_VERSION));
 	}
 	else if (ok && self->reported[0] != '\0')
 	{
