@@ -2,9 +2,11 @@
  *
  * control.c
  *		The SQL functions that control and show the dispatchers (start, stop,
- *		pid, wake, status, accounts, library version), the utility hook that
- *		stops a dispatcher before DROP DATABASE and wakes it on DROP EXTENSION,
- *		and the registration of the dispatchers of twilio_outbox.databases.
+ *		pid, wake, status, accounts, library version), with an entry point
+ *		per SQL signature (0.1 and _0_2), the utility hook that stops a
+ *		dispatcher before DROP DATABASE and wakes it on DROP and ALTER
+ *		EXTENSION, and the registration of the dispatchers of
+ *		twilio_outbox.databases.
  *
  *-------------------------------------------------------------------------
  */
