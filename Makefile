@@ -11,8 +11,12 @@ OBJS = \
 	src/guc.o \
 	src/message.o \
 	src/enqueue.o \
+	src/params.o \
 	src/shmem.o \
 	src/worker.o \
+	src/control.o \
+	src/spi_plan.o \
+	src/registry.o \
 	src/queue.o \
 	src/http.o \
 	src/twilio.o \
@@ -20,10 +24,15 @@ OBJS = \
 	src/ratelimit.o \
 	src/operations.o
 
-# Released install scripts never change; the upgrade to the version in
-# development is built from one file per concern (sql/0.2/README.md).
+# Install scripts are built from one file per concern (sql/README.md).
+# The released 0.1 script is committed as released and never rebuilt:
+# make check-released proves its pieces in sql/0.1 still give its bytes.
+# The upgrade to the version in development and its full install script
+# are generated.
+SQL_0_1 = $(sort $(wildcard sql/0.1/[0-9]*.sql))
+SQL_0_2 = $(sort $(wildcard sql/0.2/[0-9]*.sql))
 DATA = sql/twilio_outbox--0.1.sql
-DATA_built = sql/twilio_outbox--0.1--0.2.sql
+DATA_built = sql/twilio_outbox--0.1--0.2.sql sql/twilio_outbox--0.2.sql
 
 PG_CONFIG ?= pg_config
 # -Wextra's unused-parameter and missing-field-initializers fire on
@@ -33,8 +42,11 @@ SHLIB_LINK = $(shell curl-config --libs)
 
 # Suites, each against a throwaway instance with pg_cron and twilio_outbox
 # preloaded (test/postgresql.conf).
-REGRESS = setup enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
-REGRESS_OPTS = --encoding=UTF8 --temp-instance=tmp_check --temp-config=test/postgresql.conf
+# test/sql and test/expected (pgvector's layout); results go to test/results.
+# Each file makes its own database and fixtures, so any one runs alone.
+REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
+REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
+	--temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles
 ISOLATION_OPTS = --encoding=UTF8 --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
@@ -55,7 +67,7 @@ else ifneq ($(filter-out demo test bench,$(or $(MAKECMDGOALS),all)),)
 $(error $(PG_CONFIG) not found: apt-get install postgresql-server-dev-15 (make demo and make test do), or set PG_CONFIG)
 endif
 
-.PHONY: test demo bench
+.PHONY: test demo bench check-released
 test:
 	bash test/run_all.sh
 
@@ -65,8 +77,20 @@ demo:
 bench:
 	bash bench/run.sh
 
-sql/twilio_outbox--0.1--0.2.sql: $(sort $(wildcard sql/0.2/*.sql))
+sql/twilio_outbox--0.1--0.2.sql: $(SQL_0_2)
 	cat $^ > $@
+
+# The full 0.2 script: what CREATE EXTENSION ... VERSION '0.1' followed by
+# ALTER EXTENSION ... UPDATE runs, in one script (each piece's 00_header,
+# with its \echo guard, left out; install_header.sql has the guard).
+sql/twilio_outbox--0.2.sql: sql/0.2/install_header.sql $(SQL_0_1) $(SQL_0_2)
+	cat sql/0.2/install_header.sql $(filter-out sql/0.1/00_header.sql,$(SQL_0_1)) \
+		$(filter-out sql/0.2/00_header.sql,$(SQL_0_2)) > $@
+
+# The released script is what its pieces give, byte for byte.
+check-released:
+	cat $(SQL_0_1) | cmp - sql/twilio_outbox--0.1.sql
+	@echo "sql/0.1 gives the released sql/twilio_outbox--0.1.sql byte for byte"
 
 # Every object depends on the shared header (PGXS tracks no header changes).
 $(OBJS): src/twilio_outbox.h

@@ -2,10 +2,12 @@
  *
  * ratelimit.c
  *		How fast the dispatcher may send: a token bucket per sender, in
- *		segments per second, and a concurrency cap per account that a 429
- *		halves and successes win back one step at a time.
+ *		segments per second, and each account's runtime state: its pause,
+ *		its run of 429s, and a concurrency cap that a 429 halves and
+ *		successes win back one step at a time.  outbox_account_apply() is
+ *		the one call that applies an attempt's outcome to it.
  *
- * State lives in the dispatcher's memory (TopMemoryContext, like the
+ * State lives in the dispatcher's memory (outbox_worker_cxt, like the
  * account and sender lists it belongs to); nothing here touches the
  * database or throws.
  *
@@ -144,4 +146,22 @@ outbox_concurrency_after(OutboxAccount *a, bool rate_limited)
 		a->cap++;
 		a->successes = 0;
 	}
+}
+
+/*
+ * The one place an attempt's outcome changes its account's runtime state
+ * (pause, run of 429s, concurrency cap), right after outbox_decide(): a
+ * pause holds from now on, before the outcome is even recorded.
+ */
+void
+outbox_account_apply(OutboxAccount *a, const OutboxMessage *m)
+{
+	if (m->pause_account_until > a->paused_until)
+		a->paused_until = m->pause_account_until;
+	if (m->outcome == OUTCOME_SENT)
+		a->consecutive_429 = 0;
+	else if (m->outcome == OUTCOME_RATE_LIMITED)
+		a->consecutive_429++;
+	if (m->outcome == OUTCOME_RATE_LIMITED || m->outcome == OUTCOME_SENT)
+		outbox_concurrency_after(a, m->outcome == OUTCOME_RATE_LIMITED);
 }

@@ -52,7 +52,7 @@ outbox_policy_refresh(void)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read the error policy: %s", SPI_result_code_string(rc));
 
-	old = MemoryContextSwitchTo(TopMemoryContext);
+	old = MemoryContextSwitchTo(outbox_worker_cxt);
 	if (policy)
 		pfree(policy);
 	policy = palloc0(sizeof(PolicyEntry) * Max(SPI_processed, 1));
@@ -163,7 +163,8 @@ retry_or_give_up(OutboxMessage *m)
 
 /*
  * Decide the outcome of a finished attempt from its response: the message's
- * next state and when, and what happens to its account or recipient.
+ * next state and when, and what should happen to its account or recipient.
+ * Reads the account's state, never changes it: outbox_account_apply() does.
  * Allocates in CurrentMemoryContext; never throws on a bad response.
  */
 void
@@ -180,6 +181,10 @@ outbox_decide(OutboxMessage *m, TimestampTz now)
 	m->suppress = false;
 	m->error_message = NULL;
 
+	/* the one place a response body is parsed */
+	if (r->http_status != 0)
+		outbox_parse_response(r);
+
 	if (r->http_status == 0)
 	{
 		/* No response: a plain retry unless the request may have gone out. */
@@ -190,16 +195,13 @@ outbox_decide(OutboxMessage *m, TimestampTz now)
 	else if (r->http_status >= 200 && r->http_status < 300)
 	{
 		/* Created, whatever else the body says. */
-		outbox_parse_response(r);
 		m->outcome = OUTCOME_SENT;
-		m->account->consecutive_429 = 0;
 		if (r->body_malformed || r->twilio_sid == NULL)
 			m->error_message = psprintf("Twilio answered %ld without a readable message SID",
 										r->http_status);
 	}
 	else
 	{
-		outbox_parse_response(r);
 		m->error_message = r->twilio_message ? pstrdup(r->twilio_message) :
 			psprintf("HTTP %ld%s", r->http_status,
 					 r->body_malformed ? " with an unreadable body" : "");
@@ -215,10 +217,10 @@ outbox_decide(OutboxMessage *m, TimestampTz now)
 			/* Never processed: pause the account, do not charge the message. */
 			int64		ra = retry_after_ms(r->retry_after, now);
 
-			m->account->consecutive_429++;
+			/* this 429 is the account's consecutive_429 + 1st in a row */
 			m->delay_ms = ra >= 0 ?
 				ra + (int64) (uniform() * outbox_rate_limit_jitter_ms) :
-				backoff_ms(m->account->consecutive_429);
+				backoff_ms(m->account->consecutive_429 + 1);
 			m->outcome = OUTCOME_RATE_LIMITED;
 			m->pause_account_until = now + m->delay_ms * 1000;
 		}

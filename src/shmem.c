@@ -185,3 +185,64 @@ outbox_wake_at_commit(void)
 	}
 	wake_pending = true;
 }
+
+/* ---------- the slot a dispatcher holds ---------- */
+
+static void
+detach_slot(int code, Datum arg)
+{
+	OutboxSlot *slot;
+
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot = outbox_slot_find(MyDatabaseId, false);
+	if (slot != NULL && slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->in_flight = 0;
+		slot->stopped_at = GetCurrentTimestamp();
+	}
+	LWLockRelease(outbox_shmem_lock());
+}
+
+/*
+ * Take this database's slot; false when another dispatcher holds it, or an
+ * operator's stop_worker(hold => ...) holds this database (a dispatcher of
+ * twilio_outbox.databases that failed is restarted by the postmaster, and
+ * must not end the hold either).
+ */
+bool
+outbox_slot_attach(bool *held)
+{
+	OutboxSlot *slot;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		ok = false;
+
+	*held = false;
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot = outbox_slot_find(MyDatabaseId, true);
+	if (slot != NULL && slot->pid == 0 && slot->held_until > now)
+	{
+		slot->starting_at = 0;
+		*held = true;
+	}
+	else if (slot != NULL && slot->pid == 0)
+	{
+		slot->pid = MyProcPid;
+		slot->pgprocno = MyProc->pgprocno;
+		slot->starting_at = 0;
+		slot->started_at = now;
+		slot->stopped_at = 0;
+		strlcpy(slot->library_version, OUTBOX_VERSION, sizeof(slot->library_version));
+		slot->sent = slot->failed = 0;
+		slot->in_flight = 0;
+		slot->last_error[0] = '\0';
+		slot->last_error_at = 0;
+		slot->naccounts = slot->accounts_total = slot->accounts_unusable = 0;
+		ok = true;
+	}
+	LWLockRelease(outbox_shmem_lock());
+	if (ok)
+		before_shmem_exit(detach_slot, (Datum) 0);
+	return ok;
+}
+

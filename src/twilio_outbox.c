@@ -18,5 +18,5 @@ _PG_init(void)
 {
 	outbox_guc_init();
 	outbox_shmem_init();
-	outbox_worker_init();
+	outbox_control_init();
 }

@@ -16,6 +16,7 @@
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "storage/lwlock.h"
+#include "utils/jsonb.h"
 
 #define OUTBOX_VERSION "0.2"
 #define OUTBOX_SCHEMA "twilio_outbox"
@@ -91,8 +92,11 @@ extern const char *outbox_channel_of(const char *address);
 extern void outbox_count_segments(const char *utf8, OutboxSegments *out);
 extern const char *outbox_encoding_name(OutboxEncoding e);
 
-/* enqueue.c: the SQL entry point */
+/* params.c: Twilio's optional fields, given to twilio_enqueue() in params */
 extern bool outbox_param_is_known(const char *key);
+extern void outbox_check_params(Jsonb *params, TimestampTz earliest,
+								bool *has_schedule, bool *has_send_at,
+								const char **service_param);
 
 /* shmem.c: one slot per database with a dispatcher */
 #define OUTBOX_PUBLISHED_ACCOUNTS 32
@@ -143,10 +147,14 @@ extern LWLock *outbox_shmem_lock(void);
 extern OutboxSlot *outbox_slot_find(Oid dboid, bool create);
 extern void outbox_wake(Oid dboid);
 extern void outbox_wake_at_commit(void);
+extern bool outbox_slot_attach(bool *held);
 
-/* worker.c: the dispatcher */
-extern void outbox_worker_init(void);
+/* worker.c: the dispatcher's loop */
 extern PGDLLEXPORT void outbox_worker_main(Datum arg);
+extern MemoryContext outbox_worker_cxt;	/* the dispatcher's long-lived data */
+
+/* control.c: SQL control functions, utility hook, static dispatchers */
+extern void outbox_control_init(void);
 
 /*
  * The dispatcher's view of an account, refreshed from the tables about once
@@ -308,14 +316,21 @@ extern TimestampTz outbox_bucket_ready_at(OutboxSender *s, TimestampTz now, int 
 extern int	outbox_account_room(OutboxAccount *a, TimestampTz now);
 extern void outbox_concurrency_after(OutboxAccount *a, bool rate_limited);
 extern void outbox_concurrency_configure(OutboxAccount *a, int max_concurrency);
+extern void outbox_account_apply(OutboxAccount *a, const OutboxMessage *m);
 
-/* queue.c: claiming and recording, each in a short transaction */
+/* spi_plan.c: plans prepared once per backend */
 struct _SPI_plan;
 extern struct _SPI_plan *outbox_prepare(struct _SPI_plan **slot, const char *sql,
 										int nargs, Oid *types);
+
+/* registry.c: accounts, credentials, senders, reloaded from the tables */
 extern List *outbox_accounts;
 extern void outbox_refresh_accounts(TimestampTz now);
 extern void outbox_refresh_senders(TimestampTz now);
+extern OutboxAccount *outbox_find_account(const char *name);
+extern OutboxSender *outbox_find_sender(int64 id);
+
+/* queue.c: claiming and recording, each in a short transaction */
 extern int	outbox_expire(void);
 extern int	outbox_rescue(bool all);
 extern int	outbox_sweep_orphans(void);

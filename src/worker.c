@@ -2,8 +2,8 @@
  *
  * worker.c
  *		The dispatcher: one background worker per database that claims due
- *		messages, sends them, and records what came of it.  Also the SQL
- *		functions that start, stop and wake it, and the DROP DATABASE hook.
+ *		messages, sends them, and records what came of it: the loop alone
+ *		(control.c starts, stops and shows it; shmem.c holds its slot).
  *
  * The loop alternates two phases and never mixes them:
  *	 - a database phase, one short transaction: record finished attempts,
@@ -23,7 +23,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -38,27 +42,19 @@
 #include "tcop/utility.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
-PG_FUNCTION_INFO_V1(twilio_outbox_start_worker);
-PG_FUNCTION_INFO_V1(twilio_outbox_stop_worker);
-PG_FUNCTION_INFO_V1(twilio_outbox_worker_pid);
-PG_FUNCTION_INFO_V1(twilio_outbox_wake_worker);
-PG_FUNCTION_INFO_V1(twilio_outbox_worker_status);
-PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts);
-PG_FUNCTION_INFO_V1(twilio_outbox_library_version);
 
 #define REFRESH_INTERVAL_MS	1000
 #define WAKE_REFRESH_MS		100
 #define BUSY_POLL_MS		10
-#define START_WAIT_MS		10000
 #define ERROR_BACKOFF_MS	1000
 
-static ProcessUtility_hook_type prev_utility_hook = NULL;
 
 /* The dispatcher's own state, in its long-lived context. */
 typedef struct Dispatcher
@@ -73,70 +69,13 @@ typedef struct Dispatcher
 	int			consecutive_errors;
 	int64		sent;
 	int64		failed;
+	bool		schema_ok;		/* the installed extension is this library's version */
+	char		reported[NAMEDATALEN];	/* the other version last reported, "" if none */
 } Dispatcher;
 
 static Dispatcher *self;
-static MemoryContext worker_cxt;
-
-/* ---------- the slot this dispatcher holds ---------- */
-
-static void
-detach_slot(int code, Datum arg)
-{
-	OutboxSlot *slot;
-
-	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-	slot = outbox_slot_find(MyDatabaseId, false);
-	if (slot != NULL && slot->pid == MyProcPid)
-	{
-		slot->pid = 0;
-		slot->in_flight = 0;
-		slot->stopped_at = GetCurrentTimestamp();
-	}
-	LWLockRelease(outbox_shmem_lock());
-}
-
-/*
- * Take this database's slot; false when another dispatcher holds it, or an
- * operator's stop_worker(hold => ...) holds this database (a dispatcher of
- * twilio_outbox.databases that failed is restarted by the postmaster, and
- * must not end the hold either).
- */
-static bool
-attach_slot(bool *held)
-{
-	OutboxSlot *slot;
-	TimestampTz now = GetCurrentTimestamp();
-	bool		ok = false;
-
-	*held = false;
-	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-	slot = outbox_slot_find(MyDatabaseId, true);
-	if (slot != NULL && slot->pid == 0 && slot->held_until > now)
-	{
-		slot->starting_at = 0;
-		*held = true;
-	}
-	else if (slot != NULL && slot->pid == 0)
-	{
-		slot->pid = MyProcPid;
-		slot->pgprocno = MyProc->pgprocno;
-		slot->starting_at = 0;
-		slot->started_at = now;
-		slot->stopped_at = 0;
-		strlcpy(slot->library_version, OUTBOX_VERSION, sizeof(slot->library_version));
-		slot->sent = slot->failed = 0;
-		slot->in_flight = 0;
-		slot->last_error[0] = '\0';
-		slot->last_error_at = 0;
-		slot->naccounts = slot->accounts_total = slot->accounts_unusable = 0;
-		ok = true;
-	}
-	LWLockRelease(outbox_shmem_lock());
-	if (ok)
-		before_shmem_exit(detach_slot, (Datum) 0);
-	return ok;
-}
+/* The dispatcher's long-lived memory: its state, accounts, senders, policy, batches. */
+MemoryContext outbox_worker_cxt = NULL;
 
 /* Copy one account into its published state. */
 static void
@@ -206,12 +145,8 @@ on_done(OutboxMessage *m)
 	MemoryContext old = MemoryContextSwitchTo(m->batch->cxt);
 
 	outbox_decide(m, GetCurrentTimestamp());
-	/* a pause holds from now on, before it is even recorded */
-	if (m->pause_account_until > m->account->paused_until)
-		m->account->paused_until = m->pause_account_until;
-	if (m->outcome == OUTCOME_RATE_LIMITED || m->outcome == OUTCOME_SENT)
-		outbox_concurrency_after(m->account, m->outcome == OUTCOME_RATE_LIMITED);
-	MemoryContextSwitchTo(worker_cxt);
+	outbox_account_apply(m->account, m);
+	MemoryContextSwitchTo(outbox_worker_cxt);
 	self->done = lappend(self->done, m);
 	/* its account has room again */
 	self->claim_more = true;
@@ -277,11 +212,11 @@ start_claimed(void)
 		}
 		if (m->decided)
 		{
-			MemoryContextSwitchTo(worker_cxt);
+			MemoryContextSwitchTo(outbox_worker_cxt);
 			self->done = lappend(self->done, m);
 		}
 	}
-	MemoryContextSwitchTo(worker_cxt);
+	MemoryContextSwitchTo(outbox_worker_cxt);
 	list_free(self->to_start);
 	self->to_start = NIL;
 }
@@ -335,6 +270,84 @@ exit_if_dropped(void)
 }
 
 /*
+ * The version of the extension installed in this database, palloc'd, or
+ * NULL when it is not installed.  Needs a transaction.
+ */
+static char *
+installed_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("twilio_outbox"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = text_to_cstring(DatumGetTextPP(d));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * Whether the schema installed in this database is the one this library
+ * was built for.  A library newer (or older) than the schema would run its
+ * queries against tables and functions that are not what it expects: it
+ * does no work there until ALTER EXTENSION twilio_outbox UPDATE, says so
+ * once per version (log, and last_error for the worker view), and is asked
+ * again every second or when woken (the utility hook wakes it when ALTER
+ * EXTENSION commits).  Leaves when the extension is gone.  Runs outside
+ * any transaction, in its own.
+ */
+static bool
+schema_matches(void)
+{
+	char	   *installed;
+	bool		ok;
+
+	StartTransactionCommand();
+	exit_if_dropped();
+	installed = installed_version();
+	ok = installed != NULL && strcmp(installed, OUTBOX_VERSION) == 0;
+	if (!ok && strcmp(self->reported, installed ? installed : "") != 0)
+	{
+		const char *db = get_database_name(MyDatabaseId);
+
+		strlcpy(self->reported, installed ? installed : "", sizeof(self->reported));
+		/* published before it is logged: whoever saw the log sees it in the view */
+		publish(psprintf("database \"%s\" has twilio_outbox %s installed, this library is %s: run ALTER EXTENSION twilio_outbox UPDATE there",
+						 db, installed ? installed : "", OUTBOX_VERSION));
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("database \"%s\" has twilio_outbox %s installed, but this server runs the twilio_outbox %s library",
+						db, installed ? installed : "", OUTBOX_VERSION),
+				 errdetail("The dispatcher sends nothing from this database until the extension is updated; it checks again every second."),
+				 errhint("Run ALTER EXTENSION twilio_outbox UPDATE in database \"%s\".", db)));
+	}
+	else if (ok && self->reported[0] != '\0')
+	{
+		ereport(LOG,
+				(errmsg("twilio_outbox dispatcher: database \"%s\" now has twilio_outbox %s installed, starting work",
+						get_database_name(MyDatabaseId), OUTBOX_VERSION)));
+		self->reported[0] = '\0';
+	}
+	CommitTransactionCommand();
+	return ok;
+}
+
+/*
  * One transaction: record, refresh, claim.  Returns false after an error
  * (rolled back, reported); the unrecorded outcomes are kept for next time.
  */
@@ -348,6 +361,17 @@ database_phase(bool claim, int capacity)
 		(self->refresh_pending && now - self->last_refresh >= WAKE_REFRESH_MS * 1000L);
 	volatile bool ok = true;
 	List	   *volatile claimed = NIL;
+
+	/* every second, and whenever the last look found another version */
+	if (housekeeping || !self->schema_ok)
+	{
+		self->schema_ok = schema_matches();
+		if (!self->schema_ok)
+		{
+			self->claim_more = false;
+			return false;
+		}
+	}
 
 	PG_TRY();
 	{
@@ -388,7 +412,7 @@ database_phase(bool claim, int capacity)
 		}
 		end_phase();
 
-		MemoryContextSwitchTo(worker_cxt);
+		MemoryContextSwitchTo(outbox_worker_cxt);
 		release_done();
 		self->to_start = list_concat(self->to_start, claimed);
 		self->consecutive_errors = 0;
@@ -452,6 +476,9 @@ idle_wait(void)
 		/* a wake-up not yet followed by an account refresh */
 		if (self->refresh_pending)
 			timeout = Min(timeout, WAKE_REFRESH_MS);
+		/* waiting for ALTER EXTENSION UPDATE: look every second */
+		if (!self->schema_ok)
+			timeout = Min(timeout, REFRESH_INTERVAL_MS);
 	}
 	if (timeout == 0)
 	{
@@ -481,7 +508,7 @@ outbox_worker_main(Datum arg)
 	else
 		BackgroundWorkerInitializeConnection(MyBgworkerEntry->bgw_extra, NULL, 0);
 
-	if (!attach_slot(&held))
+	if (!outbox_slot_attach(&held))
 	{
 		if (held)
 			ereport(DEBUG1,
@@ -497,18 +524,33 @@ outbox_worker_main(Datum arg)
 	SetConfigOption("application_name", "twilio_outbox dispatcher", PGC_USERSET, PGC_S_SESSION);
 	pgstat_report_appname("twilio_outbox dispatcher");
 
-	worker_cxt = AllocSetContextCreate(TopMemoryContext, "twilio_outbox dispatcher",
+	outbox_worker_cxt = AllocSetContextCreate(TopMemoryContext, "twilio_outbox dispatcher",
 									   ALLOCSET_DEFAULT_SIZES);
-	scratch = AllocSetContextCreate(worker_cxt, "twilio_outbox loop",
+	scratch = AllocSetContextCreate(outbox_worker_cxt, "twilio_outbox loop",
 									ALLOCSET_DEFAULT_SIZES);
-	MemoryContextSwitchTo(worker_cxt);
+	MemoryContextSwitchTo(outbox_worker_cxt);
 	self = palloc0(sizeof(Dispatcher));
 	self->claim_more = true;
 	outbox_http_init();
 	on_proc_exit((pg_on_exit_callback) outbox_http_shutdown, (Datum) 0);
 
-	/* Whatever a previous dispatcher left in flight comes back first. */
+	/* Only the schema this library was built for: wait until it is. */
 	MemoryContextSwitchTo(scratch);
+	while (!(self->schema_ok = schema_matches()))
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		process_signals();
+		if (ShutdownRequestPending)
+		{
+			ereport(LOG, (errmsg("twilio_outbox dispatcher stopped")));
+			proc_exit(0);
+		}
+		MemoryContextReset(scratch);
+	}
+
+	/* Whatever a previous dispatcher left in flight comes back first. */
 	begin_phase("taking back messages left in flight");
 	exit_if_dropped();
 	outbox_rescue(true);
@@ -527,7 +569,7 @@ outbox_worker_main(Datum arg)
 		process_signals();
 		stopping = ShutdownRequestPending;
 		if (stopping && outbox_http_in_flight() == 0 &&
-			(self->done == NIL || self->consecutive_errors >= 3))
+			(self->done == NIL || self->consecutive_errors >= 3 || !self->schema_ok))
 			break;				/* what could not be recorded is taken back at the next start */
 		if (MyLatch->is_set)
 		{
@@ -578,491 +620,4 @@ outbox_worker_main(Datum arg)
 
 	ereport(LOG, (errmsg("twilio_outbox dispatcher stopped")));
 	proc_exit(0);
-}
-
-/* ---------- SQL functions ---------- */
-
-static void
-require_shmem(void)
-{
-	if (!outbox_shmem_ready())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the twilio_outbox dispatcher needs twilio_outbox in shared_preload_libraries"),
-				 errhint("Add twilio_outbox to shared_preload_libraries and restart the server.")));
-}
-
-/* The pid of a database's dispatcher, 0 when none runs. */
-static pid_t
-current_pid(Oid dboid)
-{
-	OutboxSlot *slot;
-	pid_t		pid = 0;
-
-	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
-	slot = outbox_slot_find(dboid, false);
-	if (slot != NULL)
-		pid = slot->pid;
-	LWLockRelease(outbox_shmem_lock());
-	return pid;
-}
-
-/* Wait, interruptibly, until the database's dispatcher is not pid (or timeout). */
-static bool
-wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
-{
-	TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;
-
-	while (current_pid(dboid) == pid)
-	{
-		if (GetCurrentTimestamp() >= deadline)
-			return false;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 50, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-	return true;
-}
-
-/*
- * start_worker(supervisor boolean DEFAULT false): start this database's
- * dispatcher unless one runs or is starting; return its pid.  An operator's
- * call ends a stop_worker(hold => ...); the supervisor's (pg_cron's job)
- * respects it, and is remembered for the health view.  NULL while a hold or
- * a DROP DATABASE holds the dispatcher off.  (The 0.1 SQL declares no
- * argument: an operator's call.)
- */
-Datum
-twilio_outbox_start_worker(PG_FUNCTION_ARGS)
-{
-	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	OutboxSlot *slot;
-	TimestampTz now = GetCurrentTimestamp();
-	pid_t		pid;
-	BgwHandleStatus status;
-	bool		supervisor = false;
-
-	if (PG_NARGS() > 0)
-	{
-		if (PG_ARGISNULL(0))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("supervisor must not be NULL")));
-		supervisor = PG_GETARG_BOOL(0);
-	}
-	require_shmem();
-	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-	slot = outbox_slot_find(MyDatabaseId, true);
-	if (slot == NULL)
-	{
-		LWLockRelease(outbox_shmem_lock());
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many databases run a twilio_outbox dispatcher"),
-				 errhint("Raise twilio_outbox.max_databases (currently %d) and restart the server.",
-						 outbox_max_databases)));
-	}
-	if (supervisor)
-		slot->supervised_at = now;
-	else
-		slot->held_until = 0;
-	if (slot->pid != 0)
-	{
-		pid = slot->pid;
-		LWLockRelease(outbox_shmem_lock());
-		PG_RETURN_INT32(pid);
-	}
-	if (slot->hold_until > now || slot->held_until > now)
-	{
-		LWLockRelease(outbox_shmem_lock());
-		PG_RETURN_NULL();
-	}
-	if (slot->starting_at != 0 && now - slot->starting_at < START_WAIT_MS * 1000L)
-	{
-		/* Another session is starting it: wait for it to show up. */
-		LWLockRelease(outbox_shmem_lock());
-		wait_for_exit(MyDatabaseId, 0, START_WAIT_MS);
-		pid = current_pid(MyDatabaseId);
-		if (pid == 0)
-			PG_RETURN_NULL();
-		PG_RETURN_INT32(pid);
-	}
-	slot->starting_at = now;
-	LWLockRelease(outbox_shmem_lock());
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "twilio_outbox", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "outbox_worker_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "twilio_outbox dispatcher for %s",
-			 get_database_name(MyDatabaseId));
-	strlcpy(worker.bgw_type, "twilio_outbox dispatcher", BGW_MAXLEN);
-	worker.bgw_main_arg = ObjectIdGetDatum(MyDatabaseId);
-	worker.bgw_notify_pid = MyProcPid;
-
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-	{
-		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-		slot->starting_at = 0;
-		LWLockRelease(outbox_shmem_lock());
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not register the twilio_outbox dispatcher"),
-				 errhint("Raise max_worker_processes.")));
-	}
-	status = WaitForBackgroundWorkerStartup(handle, &pid);
-	if (status != BGWH_STARTED)
-	{
-		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-		slot->starting_at = 0;
-		LWLockRelease(outbox_shmem_lock());
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("could not start the twilio_outbox dispatcher"),
-				 errhint("See the server log.")));
-	}
-	PG_RETURN_INT32(pid);
-}
-
-/* Signal a database's dispatcher to stop and wait for it; false if none ran. */
-static bool
-stop_dispatcher(Oid dboid, long hold_ms)
-{
-	OutboxSlot *slot;
-	pid_t		pid = 0;
-
-	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-	slot = outbox_slot_find(dboid, false);
-	if (slot != NULL)
-	{
-		pid = slot->pid;
-		if (hold_ms > 0)
-			slot->hold_until = GetCurrentTimestamp() + hold_ms * 1000;
-	}
-	LWLockRelease(outbox_shmem_lock());
-	if (pid == 0)
-		return false;
-	if (kill(pid, SIGTERM) != 0)
-		return false;
-	if (!wait_for_exit(dboid, pid, outbox_request_timeout_ms + 10000L))
-		ereport(WARNING,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("twilio_outbox dispatcher (pid %d) has not stopped yet", (int) pid)));
-	return true;
-}
-
-/*
- * stop_worker(hold interval DEFAULT NULL): stop this database's dispatcher;
- * with hold, keep the supervisor (and twilio_outbox.databases) from starting
- * it again for that long, until an operator's start_worker().  The hold is
- * set even when no dispatcher runs.  False if none ran.
- */
-Datum
-twilio_outbox_stop_worker(PG_FUNCTION_ARGS)
-{
-	Interval   *hold = NULL;
-
-	if (PG_NARGS() > 0 && !PG_ARGISNULL(0))
-	{
-		hold = PG_GETARG_INTERVAL_P(0);
-		if (hold->month < 0 || hold->day < 0 || hold->time < 0 ||
-			(hold->month == 0 && hold->day == 0 && hold->time == 0))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("hold must be a positive interval"),
-					 errhint("Leave it out (or NULL) to stop without holding the dispatcher off.")));
-	}
-	require_shmem();
-	if (hold != NULL)
-	{
-		OutboxSlot *slot;
-		TimestampTz until;
-
-		until = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														TimestampTzGetDatum(GetCurrentTimestamp()),
-														IntervalPGetDatum(hold)));
-		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-		slot = outbox_slot_find(MyDatabaseId, true);
-		if (slot != NULL)
-			slot->held_until = until;
-		LWLockRelease(outbox_shmem_lock());
-		if (slot == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("too many databases run a twilio_outbox dispatcher"),
-					 errhint("Raise twilio_outbox.max_databases (currently %d) and restart the server.",
-							 outbox_max_databases)));
-	}
-	PG_RETURN_BOOL(stop_dispatcher(MyDatabaseId, 0));
-}
-
-Datum
-twilio_outbox_worker_pid(PG_FUNCTION_ARGS)
-{
-	pid_t		pid = outbox_shmem_ready() ? current_pid(MyDatabaseId) : 0;
-
-	if (pid == 0)
-		PG_RETURN_NULL();
-	PG_RETURN_INT32(pid);
-}
-
-Datum
-twilio_outbox_wake_worker(PG_FUNCTION_ARGS)
-{
-	outbox_wake_at_commit();
-	PG_RETURN_VOID();
-}
-
-/*
- * library_version(): the version of the library this session runs, the
- * one a dispatcher started now would run when the library is preloaded.
- * Its symbol is new in 0.2: the upgrade script creates the function first,
- * and so fails under a 0.1 library still loaded by a server not restarted.
- */
-Datum
-twilio_outbox_library_version(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_TEXT_P(cstring_to_text(OUTBOX_VERSION));
-}
-
-/*
- * worker_status(): always one row: whether this database's dispatcher runs,
- * and what it published, of the running dispatcher or, when none runs, of
- * the last one since the server started (counters NULL when none ran).
- * The 0.1 SQL declared seven columns (pid NULL when none runs, no row when
- * none ever ran): a new library under the old SQL answers in that shape.
- */
-Datum
-twilio_outbox_worker_status(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	OutboxSlot	copy;
-	bool		found = false;
-	Datum		values[14];
-	bool		nulls[14];
-	int			i;
-
-	InitMaterializedSRF(fcinfo, 0);
-	memset(&copy, 0, sizeof(copy));
-	if (outbox_shmem_ready())
-	{
-		OutboxSlot *slot;
-
-		LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
-		slot = outbox_slot_find(MyDatabaseId, false);
-		if (slot != NULL)
-		{
-			memcpy(&copy, slot, offsetof(OutboxSlot, accounts));
-			found = true;
-		}
-		LWLockRelease(outbox_shmem_lock());
-	}
-	if (rsinfo->setDesc->natts == 7)
-	{
-		if (!found)
-			PG_RETURN_VOID();
-		memset(nulls, 0, sizeof(nulls));
-		values[0] = Int32GetDatum(copy.pid);
-		nulls[0] = copy.pid == 0;
-		values[1] = TimestampTzGetDatum(copy.started_at);
-		nulls[1] = copy.started_at == 0;
-		values[2] = Int32GetDatum(copy.in_flight);
-		values[3] = Int64GetDatum(copy.sent);
-		values[4] = Int64GetDatum(copy.failed);
-		values[5] = CStringGetTextDatum(copy.last_error);
-		nulls[5] = copy.last_error[0] == '\0';
-		values[6] = TimestampTzGetDatum(copy.last_error_at);
-		nulls[6] = copy.last_error_at == 0;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		PG_RETURN_VOID();
-	}
-
-	/*
-	 * running, pid, library_version, started_at, stopped_at, held_until,
-	 * supervised_at, in_flight, sent, dead, last_error, last_error_at,
-	 * accounts, accounts_unusable
-	 */
-	for (i = 0; i < 14; i++)
-		nulls[i] = true;
-	values[0] = BoolGetDatum(copy.pid != 0);
-	nulls[0] = false;
-	if (copy.pid != 0)
-	{
-		values[1] = Int32GetDatum(copy.pid);
-		nulls[1] = false;
-	}
-	if (copy.started_at != 0)
-	{
-		/* a dispatcher ran since the server started: its figures */
-		values[2] = CStringGetTextDatum(copy.library_version);
-		values[3] = TimestampTzGetDatum(copy.started_at);
-		values[7] = Int32GetDatum(copy.in_flight);
-		values[8] = Int64GetDatum(copy.sent);
-		values[9] = Int64GetDatum(copy.failed);
-		values[12] = Int32GetDatum(copy.accounts_total);
-		values[13] = Int32GetDatum(copy.accounts_unusable);
-		nulls[2] = nulls[3] = nulls[7] = nulls[8] = nulls[9] = false;
-		nulls[12] = nulls[13] = false;
-	}
-	if (copy.stopped_at != 0)
-	{
-		values[4] = TimestampTzGetDatum(copy.stopped_at);
-		nulls[4] = false;
-	}
-	if (copy.held_until > GetCurrentTimestamp())
-	{
-		values[5] = TimestampTzGetDatum(copy.held_until);
-		nulls[5] = false;
-	}
-	if (copy.supervised_at != 0)
-	{
-		values[6] = TimestampTzGetDatum(copy.supervised_at);
-		nulls[6] = false;
-	}
-	if (copy.last_error[0] != '\0')
-	{
-		values[10] = CStringGetTextDatum(copy.last_error);
-		values[11] = TimestampTzGetDatum(copy.last_error_at);
-		nulls[10] = nulls[11] = false;
-	}
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	PG_RETURN_VOID();
-}
-
-/*
- * worker_accounts(): per account, the concurrency cap the dispatcher uses
- * now (below max_concurrency after 429s), requests in flight, the pause,
- * and why it cannot use the account (NULL when it can).  No rows when no
- * dispatcher runs.  The 0.1 SQL declared the first five columns only.
- */
-Datum
-twilio_outbox_worker_accounts(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	OutboxSlot *slot;
-	OutboxAccountState *states;
-	int			n = 0;
-	int			i;
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (!outbox_shmem_ready())
-		PG_RETURN_VOID();
-	states = palloc(sizeof(OutboxAccountState) * OUTBOX_PUBLISHED_ACCOUNTS);
-	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
-	slot = outbox_slot_find(MyDatabaseId, false);
-	if (slot != NULL && slot->pid != 0)
-	{
-		n = slot->naccounts;
-		memcpy(states, slot->accounts, sizeof(OutboxAccountState) * n);
-	}
-	LWLockRelease(outbox_shmem_lock());
-
-	for (i = 0; i < n; i++)
-	{
-		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, false, false};
-
-		values[0] = CStringGetTextDatum(states[i].name);
-		values[1] = Int32GetDatum(states[i].max_concurrency);
-		values[2] = Int32GetDatum(states[i].cap);
-		values[3] = Int32GetDatum(states[i].in_flight);
-		values[4] = TimestampTzGetDatum(states[i].paused_until);
-		nulls[4] = states[i].paused_until == 0 || states[i].paused_until <= GetCurrentTimestamp();
-		values[5] = CStringGetTextDatum(states[i].problem);
-		nulls[5] = states[i].problem[0] == '\0';
-		/* under the 0.1 SQL's five columns the sixth value is not read */
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	PG_RETURN_VOID();
-}
-
-/*
- * DROP DATABASE fails while any session is connected, the dispatcher
- * included: stop it first, and keep pg_cron from restarting it meanwhile.
- * DROP EXTENSION wakes it when it commits, so that it leaves at once.
- */
-static void
-outbox_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-			   ProcessUtilityContext context, ParamListInfo params,
-			   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
-{
-	Node	   *parsetree = pstmt->utilityStmt;
-
-	if (IsA(parsetree, DropdbStmt) && outbox_shmem_ready())
-	{
-		Oid			dboid = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
-
-		if (OidIsValid(dboid))
-			stop_dispatcher(dboid, 60 * 1000L);
-	}
-	/* DROP EXTENSION: the dispatcher finds out at once, and leaves. */
-	if (IsA(parsetree, DropStmt) &&
-		((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
-	{
-		ListCell   *lc;
-
-		foreach(lc, ((DropStmt *) parsetree)->objects)
-		{
-			if (strcmp(strVal(lfirst(lc)), "twilio_outbox") == 0)
-				outbox_wake_at_commit();
-		}
-	}
-	if (prev_utility_hook)
-		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
-						  queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-								queryEnv, dest, qc);
-}
-
-/*
- * Register a dispatcher for each database of twilio_outbox.databases, to
- * start with the server and be restarted by it if it fails.
- */
-static void
-register_static_workers(void)
-{
-	char	   *names = pstrdup(outbox_databases);
-	List	   *dbs;
-	ListCell   *lc;
-
-	if (!SplitGUCList(names, ',', &dbs))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid list syntax in twilio_outbox.databases")));
-	foreach(lc, dbs)
-	{
-		const char *db = lfirst(lc);
-		BackgroundWorker worker;
-
-		if (strlen(db) >= BGW_EXTRALEN)
-			ereport(ERROR,
-					(errcode(ERRCODE_NAME_TOO_LONG),
-					 errmsg("database name \"%s\" in twilio_outbox.databases is too long", db)));
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = 10;
-		strlcpy(worker.bgw_library_name, "twilio_outbox", BGW_MAXLEN);
-		strlcpy(worker.bgw_function_name, "outbox_worker_main", BGW_MAXLEN);
-		snprintf(worker.bgw_name, BGW_MAXLEN, "twilio_outbox dispatcher for %s", db);
-		strlcpy(worker.bgw_type, "twilio_outbox dispatcher", BGW_MAXLEN);
-		worker.bgw_main_arg = ObjectIdGetDatum(InvalidOid);
-		strlcpy(worker.bgw_extra, db, BGW_EXTRALEN);
-		RegisterBackgroundWorker(&worker);
-	}
-}
-
-void
-outbox_worker_init(void)
-{
-	if (!process_shared_preload_libraries_in_progress)
-		return;
-	prev_utility_hook = ProcessUtility_hook;
-	ProcessUtility_hook = outbox_utility;
-	register_static_workers();
 }

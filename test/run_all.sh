@@ -3,7 +3,7 @@
 # machine or a developer's.  Installs what is missing (as root), builds and
 # installs the extension, then runs, as the postgres user in a throwaway
 # copy of the tree, each against its own throwaway instance:
-#   pg_regress (sql/, expected/), isolation (test/isolation/),
+#   pg_regress (test/sql, test/expected), isolation (test/isolation/),
 #   TAP (test/t/, PostgreSQL::Test::Cluster), pgTAP (test/pgtap/).
 # Ends with "N passed, N failed" and exits non-zero on any failure.
 set -uo pipefail
@@ -73,8 +73,14 @@ run_suite()
 	rm -f "$out"
 }
 
+# The released install script is what its pieces in sql/0.1 give.
+check_released()
+{
+	if grep -q 'byte for byte' "$1"; then count 1 0; else count 0 1; fi
+}
+run_suite "released script" check_released make -s check-released
 run_suite "pg_regress" count_regress make -s installcheck ISOLATION= TAP_TESTS=
-[ -f "$work/regression.diffs" ] && head -200 "$work/regression.diffs"
+[ -f "$work/test/regression.diffs" ] && head -200 "$work/test/regression.diffs"
 run_suite "isolation" count_regress make -s installcheck REGRESS= TAP_TESTS=
 [ -f "$work/output_iso/regression.diffs" ] && head -200 "$work/output_iso/regression.diffs"
 run_suite "TAP" count_prove make -s installcheck REGRESS= ISOLATION= PROVE_FLAGS=-j2

@@ -25,7 +25,7 @@ case $kind in
 regress)
 	as_pg make -s installcheck ISOLATION= TAP_TESTS= ${1:+REGRESS="$*"}
 	rc=$?
-	[ -f regression.diffs ] && cat regression.diffs ;;
+	[ -f test/regression.diffs ] && cat test/regression.diffs ;;
 isolation)
 	as_pg make -s installcheck REGRESS= TAP_TESTS=
 	rc=$?

@@ -13,6 +13,11 @@ PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
 unset $(compgen -e | grep -E '^PG[A-Z]+$')
 # The Python stand-in and helpers leave no __pycache__ in the source tree.
 export PYTHONDONTWRITEBYTECODE=1
+# Clusters these scripts start (initdb, pg_regress's temporary instance) are
+# UTF-8 whatever the caller's locale: a bare machine's is C, which would
+# make them SQL_ASCII.  C.UTF-8 ships with Debian's libc.
+export LC_ALL=C.UTF-8
+unset LANGUAGE
 
 # Debian packages the project needs; tools that may come from elsewhere
 # (node and npm, say) count as present when their command is.

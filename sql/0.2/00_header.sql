@@ -5,4 +5,3 @@
 
 \echo Use "ALTER EXTENSION twilio_outbox UPDATE TO '0.2'" to load this file. \quit
 
-SET LOCAL search_path = pg_catalog, pg_temp;

@@ -10,13 +10,13 @@
 DROP FUNCTION twilio_outbox.start_worker();
 CREATE FUNCTION twilio_outbox.start_worker(supervisor boolean DEFAULT false) RETURNS integer
 LANGUAGE c VOLATILE
-AS 'MODULE_PATHNAME', 'twilio_outbox_start_worker';
+AS 'MODULE_PATHNAME', 'twilio_outbox_start_worker_0_2';
 COMMENT ON FUNCTION twilio_outbox.start_worker(boolean) IS 'Start this database''s dispatcher unless it runs; returns its pid.  An operator''s call ends a hold; the supervisor''s (supervisor => true) respects it and returns NULL while it lasts';
 
 DROP FUNCTION twilio_outbox.stop_worker();
 CREATE FUNCTION twilio_outbox.stop_worker(hold interval DEFAULT NULL) RETURNS boolean
 LANGUAGE c VOLATILE
-AS 'MODULE_PATHNAME', 'twilio_outbox_stop_worker';
+AS 'MODULE_PATHNAME', 'twilio_outbox_stop_worker_0_2';
 COMMENT ON FUNCTION twilio_outbox.stop_worker(interval) IS 'Stop this database''s dispatcher and wait for it to exit (false if none ran); with hold, the supervisor does not start it again for that long (start_worker() does, and ends the hold)';
 
 /*

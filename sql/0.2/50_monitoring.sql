@@ -1,25 +1,6 @@
 /* views and the functions behind them */
 
 /*
- * A preloaded library is replaced only by a server restart.  Under a 0.1
- * library still loaded, this upgrade's C functions would be answered by
- * the old code: refuse, saying what to do.  (The symbol is new in 0.2.)
- */
-DO $library$
-BEGIN
-	CREATE FUNCTION twilio_outbox.library_version() RETURNS text
-	LANGUAGE c STRICT
-	AS 'MODULE_PATHNAME', 'twilio_outbox_library_version';
-EXCEPTION WHEN undefined_function THEN
-	RAISE EXCEPTION 'the server still runs an older twilio_outbox library'
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-			  DETAIL = 'A library in shared_preload_libraries is replaced only by a server restart.',
-			  HINT = 'Restart the server, then run ALTER EXTENSION twilio_outbox UPDATE again.';
-END
-$library$;
-COMMENT ON FUNCTION twilio_outbox.library_version() IS 'The version of the twilio_outbox library this session (and a dispatcher started now) runs';
-
-/*
  * The dispatcher's views.  worker_status() and worker_accounts() change
  * their columns and health renames "check" to check_name: views and
  * functions are dropped and created again (CREATE OR REPLACE cannot rename
@@ -45,14 +26,14 @@ CREATE FUNCTION twilio_outbox.worker_status(
 	OUT accounts integer, OUT accounts_unusable integer)
 RETURNS SETOF record
 LANGUAGE c VOLATILE STRICT
-AS 'MODULE_PATHNAME', 'twilio_outbox_worker_status';
+AS 'MODULE_PATHNAME', 'twilio_outbox_worker_status_0_2';
 
 CREATE FUNCTION twilio_outbox.worker_accounts(
 	OUT account text, OUT max_concurrency integer, OUT current_cap integer,
 	OUT in_flight integer, OUT paused_until timestamptz, OUT problem text)
 RETURNS SETOF record
 LANGUAGE c VOLATILE STRICT
-AS 'MODULE_PATHNAME', 'twilio_outbox_worker_accounts';
+AS 'MODULE_PATHNAME', 'twilio_outbox_worker_accounts_0_2';
 
 /* Per account, what the dispatcher holds it to right now, and why it cannot use it. */
 CREATE VIEW twilio_outbox.worker_accounts AS

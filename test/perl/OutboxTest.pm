@@ -42,7 +42,7 @@ our @INITDB = (extra => [ '--encoding=UTF8', '--locale=C' ]);
 
 sub node
 {
-	my ($name, $extra_conf) = @_;
+	my ($name, $extra_conf, %opt) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	# The secret reaches the server through its environment, never a statement.
 	$ENV{TWILIO_TEST_AUTH_TOKEN} = $AUTH_TOKEN;
@@ -50,7 +50,8 @@ sub node
 	$node->append_conf('postgresql.conf', $BASE_CONF . ($extra_conf // ''));
 	$node->start;
 	$node->safe_psql('postgres',
-		'CREATE EXTENSION pg_cron; CREATE EXTENSION twilio_outbox;');
+		'CREATE EXTENSION pg_cron; CREATE EXTENSION twilio_outbox'
+		  . (defined $opt{version} ? " VERSION '$opt{version}'" : '') . ';');
 	return $node;
 }
 

@@ -3,6 +3,8 @@
 -- (account_missing), senders' NaN and out-of-range rates and bursts are
 -- brought into range, and a constraint existing rows break is kept for new
 -- rows only, with a warning saying how to validate it.
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS outbox_upgrade;
 CREATE DATABASE outbox_upgrade;
 \c outbox_upgrade
 SET client_min_messages = warning;
@@ -45,5 +47,3 @@ ALTER TABLE twilio_outbox.messages VALIDATE CONSTRAINT messages_account_fkey;
 SELECT conname, convalidated FROM pg_constraint
 WHERE conname IN ('accounts_base_url_http_only_to_loopback', 'messages_account_fkey') ORDER BY conname;
 
-\c contrib_regression
-DROP DATABASE outbox_upgrade;

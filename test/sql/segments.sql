@@ -1,7 +1,18 @@
 -- Encoding and segment count, as carriers bill them.
-CREATE EXTENSION IF NOT EXISTS twilio_outbox;
-NOTICE:  extension "twilio_outbox" already exists, skipping
+-- Its own database and fixtures: this file depends on no other.
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS outbox_segments;
+CREATE DATABASE outbox_segments;
+\c outbox_segments
+SET client_min_messages = warning;
+CREATE EXTENSION twilio_outbox;
+INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
+	VALUES ('main', 'AC0123456789abcdef0123456789abcdef', true);
+INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
+	VALUES ('main', '+15005550006', 'long_code', true);
+RESET client_min_messages;
 TRUNCATE twilio_outbox.messages;
+
 CREATE FUNCTION pg_temp.seg(body text, media text[] DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -10,6 +21,7 @@ BEGIN
 	RETURN (SELECT encoding || ' ' || segments FROM twilio_outbox.messages WHERE id = msg);
 END
 $$;
+
 SELECT label, pg_temp.seg(body) AS encoding_segments FROM (VALUES
 	-- GSM-7: 160 septets in one part, 153 per part beyond
 	('gsm 1', 'a'),
@@ -49,40 +61,6 @@ SELECT label, pg_temp.seg(body) AS encoding_segments FROM (VALUES
 	('gsm 1600', repeat('a', 1600)),
 	('ucs 1600', repeat('ж', 1600))
 ) AS t(label, body);
-    label     | encoding_segments 
---------------+-------------------
- gsm 1        | GSM-7 1
- gsm 160      | GSM-7 1
- gsm 161      | GSM-7 2
- gsm 306      | GSM-7 2
- gsm 307      | GSM-7 3
- gsm 459      | GSM-7 3
- gsm 460      | GSM-7 4
- gsm accents  | GSM-7 1
- gsm newline  | GSM-7 1
- gsm ext 80   | GSM-7 1
- gsm ext 81   | GSM-7 2
- gsm ext mix  | GSM-7 2
- gsm ext mix+ | GSM-7 2
- gsm no split | GSM-7 3
- ucs backtick | UCS-2 1
- ucs 70       | UCS-2 1
- ucs 71       | UCS-2 2
- ucs 134      | UCS-2 2
- ucs 135      | UCS-2 3
- emoji 35     | UCS-2 1
- emoji 36     | UCS-2 2
- emoji 1      | UCS-2 1
- ucs pair 68  | UCS-2 1
- ucs no split | UCS-2 3
- gsm 1600     | GSM-7 11
- ucs 1600     | UCS-2 24
-(26 rows)
 
 -- A message without body (media or template only) counts as one segment.
 SELECT pg_temp.seg(NULL, ARRAY['https://example.com/a.png']) AS media_only;
- media_only 
-------------
- GSM-7 1
-(1 row)
-
