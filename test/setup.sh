@@ -15,9 +15,10 @@ unset $(compgen -e | grep -E '^PG[A-Z]+$')
 export PYTHONDONTWRITEBYTECODE=1
 # Clusters these scripts start (initdb, pg_regress's temporary instance) are
 # UTF-8 whatever the caller's locale: a bare machine's is C, which would
-# make them SQL_ASCII.  C.UTF-8 ships with Debian's libc.
-export LC_ALL=C.UTF-8
-unset LANGUAGE
+# make them SQL_ASCII.  C.UTF-8 ships with Debian's libc.  LANG as well as
+# LC_ALL: pg_regress unsets LC_ALL before its initdb.
+unset $(compgen -e | grep -E '^LC_[A-Z]+$') LANGUAGE
+export LANG=C.UTF-8 LC_ALL=C.UTF-8
 
 # Debian packages the project needs; tools that may come from elsewhere
 # (node and npm, say) count as present when their command is.
