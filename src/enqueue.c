@@ -1232,8 +1232,9 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	 * Our queries resolve names in pg_catalog only, whatever the caller's
 	 * search_path (we run as the owner: a caller's schema must never supply
 	 * an operator or a function), and the saved plans are never re-planned
-	 * for a caller's path.  Cheaper than a SET clause: no GUC work per call.
-	 * An error pops it with the transaction.
+	 * for a caller's path.  On 15 cheaper than a SET clause (no GUC work
+	 * per call; 17 and later: src/compat.h).  An error pops it with the
+	 * (sub)transaction.
 	 */
 	OUTBOX_PIN_SEARCH_PATH(pinned);
 	if (SPI_connect() != SPI_OK_CONNECT)
