@@ -3,6 +3,7 @@
 #   make demo    the whole product on a throwaway cluster (see README.md)
 #   make test    every test suite, from a fresh machine (see README.md)
 #   make bench   benchmarks (never part of make test)
+#   make test-versions   make test on PostgreSQL 15, 17 and 18 (see README.md)
 
 EXTENSION = twilio_outbox
 MODULE_big = twilio_outbox
@@ -63,13 +64,18 @@ override with_llvm = no
 PGXS := $(shell command -v $(PG_CONFIG) >/dev/null 2>&1 && $(PG_CONFIG) --pgxs)
 ifneq ($(PGXS),)
 include $(PGXS)
-else ifneq ($(filter-out demo test bench,$(or $(MAKECMDGOALS),all)),)
-$(error $(PG_CONFIG) not found: apt-get install postgresql-server-dev-15 (make demo and make test do), or set PG_CONFIG)
+else ifneq ($(filter-out demo test test-versions bench,$(or $(MAKECMDGOALS),all)),)
+$(error $(PG_CONFIG) not found: apt-get install postgresql-server-dev-15 (or -17, -18; make demo and make test do), or set PG_CONFIG)
 endif
 
-.PHONY: test demo bench check-released
+.PHONY: test test-versions demo bench check-released
 test:
 	bash test/run_all.sh
+
+# Every suite on each supported major version, 15 here (Debian bookworm) and
+# 17 and 18 in Debian roots cached under /var/cache/twilio_outbox/roots.
+test-versions:
+	bash test/versions.sh $(PG_VERSIONS)
 
 demo:
 	bash test/demo.sh
@@ -93,4 +99,4 @@ check-released:
 	@echo "sql/0.1 gives the released sql/twilio_outbox--0.1.sql byte for byte"
 
 # Every object depends on the shared header (PGXS tracks no header changes).
-$(OBJS): src/twilio_outbox.h
+$(OBJS): src/twilio_outbox.h src/compat.h

@@ -29,6 +29,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -91,9 +92,6 @@ static SPIPlanPtr find_dedupe_plan;
 	"COALESCE((SELECT pg_catalog.bool_or(pg_catalog.pg_has_role(" param "," \
 	" x.role::pg_catalog.oid, 'MEMBER')) FROM twilio_outbox.account_roles x" \
 	" WHERE x.account OPERATOR(pg_catalog.=) a.name), true)"
-
-/* pg_catalog alone, not even pg_temp */
-static OverrideSearchPath pinned_path = {NIL, true, false, 0};
 
 /* What the lookup found: the account and the sender resolved for it. */
 typedef struct ResolvedSender
@@ -735,6 +733,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	Datum		values[19];
 	char		nulls[19];
 	int64		id;
+	OutboxPinnedPath pinned;
 
 	/* The recipient. */
 	if (PG_ARGISNULL(ARG_TO))
@@ -869,10 +868,11 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	 * Our queries resolve names in pg_catalog only, whatever the caller's
 	 * search_path (we run as the owner: a caller's schema must never supply
 	 * an operator or a function), and the saved plans are never re-planned
-	 * for a caller's path.  Cheaper than a SET clause: no GUC work per call.
-	 * An error pops it with the transaction.
+	 * for a caller's path.  On 15 cheaper than a SET clause (no GUC work
+	 * per call; 17 and later: src/compat.h).  An error pops it with the
+	 * (sub)transaction.
 	 */
-	PushOverrideSearchPath(&pinned_path);
+	OUTBOX_PIN_SEARCH_PATH(pinned);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	roles = account_roles_in_use();
@@ -901,7 +901,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);
 	}
 	SPI_finish();
-	PopOverrideSearchPath();
+	OUTBOX_UNPIN_SEARCH_PATH(pinned);
 
 	outbox_wake_at_commit();
 	PG_RETURN_INT64(id);

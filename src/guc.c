@@ -33,10 +33,16 @@ char	   *outbox_secrets_dir = NULL;
 char	   *outbox_databases = NULL;
 char	   *outbox_allowed_hosts = NULL;
 char	   *outbox_allowed_secret_envs = NULL;
-double		outbox_health_rate_limited_share = 0.05;
-double		outbox_health_failure_share = 0.02;
-int			outbox_health_due_age_s = 300;
-int			outbox_health_min_count = 20;
+
+/*
+ * Read by SQL only (twilio_outbox.health() through current_setting): no C
+ * file outside this one uses them, and 18's -Wmissing-variable-declarations
+ * wants a global either declared in a header or static.
+ */
+static double outbox_health_rate_limited_share = 0.05;
+static double outbox_health_failure_share = 0.02;
+static int	outbox_health_due_age_s = 300;
+static int	outbox_health_min_count = 20;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},

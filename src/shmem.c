@@ -228,7 +228,7 @@ outbox_slot_attach(bool *held)
 	else if (slot != NULL && slot->pid == 0)
 	{
 		slot->pid = MyProcPid;
-		slot->pgprocno = MyProc->pgprocno;
+		slot->pgprocno = GetNumberFromPGProc(MyProc);
 		slot->starting_at = 0;
 		slot->started_at = now;
 		slot->stopped_at = 0;

@@ -275,25 +275,28 @@ typedef struct ParseState
 	char	   *field;			/* current top-level field name */
 } ParseState;
 
-static void
+static OutboxJsonAction
 ps_nest_in(void *state)
 {
 	((ParseState *) state)->depth++;
+	OUTBOX_JSON_ACTION_DONE;
 }
 
-static void
+static OutboxJsonAction
 ps_nest_out(void *state)
 {
 	((ParseState *) state)->depth--;
+	OUTBOX_JSON_ACTION_DONE;
 }
 
-static void
+static OutboxJsonAction
 ps_field(void *state, char *fname, bool isnull)
 {
 	ParseState *ps = state;
 
 	if (ps->depth == 1)
 		ps->field = fname;
+	OUTBOX_JSON_ACTION_DONE;
 }
 
 static int
@@ -305,7 +308,7 @@ parse_int(const char *s)
 	return (end != s && *end == '\0' && v > 0 && v < INT_MAX) ? (int) v : 0;
 }
 
-static void
+static OutboxJsonAction
 ps_scalar(void *state, char *token, JsonTokenType type)
 {
 	ParseState *ps = state;
@@ -313,7 +316,7 @@ ps_scalar(void *state, char *token, JsonTokenType type)
 	const char *f = ps->field;
 
 	if (ps->depth != 1 || f == NULL || type == JSON_TOKEN_NULL)
-		return;
+		OUTBOX_JSON_ACTION_DONE;
 	if (strcmp(f, "sid") == 0 && type == JSON_TOKEN_STRING)
 		r->twilio_sid = token;
 	else if (strcmp(f, "status") == 0 && type == JSON_TOKEN_STRING)
@@ -326,6 +329,7 @@ ps_scalar(void *state, char *token, JsonTokenType type)
 	else if ((strcmp(f, "message") == 0 || strcmp(f, "error_message") == 0) &&
 			 type == JSON_TOKEN_STRING && r->twilio_message == NULL)
 		r->twilio_message = token;
+	OUTBOX_JSON_ACTION_DONE;
 }
 
 /*
@@ -358,9 +362,8 @@ outbox_parse_response(OutboxResponse *resp)
 	replace_nul_escapes(resp->body, resp->body_len);
 	PG_TRY();
 	{
-		JsonLexContext *lex = makeJsonLexContextCstringLen(resp->body,
-														   (int) resp->body_len,
-														   PG_UTF8, true);
+		JsonLexContext *lex = outbox_json_lexer(resp->body, resp->body_len,
+												PG_UTF8, true);
 
 		if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
 			resp->body_malformed = true;

@@ -13,6 +13,7 @@
 
 #include "postgres.h"
 
+#include "compat.h"
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "storage/lwlock.h"

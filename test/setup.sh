@@ -1,10 +1,19 @@
 # Shared by test/run_all.sh (make test), test/demo.sh (make demo), the other
 # scripts in test/ and bench/: install what is missing on a Debian bookworm
-# machine, build and install the extension, fetch the test tools.  Sourced,
+# machine (or trixie, forky: PG_MAJOR below), build and install the
+# extension, fetch the test tools.  Sourced,
 # not run.
 
-PG_BIN=/usr/lib/postgresql/15/bin
-PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+# The PostgreSQL major version to build and test against: 15 (Debian
+# bookworm's) unless PG_MAJOR says otherwise (test/versions.sh sets 17 and 18
+# inside Debian trixie and forky roots).
+PG_MAJOR=${PG_MAJOR:-15}
+case $PG_MAJOR in
+15 | 17 | 18) ;;
+*) echo "PG_MAJOR=$PG_MAJOR: twilio_outbox supports PostgreSQL 15, 17 and 18" >&2; exit 2 ;;
+esac
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PGXS_DIR=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs
 
 # Every server these scripts talk to is one they started themselves: the
 # caller's libpq settings (PGHOST, PGPORT, PGDATABASE, PGUSER, PGOPTIONS,
@@ -25,8 +34,8 @@ export LANG=C.UTF-8 LC_ALL=C.UTF-8
 need_packages()
 {
 	local missing=() pkg cmd
-	for pkg in postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev \
-		postgresql-15-cron postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl \
+	for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libcurl4-openssl-dev \
+		postgresql-$PG_MAJOR-cron postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl \
 		libipc-run-perl "$@"; do
 		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
 			missing+=("$pkg")
@@ -44,8 +53,8 @@ need_packages()
 	apt-get update -qq >/dev/null || return 1
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
 	# The Debian package starts a cluster of its own; the tests do not use it.
-	if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 main .* online'; then
-		pg_ctlcluster 15 main stop || true
+	if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q "^$PG_MAJOR main .* online"; then
+		pg_ctlcluster "$PG_MAJOR" main stop || true
 	fi
 }
 

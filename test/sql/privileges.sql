@@ -160,6 +160,10 @@ SET ROLE app_user;
 SET search_path = evil, pg_catalog, public;
 SELECT try($$SELECT twilio_enqueue('+14155552671', 'hijack?', account => 'nope')$$) AS unknown_account,
 	try($$SELECT twilio_enqueue('+14155552671', 'not hijacked')$$) AS enqueued;
+-- twilio_enqueue pins its own lookups (src/compat.h: an override path on
+-- 15, a GUC nest level on 17 and 18) and hands the caller's path back,
+-- after an error too.
+SHOW search_path;
 RESET search_path;
 RESET ROLE;
 SELECT count(*) AS rows_from_hostile_path FROM twilio_outbox.messages WHERE body = 'not hijacked';
