@@ -18,7 +18,8 @@ OBJS = \
 	src/twilio.o \
 	src/retry.o \
 	src/ratelimit.o \
-	src/operations.o
+	src/operations.o \
+	src/callback.o
 
 # Released install scripts never change; the upgrade to the version in
 # development is built from one file per concern (sql/0.2/README.md).
@@ -33,7 +34,7 @@ SHLIB_LINK = $(shell curl-config --libs)
 
 # Suites, each against a throwaway instance with pg_cron and twilio_outbox
 # preloaded (test/postgresql.conf).
-REGRESS = setup enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
+REGRESS = setup enqueue validation segments privileges supervisor monitoring operations constraints callbacks upgrade_0_1
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles
 ISOLATION_OPTS = --inputdir=test/isolation --temp-instance=tmp_check_iso \

@@ -153,8 +153,8 @@ secret_env_allowed(const char *env)
  * white space removed).  NULL with *problem set when it cannot be had; a
  * NULL problem pointer means a problem is already known.
  */
-static char *
-load_secret(char *inline_secret, const char *env, const char *file,
+char *
+outbox_load_secret(char *inline_secret, const char *env, const char *file,
 			const char **problem)
 {
 	char	   *secret = inline_secret;
@@ -273,7 +273,7 @@ outbox_refresh_accounts(TimestampTz now)
 		/* the host decides: no secret is even read for one that is not allowed */
 		if (problem == NULL)
 			problem = outbox_url_refusal(url, NULL);
-		secret = load_secret(SPI_getvalue(tup, desc, 7),
+		secret = outbox_load_secret(SPI_getvalue(tup, desc, 7),
 							 SPI_getvalue(tup, desc, 8),
 							 SPI_getvalue(tup, desc, 9),
 							 problem ? NULL : &problem);
@@ -574,7 +574,9 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 			" FROM c WHERE m.id = c.id AND m.state = 'queued'"
 			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
 			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
-			"  m.content_sid, m.content_variables::text, m.status_callback, m.params,"
+			"  m.content_sid, m.content_variables::text,"
+			/* the message's own callback, else the account's with outbox_id (sql/0.2/35_callbacks.sql) */
+			"  twilio_outbox.status_callback_for(m.status_callback, m.account, m.id), m.params,"
 			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
 			/* what the row's sender and account are now, for the checks below */
 			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"

@@ -18,5 +18,6 @@ _PG_init(void)
 {
 	outbox_guc_init();
 	outbox_shmem_init();
+	outbox_callback_init();
 	outbox_worker_init();
 }

@@ -323,5 +323,10 @@ extern List *outbox_claim(int capacity, TimestampTz now, int *quota);
 extern void outbox_record(List *done);
 extern TimestampTz outbox_next_due(TimestampTz now);
 extern bool outbox_extension_present(void);
+extern char *outbox_load_secret(char *inline_secret, const char *env,
+								const char *file, const char **problem);
+
+/* callback.c: webhooks from Twilio (signature check, counters) */
+extern void outbox_callback_init(void);
 
 #endif							/* TWILIO_OUTBOX_H */

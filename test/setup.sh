@@ -47,6 +47,15 @@ build_and_install()
 {
 	echo "== building and installing twilio_outbox"
 	make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" all
+	# Install scripts another checkout installed (a twilio_outbox--0.2.sql,
+	# say) would win over this tree's 0.1 + upgrade: only this tree's stay.
+	local ext
+	ext=$("$PG_BIN/pg_config" --sharedir)/extension
+	if [ "$(id -u)" = 0 ]; then
+		rm -f "$ext"/twilio_outbox--*.sql
+	else
+		sudo rm -f "$ext"/twilio_outbox--*.sql
+	fi
 	if [ "$(id -u)" = 0 ]; then
 		make -s -C "$1" PG_CONFIG="$PG_BIN/pg_config" install
 	else
