@@ -34,7 +34,8 @@ CREATE FUNCTION status(url text, body text) RETURNS text LANGUAGE sql
 
 -- The signature: URL plus sorted names and values; the URL with and
 -- without its default port; a repeated name's values sorted.
-SELECT sign('https://mycompany.com/myapp.php?foo=1&bar=2',
+-- Twilio's documented example (token 12345): its SDK says 0/KCTR6DLpKmkAf8muzZqo1nDgQ=
+SELECT twilio_outbox.webhook_signature('12345', 'https://mycompany.com/myapp.php?foo=1&bar=2',
 	'CallSid=CA1234567890ABCDE&Caller=%2B12349013030&Digits=1234&From=%2B12349013030&To=%2B18005551212') AS docs_example;
 SELECT sign('https://h.example/p', 'b=2&a=1') = sign('https://h.example/p', 'a=1&b=2') AS order_free,
 	   sign('https://h.example/p', 'a=2&a=1') = sign('https://h.example/p', 'a=1&a=2') AS repeated_sorted,
