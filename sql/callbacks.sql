@@ -205,7 +205,23 @@ SELECT try($$SELECT twilio_outbox.receive_status('https://h.example/k',
 	twilio_outbox.webhook_signature('key-secret', 'https://h.example/k',
 		'AccountSid=AC22222222222222222222222222222222&MessageSid=SM' || lpad('41', 32, '0') || '&MessageStatus=sent'))$$) AS api_key_secret_does_not;
 
--- The webhook role: the two entry points, nothing else.
+-- Twilio's debugger webhook: recorded once per Sid, shown in twilio_errors.
+CREATE FUNCTION debugger(body text) RETURNS text LANGUAGE sql
+	AS $$ SELECT twilio_outbox.receive_debugger('https://hooks.example.com/twilio/debugger', body,
+		sign('https://hooks.example.com/twilio/debugger', body)) $$;
+SELECT debugger('AccountSid=AC11111111111111111111111111111111&Sid=NO0123456789abcdef0123456789abcdef'
+	|| '&Level=Error&PayloadType=application%2Fjson&Timestamp=2026-11-29T09%3A00%3A00Z'
+	|| '&Payload=%7B%22error_code%22%3A%2230001%22%2C%22more_info%22%3A%7B%22msg%22%3A%22Queue+overflow%22%7D%2C'
+	|| '%22webhook%22%3A%7B%22request%22%3A%7B%22url%22%3A%22https%3A%2F%2Fapp.example.com%2Fsms%22%7D%7D%7D') AS first,
+	   debugger('AccountSid=AC11111111111111111111111111111111&Sid=NO0123456789abcdef0123456789abcdef'
+	|| '&Level=Error&PayloadType=application%2Fjson&Timestamp=2026-11-29T09%3A00%3A00Z'
+	|| '&Payload=%7B%22error_code%22%3A%2230001%22%2C%22more_info%22%3A%7B%22msg%22%3A%22Queue+overflow%22%7D%2C'
+	|| '%22webhook%22%3A%7B%22request%22%3A%7B%22url%22%3A%22https%3A%2F%2Fapp.example.com%2Fsms%22%7D%7D%7D') AS again,
+	   debugger('AccountSid=AC11111111111111111111111111111111&Sid=NO1&Level=Warning&Payload=not+json') AS not_json;
+SELECT account, level, error_code, more_info, request_url, occurred_at, sid FROM twilio_outbox.twilio_errors ORDER BY sid;
+SELECT try($$SELECT debugger('AccountSid=AC11111111111111111111111111111111&Level=Error')$$) AS no_sid;
+
+-- The webhook role: the entry points, nothing else.
 SET client_min_messages = warning;
 DROP ROLE IF EXISTS hook_user;
 DROP ROLE IF EXISTS hook_admin;
@@ -218,6 +234,8 @@ SELECT twilio_outbox.receive_status('https://hooks.example.com/twilio/status', c
 SELECT try(sql) AS hook_user, sql FROM (VALUES
 	($$SELECT twilio_outbox.receive_status('https://h.example/p', 'a=1', 'x')$$),
 	($$SELECT twilio_outbox.receive_inbound('https://h.example/p', 'a=1', 'x')$$),
+	($$SELECT twilio_outbox.receive_debugger('https://h.example/p', 'a=1', 'x')$$),
+	($$SELECT count(*) FROM twilio_outbox.twilio_errors$$),
 	($$SELECT twilio_outbox.webhook_signature('t', 'https://h.example/p', 'a=1')$$),
 	($$SELECT twilio_outbox.webhook_verify('https://h.example/p', 'a=1', 'x', NULL)$$),
 	($$SELECT twilio_outbox.webhook_counters()$$),

@@ -391,3 +391,79 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION twilio_outbox.receive_inbound(text, text, text) IS 'An incoming message: full URL Twilio called, raw form body, X-Twilio-Signature.  STOP-type keywords suppress the sender, START-type release it; returns the TwiML to answer with';
+
+/*
+ * Twilio's debugger webhook: the account's errors and warnings at Twilio
+ * (a Messaging Service misconfiguration, 30001 queue overflow, ...), one
+ * row per event Sid (Twilio retries), beside the outbox's own.
+ */
+CREATE TABLE twilio_outbox.debugger_events (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	sid				text NOT NULL UNIQUE,
+	account			text NOT NULL,
+	level			text,
+	error_code		integer,
+	payload			jsonb,
+	params			jsonb NOT NULL,
+	occurred_at		timestamptz,
+	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX debugger_events_received ON twilio_outbox.debugger_events (received_at);
+COMMENT ON TABLE twilio_outbox.debugger_events IS 'Events of Twilio''s debugger webhook (receive_debugger), one per Sid; params as received, payload the parsed Payload when it is JSON';
+
+/*
+ * twilio_outbox.receive_debugger(url, body, signature): one debugger event.
+ * Returns 'recorded' or 'duplicate'.  Refusals as receive_status.
+ */
+CREATE FUNCTION twilio_outbox.receive_debugger(url text, body text, signature text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+	p jsonb;
+	payload jsonb;
+	occurred timestamptz;
+	new_id bigint;
+BEGIN
+	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature, ARRAY['Sid']);
+	p := v.params;
+	IF pg_catalog.jsonb_typeof(p OPERATOR(pg_catalog.->) 'Sid') OPERATOR(pg_catalog.<>) 'string'
+	   OR pg_catalog.length(p OPERATOR(pg_catalog.->>) 'Sid') OPERATOR(pg_catalog.>) 64 THEN
+		RAISE EXCEPTION 'invalid Sid "%" in debugger event', twilio_outbox.clip_input(p OPERATOR(pg_catalog.->>) 'Sid')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	/* Payload is JSON text by PayloadType; kept raw in params when it is not */
+	BEGIN
+		payload := (p OPERATOR(pg_catalog.->>) 'Payload')::jsonb;
+	EXCEPTION WHEN invalid_text_representation THEN
+		payload := NULL;
+	END;
+	BEGIN
+		occurred := (p OPERATOR(pg_catalog.->>) 'Timestamp')::timestamptz;
+	EXCEPTION WHEN OTHERS THEN
+		occurred := NULL;
+	END;
+	INSERT INTO twilio_outbox.debugger_events (sid, account, level, error_code, payload, params, occurred_at)
+	VALUES (p OPERATOR(pg_catalog.->>) 'Sid', v.account, pg_catalog.left(p OPERATOR(pg_catalog.->>) 'Level', 32),
+		CASE WHEN payload OPERATOR(pg_catalog.->>) 'error_code' OPERATOR(pg_catalog.~) '^[0-9]{1,9}$'
+			 THEN (payload OPERATOR(pg_catalog.->>) 'error_code')::integer END,
+		payload, p, occurred)
+	ON CONFLICT (sid) DO NOTHING
+	RETURNING id INTO new_id;
+	RETURN CASE WHEN new_id IS NULL THEN 'duplicate' ELSE 'recorded' END;
+END
+$$;
+COMMENT ON FUNCTION twilio_outbox.receive_debugger(text, text, text) IS 'Twilio''s debugger webhook: full URL, raw form body, X-Twilio-Signature.  Validates and records the event once per Sid';
+
+/* The debugger's events, newest first, for psql. */
+CREATE VIEW twilio_outbox.twilio_errors AS
+SELECT e.received_at, e.occurred_at, e.account, e.level, e.error_code,
+	e.payload OPERATOR(pg_catalog.->>) 'more_info' AS more_info,
+	e.payload OPERATOR(pg_catalog.->) 'webhook' OPERATOR(pg_catalog.->) 'request' OPERATOR(pg_catalog.->>) 'url' AS request_url,
+	e.sid
+FROM twilio_outbox.debugger_events e
+ORDER BY e.received_at DESC;
+COMMENT ON VIEW twilio_outbox.twilio_errors IS 'Errors and warnings Twilio''s debugger webhook reported, newest first';

@@ -70,3 +70,10 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.webhook_counters(), twilio_outbox.status
 GRANT EXECUTE ON FUNCTION twilio_outbox.webhook_signature(text, text, text)
 	TO twilio_outbox_admin;
 GRANT SELECT (auth_token_env, auth_token_file) ON twilio_outbox.account_credentials TO twilio_outbox_admin;
+REVOKE ALL ON FUNCTION twilio_outbox.receive_debugger(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.receive_debugger(text, text, text)
+	TO twilio_outbox_webhook, twilio_outbox_admin;
+REVOKE ALL ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors FROM PUBLIC;
+REVOKE ALL ON SEQUENCE twilio_outbox.debugger_events_id_seq FROM PUBLIC;
+GRANT SELECT ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors TO twilio_outbox_monitor;
+GRANT DELETE ON twilio_outbox.debugger_events TO twilio_outbox_admin;
