@@ -21,6 +21,7 @@ INSERT INTO twilio_outbox.account_credentials (account, api_key_sid, secret)
 	VALUES ('keyed', 'SK22222222222222222222222222222222', 'key-secret');
 RESET client_min_messages;
 CREATE TEMP TABLE counters_before AS SELECT * FROM twilio_outbox.webhook_counters();
+SELECT count(*) AS events_before FROM twilio_outbox.status_events \gset
 CREATE FUNCTION sign(url text, body text) RETURNS text LANGUAGE sql
 	AS $$ SELECT twilio_outbox.webhook_signature('cb-auth-token', url, body) $$;
 -- a status callback body for message sid SM<n> with this status
@@ -66,7 +67,7 @@ SELECT try(sql) AS refused, sql FROM (VALUES
 	($$SELECT status('https://h.example/p', cb_body(1, 'sent%20now'))$$),
 	($$SELECT status('https://h.example/p', cb_body(1, 'failed', '&ErrorCode=3000x'))$$)
 ) AS t(sql);
-SELECT count(*) AS events_recorded FROM twilio_outbox.status_events;
+SELECT count(*) - :events_before AS events_recorded FROM twilio_outbox.status_events;
 -- counted, although each refusal rolled back its statement
 SELECT c.verdict, c.webhooks - b.webhooks AS counted, c.last_refused_at IS NOT NULL AS last_refused_set
 FROM twilio_outbox.webhook_counters() c JOIN counters_before b USING (verdict) ORDER BY verdict;

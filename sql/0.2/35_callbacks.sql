@@ -55,12 +55,13 @@ COMMENT ON COLUMN twilio_outbox.accounts.status_callback_url IS 'base URL of the
 
 /*
  * The StatusCallback a message is sent with: its own, else the account's
- * base URL with the message id.  Plain SQL, fully qualified, no SET: the
- * claim query inlines it.
+ * base URL with the message id.  Called by the claim query for each
+ * message it claims.
  */
 CREATE FUNCTION twilio_outbox.status_callback_for(status_callback text, account text, message_id bigint)
 RETURNS text
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT COALESCE($1, (
 		SELECT a.status_callback_url
@@ -124,6 +125,7 @@ CREATE INDEX messages_queued_to ON twilio_outbox.messages (to_number)
  */
 CREATE FUNCTION twilio_outbox.status_rank(status text) RETURNS integer
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT CASE $1
 		WHEN 'accepted' THEN 1 WHEN 'scheduled' THEN 1 WHEN 'queued' THEN 1
