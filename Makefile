@@ -23,7 +23,8 @@ OBJS = \
 	src/twilio.o \
 	src/retry.o \
 	src/ratelimit.o \
-	src/operations.o
+	src/operations.o \
+	src/callback.o
 
 # Install scripts are built from one file per concern (sql/README.md).
 # The released 0.1 script is committed as released and never rebuilt:
@@ -45,7 +46,7 @@ SHLIB_LINK = $(shell curl-config --libs)
 # preloaded (test/postgresql.conf).
 # test/sql and test/expected (pgvector's layout); results go to test/results.
 # Each file makes its own database and fixtures, so any one runs alone.
-REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints upgrade_0_1
+REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks upgrade_0_1
 REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles

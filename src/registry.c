@@ -74,9 +74,9 @@ secret_env_allowed(const char *env)
  * white space removed).  NULL with *problem set when it cannot be had; a
  * NULL problem pointer means a problem is already known.
  */
-static char *
-load_secret(char *inline_secret, const char *env, const char *file,
-			const char **problem)
+char *
+outbox_load_secret(char *inline_secret, const char *env, const char *file,
+				   const char **problem)
 {
 	char	   *secret = inline_secret;
 
@@ -194,7 +194,7 @@ outbox_refresh_accounts(TimestampTz now)
 		/* the host decides: no secret is even read for one that is not allowed */
 		if (problem == NULL)
 			problem = outbox_url_refusal(url, NULL);
-		secret = load_secret(SPI_getvalue(tup, desc, 7),
+		secret = outbox_load_secret(SPI_getvalue(tup, desc, 7),
 							 SPI_getvalue(tup, desc, 8),
 							 SPI_getvalue(tup, desc, 9),
 							 problem ? NULL : &problem);

@@ -19,4 +19,5 @@ _PG_init(void)
 	outbox_guc_init();
 	outbox_shmem_init();
 	outbox_control_init();
+	outbox_callback_init();
 }

@@ -330,6 +330,8 @@ extern void outbox_refresh_accounts(TimestampTz now);
 extern void outbox_refresh_senders(TimestampTz now);
 extern OutboxAccount *outbox_find_account(const char *name);
 extern OutboxSender *outbox_find_sender(int64 id);
+extern char *outbox_load_secret(char *inline_secret, const char *env,
+								const char *file, const char **problem);
 
 /* queue.c: claiming and recording, each in a short transaction */
 extern int	outbox_expire(void);
@@ -339,5 +341,8 @@ extern List *outbox_claim(int capacity, TimestampTz now, int *quota);
 extern void outbox_record(List *done);
 extern TimestampTz outbox_next_due(TimestampTz now);
 extern bool outbox_extension_present(void);
+
+/* callback.c: webhooks from Twilio (signature check, counters) */
+extern void outbox_callback_init(void);
 
 #endif							/* TWILIO_OUTBOX_H */

@@ -157,6 +157,33 @@ install_prism()
 	export TWILIO_OUTBOX_PRISM=$dir/node_modules/.bin/prism
 }
 
+# Twilio's official Node SDK, the signature oracle of
+# test/t/016_signature_oracle.pl, installed by npm ci from
+# test/twilio_sdk/package.json and its lock file (pinned, with integrity
+# hashes) into a directory of the cache named after both.  Exports
+# TWILIO_OUTBOX_TWILIO_SDK, its node_modules.
+install_twilio_sdk()
+{
+	local cache key dir tmp
+	cache=$(tools_cache) || return 1
+	key=$(cat "$top/test/twilio_sdk/package.json" "$top/test/twilio_sdk/package-lock.json" | sha256sum | cut -c1-16)
+	dir=$cache/twilio_sdk-$key
+	if [ ! -f "$dir/node_modules/twilio/lib/webhooks/webhooks.js" ]; then
+		echo "== installing Twilio's Node SDK (the signature oracle) with npm ci, into $dir"
+		tmp=$(mktemp -d "$cache/.twilio_sdk.XXXXXX") || return 1
+		cp "$top/test/twilio_sdk/package.json" "$top/test/twilio_sdk/package-lock.json" "$tmp/"
+		if ! (umask 022 && cd "$tmp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+			echo "error: npm ci of test/twilio_sdk/package.json failed" >&2
+			rm -rf "$tmp"
+			return 1
+		fi
+		chmod 755 "$tmp"
+		[ -f "$dir/node_modules/twilio/lib/webhooks/webhooks.js" ] || rm -rf "$dir"
+		mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
+	fi
+	export TWILIO_OUTBOX_TWILIO_SDK=$dir/node_modules
+}
+
 # Twilio's OpenAPI description of its 2010 API, for the contract test: one
 # file of an npm package, both pinned in test/twilio_openapi.pin with the
 # file's sha256.  Fetched once with npm pack into the cache; a file whose
@@ -197,7 +224,8 @@ test_tools()
 	local ok=0
 	install_prism || ok=1
 	fetch_twilio_spec || ok=1
-	[ $ok -eq 0 ] || echo "error: test tools missing: test/t/010_contract_prism.pl will fail" >&2
+	install_twilio_sdk || ok=1
+	[ $ok -eq 0 ] || echo "error: test tools missing: test/t/010_contract_prism.pl or 016_signature_oracle.pl will fail" >&2
 	return $ok
 }
 

@@ -44,3 +44,36 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.purge_cutoff(interval),
 	twilio_outbox.purge_attempts_batch(timestamptz, integer),
 	twilio_outbox.purge_status_events_batch(timestamptz, integer)
 	TO twilio_outbox_admin;
+
+
+/*
+ * H7: webhooks (35_callbacks.sql).  twilio_outbox_webhook may call the
+ * receive_* functions (SECURITY DEFINER) and nothing else; webhook_verify
+ * reads credentials and is executable by no role.  The admin role may
+ * name the validation token (never read an inline one back).
+ */
+GRANT USAGE ON SCHEMA twilio_outbox TO twilio_outbox_webhook;
+REVOKE ALL ON FUNCTION twilio_outbox.webhook_verify(text, text, text, text[]),
+	twilio_outbox.webhook_signature(text, text, text),
+	twilio_outbox.webhook_counters(),
+	twilio_outbox.suppress_recipient(text, text, text, integer, bigint),
+	twilio_outbox.receive_status(text, text, text),
+	twilio_outbox.receive_inbound(text, text, text),
+	twilio_outbox.status_rank(text),
+	twilio_outbox.status_callback_for(text, text, bigint)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.receive_status(text, text, text),
+	twilio_outbox.receive_inbound(text, text, text)
+	TO twilio_outbox_webhook, twilio_outbox_admin;
+GRANT EXECUTE ON FUNCTION twilio_outbox.webhook_counters(), twilio_outbox.status_rank(text)
+	TO twilio_outbox_monitor;
+GRANT EXECUTE ON FUNCTION twilio_outbox.webhook_signature(text, text, text)
+	TO twilio_outbox_admin;
+GRANT SELECT (auth_token_env, auth_token_file) ON twilio_outbox.account_credentials TO twilio_outbox_admin;
+REVOKE ALL ON FUNCTION twilio_outbox.receive_debugger(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.receive_debugger(text, text, text)
+	TO twilio_outbox_webhook, twilio_outbox_admin;
+REVOKE ALL ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors FROM PUBLIC;
+REVOKE ALL ON SEQUENCE twilio_outbox.debugger_events_id_seq FROM PUBLIC;
+GRANT SELECT ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors TO twilio_outbox_monitor;
+GRANT DELETE ON twilio_outbox.debugger_events TO twilio_outbox_admin;

@@ -5,7 +5,7 @@ SELECT plan(30);
 SELECT has_schema('twilio_outbox');
 SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
 	'messages', 'attempts', 'dead_letters', 'error_policy', 'suppressed_recipients',
-	'status_events', 'account_roles']);
+	'status_events', 'account_roles', 'debugger_events']);
 SELECT has_function('public', 'twilio_enqueue', 'twilio_enqueue is in the extension''s schema');
 SELECT is_definer('public', 'twilio_enqueue',
 	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
@@ -64,14 +64,14 @@ SELECT index_is_unique('twilio_outbox', 'messages', 'messages_dedupe');
 SELECT enum_has_labels('twilio_outbox', 'message_state', ARRAY['queued', 'sending', 'sent',
 	'delivered', 'undelivered', 'failed', 'ambiguous', 'dead', 'canceled']);
 
--- The error policy is seeded with the codes DESIGN.md names.
+-- The error policy is seeded with the codes DESIGN.md names (30003 and 30008, delivery errors of status callbacks, since 0.2).
 SELECT results_eq(
 	$$SELECT code, action::text FROM twilio_outbox.error_policy
 	  WHERE source = 'twilio' ORDER BY code$$,
 	$$VALUES (20003, 'pause_account'), (20429, 'retry'), (21211, 'dead'), (21408, 'dead'),
 	  (21602, 'dead'), (21604, 'dead'), (21606, 'dead'), (21610, 'suppress'),
-	  (21612, 'dead'), (21614, 'dead'), (21617, 'dead'), (30004, 'dead'), (30005, 'dead'),
-	  (30006, 'dead'), (30007, 'dead'), (30034, 'dead')$$,
+	  (21612, 'dead'), (21614, 'dead'), (21617, 'dead'), (30003, 'dead'), (30004, 'dead'), (30005, 'dead'),
+	  (30006, 'dead'), (30007, 'dead'), (30008, 'dead'), (30034, 'dead')$$,
 	'Twilio codes and their actions');
 SELECT results_eq(
 	$$SELECT code, action::text FROM twilio_outbox.error_policy

@@ -1,0 +1,471 @@
+/* webhooks from Twilio: status callbacks and inbound opt-outs (src/callback.c) */
+
+/*
+ * The role a webhook endpoint (the thin receiver, or the application's own)
+ * connects as: it may call the receive_* functions and nothing else, not
+ * even read the tables they write.
+ */
+DO $role$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'twilio_outbox_webhook') THEN
+		CREATE ROLE twilio_outbox_webhook NOLOGIN;
+	END IF;
+END
+$role$;
+
+/*
+ * The auth token that validates the account's webhooks.  Twilio signs with
+ * the account's auth token even when the outbox sends with an API key, so
+ * such an account names it here, the same three ways as the secret (inline,
+ * server environment variable, file in twilio_outbox.secrets_dir) and, like
+ * the secret, readable by no role (the admin role may read the env and
+ * file names).  With none of the three, an account that sends with its auth
+ * token (no api_key_sid) validates with its secret.
+ */
+ALTER TABLE twilio_outbox.account_credentials
+	ADD COLUMN auth_token text
+		CONSTRAINT account_credentials_auth_token_printable
+		CHECK (auth_token OPERATOR(pg_catalog.<>) '' AND auth_token OPERATOR(pg_catalog.!~) '[[:cntrl:]]'),
+	ADD COLUMN auth_token_env text
+		CONSTRAINT account_credentials_auth_token_env_twilio_name
+		CHECK (auth_token_env OPERATOR(pg_catalog.~) '^TWILIO_[A-Z0-9_]+$'),
+	ADD COLUMN auth_token_file text
+		CONSTRAINT account_credentials_auth_token_file_plain_name
+		CHECK (auth_token_file OPERATOR(pg_catalog.~) '^[A-Za-z0-9_-][A-Za-z0-9._-]*$'),
+	ADD CONSTRAINT account_credentials_one_auth_token
+		CHECK (pg_catalog.num_nonnulls(auth_token, auth_token_env, auth_token_file) OPERATOR(pg_catalog.<=) 1);
+COMMENT ON COLUMN twilio_outbox.account_credentials.auth_token_env IS 'server environment variable holding the auth token that validates webhooks (needed when sending with an API key)';
+COMMENT ON COLUMN twilio_outbox.account_credentials.auth_token_file IS 'file in twilio_outbox.secrets_dir holding the auth token that validates webhooks';
+
+/*
+ * Where Twilio should post the account's status callbacks.  When set, the
+ * dispatcher sends StatusCallback = this URL plus outbox_id=<message id>
+ * for every message enqueued without a status_callback of its own: Twilio
+ * signs the whole URL, so a callback names our row even when the 201 that
+ * carried the SID never arrived.  https, or http to a loopback address.
+ */
+ALTER TABLE twilio_outbox.accounts
+	ADD COLUMN status_callback_url text
+		CONSTRAINT accounts_status_callback_url_form CHECK (
+			pg_catalog.length(status_callback_url) OPERATOR(pg_catalog.<=) 1900
+			AND status_callback_url OPERATOR(pg_catalog.~) '^https?://[A-Za-z0-9.:\[\]-]+(/[^[:space:][:cntrl:]"<>\\^`{|}#]*)?$'
+			AND (status_callback_url OPERATOR(pg_catalog.~) '^https://'
+				 OR status_callback_url OPERATOR(pg_catalog.~) '^http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]+)?(/|$)'));
+COMMENT ON COLUMN twilio_outbox.accounts.status_callback_url IS 'base URL of the status callback the outbox sets itself (with ?outbox_id=<id>) on messages that name none';
+
+/*
+ * The StatusCallback a message is sent with: its own, else the account's
+ * base URL with the message id.  Called by the claim query for each
+ * message it claims.
+ */
+CREATE FUNCTION twilio_outbox.status_callback_for(status_callback text, account text, message_id bigint)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT COALESCE($1, (
+		SELECT a.status_callback_url
+			OPERATOR(pg_catalog.||) CASE WHEN pg_catalog.strpos(a.status_callback_url, '?') OPERATOR(pg_catalog.>) 0 THEN '&' ELSE '?' END
+			OPERATOR(pg_catalog.||) 'outbox_id='
+			OPERATOR(pg_catalog.||) $3::text
+		FROM twilio_outbox.accounts a WHERE a.name OPERATOR(pg_catalog.=) $2))
+$$;
+
+/* A message undelivered per its delivery error and the error policy. */
+ALTER TABLE twilio_outbox.dead_letters DROP CONSTRAINT dead_letters_reason_known;
+ALTER TABLE twilio_outbox.dead_letters ADD CONSTRAINT dead_letters_reason_known CHECK (
+	reason OPERATOR(pg_catalog.=) ANY (ARRAY['expired', 'rejected', 'attempts_exhausted',
+		'suppressed', 'sender_missing', 'account_missing', 'invalid_message', 'undelivered']));
+
+/* Delivery errors of the callbacks that 0.1's policy did not list. */
+INSERT INTO twilio_outbox.error_policy (source, code, action, description) VALUES
+	('twilio', 30003, 'dead', 'unreachable destination handset'),
+	('twilio', 30008, 'dead', 'unknown delivery error')
+ON CONFLICT DO NOTHING;
+
+/*
+ * Status events: what each callback did, and one row per (MessageSid,
+ * MessageStatus): Twilio retries callbacks, the same pair twice changes
+ * nothing.  0.1 never wrote this table; rows an application wrote are
+ * deduplicated, the earliest of each pair kept.
+ */
+ALTER TABLE twilio_outbox.status_events
+	ADD COLUMN account text,
+	ADD COLUMN message_id bigint,
+	ADD COLUMN signature_verified boolean,
+	ADD COLUMN verdict text;
+COMMENT ON COLUMN twilio_outbox.status_events.verdict IS 'what the callback did: applied, stale (a status of the same or lower rank came first), unknown_status, unmatched (no such message), not_sent, other_sid (a second message Twilio created for this row), finished (the message is dead or canceled)';
+COMMENT ON COLUMN twilio_outbox.status_events.payload IS 'every field of the callback as received; a repeated name''s values as an array';
+DO $dedupe$
+DECLARE
+	n bigint;
+BEGIN
+	DELETE FROM twilio_outbox.status_events e
+	WHERE EXISTS (SELECT 1 FROM twilio_outbox.status_events f
+				  WHERE f.message_sid OPERATOR(pg_catalog.=) e.message_sid
+					AND f.message_status OPERATOR(pg_catalog.=) e.message_status
+					AND f.id OPERATOR(pg_catalog.<) e.id);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n OPERATOR(pg_catalog.>) 0 THEN
+		RAISE NOTICE 'twilio_outbox: % duplicate status events removed (same MessageSid and MessageStatus; the earliest kept)', n;
+	END IF;
+END
+$dedupe$;
+DROP INDEX twilio_outbox.status_events_sid;
+CREATE UNIQUE INDEX status_events_sid_status ON twilio_outbox.status_events (message_sid, message_status);
+
+/* An opt-out dead-letters the recipient's queued messages: found by this index, not a scan. */
+CREATE INDEX messages_queued_to ON twilio_outbox.messages (to_number)
+	WHERE state OPERATOR(pg_catalog.=) 'queued';
+
+/*
+ * The rank of a message status: a callback never moves a message to a
+ * lower or equal rank, whatever order callbacks arrive in.  NULL: a status
+ * this version does not know (recorded, not applied).
+ */
+CREATE FUNCTION twilio_outbox.status_rank(status text) RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE $1
+		WHEN 'accepted' THEN 1 WHEN 'scheduled' THEN 1 WHEN 'queued' THEN 1
+		WHEN 'sending' THEN 2
+		WHEN 'sent' THEN 3
+		WHEN 'delivered' THEN 4 WHEN 'undelivered' THEN 4 WHEN 'failed' THEN 4 WHEN 'canceled' THEN 4
+		WHEN 'read' THEN 5
+	END
+$$;
+COMMENT ON FUNCTION twilio_outbox.status_rank(text) IS 'accepted, scheduled, queued 1 < sending 2 < sent 3 < delivered, undelivered, failed, canceled 4 < read 5; NULL for any other status';
+
+/* The C side: signature check, a test signer, the counters. */
+CREATE FUNCTION twilio_outbox.webhook_verify(url text, body text, signature text, required text[],
+	OUT account text, OUT params jsonb)
+RETURNS record
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'twilio_outbox_webhook_verify';
+COMMENT ON FUNCTION twilio_outbox.webhook_verify(text, text, text, text[]) IS 'Check a webhook''s X-Twilio-Signature with its account''s auth token; the account and every field received.  Internal: reads credentials, executable by no role';
+
+CREATE FUNCTION twilio_outbox.webhook_signature(auth_token text, url text, body text) RETURNS text
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'twilio_outbox_webhook_signature';
+COMMENT ON FUNCTION twilio_outbox.webhook_signature(text, text, text) IS 'The X-Twilio-Signature Twilio sends for this URL and raw form body under this auth token (for testing an endpoint)';
+
+CREATE FUNCTION twilio_outbox.webhook_counters(OUT verdict text, OUT webhooks bigint, OUT last_refused_at timestamptz)
+RETURNS SETOF record
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'twilio_outbox_webhook_counters';
+COMMENT ON FUNCTION twilio_outbox.webhook_counters() IS 'Webhooks accepted and refused (bad_signature, unknown_account, no_auth_token, malformed) since the server started, whole cluster; no rows unless the library is preloaded';
+
+/*
+ * Suppress a recipient for every account of one Twilio account (the same
+ * AccountSid), and dead-letter what is queued to it there as 'suppressed'.
+ */
+CREATE FUNCTION twilio_outbox.suppress_recipient(account_sid text, recipient text,
+	reason text, twilio_code integer, message_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	INSERT INTO twilio_outbox.suppressed_recipients (account, to_number, reason, twilio_code, message_id)
+	SELECT a.name, recipient, suppress_recipient.reason, suppress_recipient.twilio_code, suppress_recipient.message_id
+	FROM twilio_outbox.accounts a
+	WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(suppress_recipient.account_sid)
+	ON CONFLICT DO NOTHING;
+	WITH dead AS (
+		UPDATE twilio_outbox.messages m
+		SET state = 'dead', finished_at = pg_catalog.now(), updated_at = pg_catalog.now(),
+			last_error_message = 'the recipient is suppressed: ' OPERATOR(pg_catalog.||) suppress_recipient.reason
+		WHERE m.to_number OPERATOR(pg_catalog.=) recipient
+		  AND m.state OPERATOR(pg_catalog.=) 'queued'
+		  AND m.account OPERATOR(pg_catalog.=) ANY (ARRAY(
+				SELECT a.name FROM twilio_outbox.accounts a
+				WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(suppress_recipient.account_sid)))
+		RETURNING m.id, m.account, m.to_number, m.attempts)
+	INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number, reason, twilio_code, error_message, attempts)
+	SELECT d.id, d.account, d.to_number, 'suppressed', suppress_recipient.twilio_code,
+		'the recipient is suppressed: ' OPERATOR(pg_catalog.||) suppress_recipient.reason, d.attempts
+	FROM dead d;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+
+/*
+ * twilio_outbox.receive_status(url, body, signature): one status callback,
+ * in the caller's one short transaction.  url is the full URL Twilio called
+ * (query string included), body the raw form body, signature the
+ * X-Twilio-Signature header.  Refusals raise (see webhook_verify) and record
+ * nothing but a counter.  Returns what the callback did (status_events.verdict,
+ * or 'duplicate' when that MessageSid and MessageStatus came before).
+ */
+CREATE FUNCTION twilio_outbox.receive_status(url text, body text, signature text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+	p jsonb;
+	sid text;
+	st text;
+	err_code integer;
+	code_text text;
+	outbox_id bigint;
+	ev bigint;
+	m record;
+	accounts text[];
+	r_new integer;
+	r_old integer;
+	outcome text;
+	new_state twilio_outbox.message_state;
+	act twilio_outbox.error_action;
+BEGIN
+	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature, ARRAY['MessageSid', 'MessageStatus']);
+	p := v.params;
+	sid := p OPERATOR(pg_catalog.->>) 'MessageSid';
+	st := pg_catalog.lower(p OPERATOR(pg_catalog.->>) 'MessageStatus');
+	code_text := NULLIF(p OPERATOR(pg_catalog.->>) 'ErrorCode', '');
+	IF sid OPERATOR(pg_catalog.!~) '^[A-Z]{2}[0-9a-fA-F]{32}$' THEN
+		RAISE EXCEPTION 'invalid MessageSid "%" in status callback', twilio_outbox.clip_input(sid)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF st OPERATOR(pg_catalog.!~) '^[a-z_-]{1,32}$' THEN
+		RAISE EXCEPTION 'invalid MessageStatus "%" in status callback', twilio_outbox.clip_input(st)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF code_text OPERATOR(pg_catalog.!~) '^[0-9]{1,9}$' THEN
+		RAISE EXCEPTION 'invalid ErrorCode "%" in status callback', twilio_outbox.clip_input(code_text)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	err_code := code_text::integer;
+	outbox_id := pg_catalog."substring"(url, '[?&]outbox_id=([0-9]{1,18})(?:[&#]|$)')::bigint;
+
+	/* Twilio retries: the same pair again changes nothing */
+	INSERT INTO twilio_outbox.status_events (message_sid, message_status, error_code, payload,
+		account, signature_verified)
+	VALUES (sid, st, err_code, p, v.account, true)
+	ON CONFLICT (message_sid, message_status) DO NOTHING
+	RETURNING id INTO ev;
+	IF ev IS NULL THEN
+		RETURN 'duplicate';
+	END IF;
+
+	/* the message: by its SID, else by our own id in the URL Twilio signed */
+	accounts := ARRAY(SELECT a.name FROM twilio_outbox.accounts a
+					  WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(p OPERATOR(pg_catalog.->>) 'AccountSid'));
+	SELECT * INTO m FROM twilio_outbox.messages x
+	WHERE x.twilio_sid OPERATOR(pg_catalog.=) sid AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
+	ORDER BY x.id LIMIT 1
+	FOR UPDATE;
+	IF NOT FOUND AND outbox_id IS NOT NULL THEN
+		SELECT * INTO m FROM twilio_outbox.messages x
+		WHERE x.id OPERATOR(pg_catalog.=) outbox_id AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
+		FOR UPDATE;
+	END IF;
+
+	r_new := twilio_outbox.status_rank(st);
+	IF m.id IS NULL THEN
+		outcome := 'unmatched';
+	ELSIF m.twilio_sid IS NOT NULL AND m.twilio_sid OPERATOR(pg_catalog.<>) sid THEN
+		/* an ambiguous attempt did create a message, and a resend another */
+		outcome := 'other_sid';
+	ELSIF r_new IS NULL THEN
+		outcome := 'unknown_status';
+	ELSIF m.state OPERATOR(pg_catalog.=) ANY (ARRAY['dead', 'canceled']::twilio_outbox.message_state[]) THEN
+		outcome := 'finished';
+	ELSIF m.state OPERATOR(pg_catalog.=) 'queued' AND m.attempts OPERATOR(pg_catalog.=) 0 THEN
+		outcome := 'not_sent';
+	ELSE
+		r_old := COALESCE(twilio_outbox.status_rank(m.twilio_status), 0);
+		IF r_new OPERATOR(pg_catalog.<=) r_old THEN
+			outcome := 'stale';
+			UPDATE twilio_outbox.messages x SET twilio_sid = sid, updated_at = pg_catalog.now()
+			WHERE x.id OPERATOR(pg_catalog.=) m.id AND x.twilio_sid IS NULL;
+		ELSE
+			outcome := 'applied';
+			new_state := CASE st
+				WHEN 'delivered' THEN 'delivered' WHEN 'read' THEN 'delivered'
+				WHEN 'undelivered' THEN 'undelivered' WHEN 'failed' THEN 'failed'
+				WHEN 'canceled' THEN 'canceled'
+				ELSE 'sent' END;
+			/*
+			 * Guarded by what was read under the lock.  A message still
+			 * 'sending' (the 201 not recorded yet, or lost) or 'queued' /
+			 * 'ambiguous' after an attempt whose outcome was unknown: Twilio
+			 * has it, so it is never sent again; the dispatcher's own
+			 * record of that attempt then finds the row changed and keeps
+			 * the attempt only.
+			 */
+			UPDATE twilio_outbox.messages x SET
+				state = new_state,
+				twilio_status = st,
+				twilio_sid = COALESCE(x.twilio_sid, sid),
+				last_error_code = COALESCE(err_code, x.last_error_code),
+				last_error_message = CASE WHEN err_code IS NOT NULL
+					THEN pg_catalog.left(COALESCE(p OPERATOR(pg_catalog.->>) 'ErrorMessage',
+						'delivery error ' OPERATOR(pg_catalog.||) err_code::text), 1023)
+					ELSE x.last_error_message END,
+				lease_until = NULL, worker_pid = NULL,
+				sent_at = COALESCE(x.sent_at, pg_catalog.now()),
+				finished_at = CASE WHEN r_new OPERATOR(pg_catalog.>=) 4 OR x.finished_at IS NULL
+					THEN pg_catalog.now() ELSE x.finished_at END,
+				updated_at = pg_catalog.now()
+			WHERE x.id OPERATOR(pg_catalog.=) m.id
+			  AND x.state OPERATOR(pg_catalog.=) m.state
+			  AND x.twilio_status IS NOT DISTINCT FROM m.twilio_status;
+
+			/* a delivery error goes through the error policy */
+			IF err_code IS NOT NULL AND st OPERATOR(pg_catalog.=) ANY (ARRAY['undelivered', 'failed']) THEN
+				SELECT e.action INTO act FROM twilio_outbox.error_policy e
+				WHERE e.source OPERATOR(pg_catalog.=) 'twilio' AND e.code OPERATOR(pg_catalog.=) err_code;
+				IF act OPERATOR(pg_catalog.=) 'suppress' THEN
+					PERFORM twilio_outbox.suppress_recipient(p OPERATOR(pg_catalog.->>) 'AccountSid', m.to_number,
+						'delivery error ' OPERATOR(pg_catalog.||) err_code::text, err_code, m.id);
+				END IF;
+				IF act OPERATOR(pg_catalog.=) ANY (ARRAY['dead', 'suppress']::twilio_outbox.error_action[]) THEN
+					INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number, reason,
+						twilio_code, error_message, attempts)
+					VALUES (m.id, m.account, m.to_number, 'undelivered', err_code,
+						pg_catalog.left(COALESCE(p OPERATOR(pg_catalog.->>) 'ErrorMessage',
+							'delivery error ' OPERATOR(pg_catalog.||) err_code::text), 1023),
+						m.attempts);
+				END IF;
+			END IF;
+		END IF;
+	END IF;
+	UPDATE twilio_outbox.status_events e SET message_id = m.id, verdict = outcome
+	WHERE e.id OPERATOR(pg_catalog.=) ev;
+	RETURN outcome;
+END
+$$;
+COMMENT ON FUNCTION twilio_outbox.receive_status(text, text, text) IS 'A status callback: full URL Twilio called, raw form body, X-Twilio-Signature.  Validates, records it once per (MessageSid, MessageStatus), moves the message forward only; returns what it did';
+
+/*
+ * twilio_outbox.receive_inbound(url, body, signature): an incoming message
+ * (the number's or Messaging Service's messaging webhook).  An opt-out
+ * (Advanced Opt-Out's OptOutType STOP, or without it a body that is one of
+ * STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT) suppresses the sender for
+ * the account and dead-letters what is queued to it; an opt-in (START, or
+ * START, YES, UNSTOP) releases it; HELP and anything else change nothing.
+ * Returns the TwiML to answer with: an empty response (Twilio itself
+ * answers the keywords).
+ */
+CREATE FUNCTION twilio_outbox.receive_inbound(url text, body text, signature text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+	p jsonb;
+	sender text;
+	opt text;
+	keyword text;
+BEGIN
+	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature, ARRAY['From']);
+	p := v.params;
+	sender := p OPERATOR(pg_catalog.->>) 'From';
+	IF pg_catalog.jsonb_typeof(p OPERATOR(pg_catalog.->) 'From') OPERATOR(pg_catalog.<>) 'string'
+	   OR NOT COALESCE(sender OPERATOR(pg_catalog.~) '^(whatsapp:)?\+[1-9][0-9]{1,14}$', false) THEN
+		RAISE EXCEPTION 'invalid From "%" in inbound message', twilio_outbox.clip_input(sender)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	opt := pg_catalog.upper(NULLIF(p OPERATOR(pg_catalog.->>) 'OptOutType', ''));
+	keyword := pg_catalog.upper(pg_catalog.btrim(COALESCE(p OPERATOR(pg_catalog.->>) 'Body', ''), E' \t\r\n.!'));
+	IF opt OPERATOR(pg_catalog.=) 'STOP'
+	   OR (opt IS NULL AND keyword OPERATOR(pg_catalog.=) ANY (ARRAY['STOP', 'STOPALL', 'UNSUBSCRIBE', 'CANCEL', 'END', 'QUIT'])) THEN
+		PERFORM twilio_outbox.suppress_recipient(p OPERATOR(pg_catalog.->>) 'AccountSid', sender,
+			'opted out (' OPERATOR(pg_catalog.||) COALESCE(opt, keyword) OPERATOR(pg_catalog.||) ')', NULL, NULL);
+	ELSIF opt OPERATOR(pg_catalog.=) 'START'
+	   OR (opt IS NULL AND keyword OPERATOR(pg_catalog.=) ANY (ARRAY['START', 'YES', 'UNSTOP'])) THEN
+		DELETE FROM twilio_outbox.suppressed_recipients r
+		WHERE r.to_number OPERATOR(pg_catalog.=) sender
+		  AND r.account OPERATOR(pg_catalog.=) ANY (ARRAY(
+				SELECT a.name FROM twilio_outbox.accounts a
+				WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(p OPERATOR(pg_catalog.->>) 'AccountSid')));
+	END IF;
+	RETURN '<?xml version="1.0" encoding="UTF-8"?><Response/>';
+END
+$$;
+COMMENT ON FUNCTION twilio_outbox.receive_inbound(text, text, text) IS 'An incoming message: full URL Twilio called, raw form body, X-Twilio-Signature.  STOP-type keywords suppress the sender, START-type release it; returns the TwiML to answer with';
+
+/*
+ * Twilio's debugger webhook: the account's errors and warnings at Twilio
+ * (a Messaging Service misconfiguration, 30001 queue overflow, ...), one
+ * row per event Sid (Twilio retries), beside the outbox's own.
+ */
+CREATE TABLE twilio_outbox.debugger_events (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	sid				text NOT NULL UNIQUE,
+	account			text NOT NULL,
+	level			text,
+	error_code		integer,
+	payload			jsonb,
+	params			jsonb NOT NULL,
+	occurred_at		timestamptz,
+	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX debugger_events_received ON twilio_outbox.debugger_events (received_at);
+COMMENT ON TABLE twilio_outbox.debugger_events IS 'Events of Twilio''s debugger webhook (receive_debugger), one per Sid; params as received, payload the parsed Payload when it is JSON';
+
+/*
+ * twilio_outbox.receive_debugger(url, body, signature): one debugger event.
+ * Returns 'recorded' or 'duplicate'.  Refusals as receive_status.
+ */
+CREATE FUNCTION twilio_outbox.receive_debugger(url text, body text, signature text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+	p jsonb;
+	payload jsonb;
+	occurred timestamptz;
+	new_id bigint;
+BEGIN
+	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature, ARRAY['Sid']);
+	p := v.params;
+	IF pg_catalog.jsonb_typeof(p OPERATOR(pg_catalog.->) 'Sid') OPERATOR(pg_catalog.<>) 'string'
+	   OR pg_catalog.length(p OPERATOR(pg_catalog.->>) 'Sid') OPERATOR(pg_catalog.>) 64 THEN
+		RAISE EXCEPTION 'invalid Sid "%" in debugger event', twilio_outbox.clip_input(p OPERATOR(pg_catalog.->>) 'Sid')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	/* Payload is JSON text by PayloadType; kept raw in params when it is not */
+	BEGIN
+		payload := (p OPERATOR(pg_catalog.->>) 'Payload')::jsonb;
+	EXCEPTION WHEN invalid_text_representation THEN
+		payload := NULL;
+	END;
+	BEGIN
+		occurred := (p OPERATOR(pg_catalog.->>) 'Timestamp')::timestamptz;
+	EXCEPTION WHEN OTHERS THEN
+		occurred := NULL;
+	END;
+	INSERT INTO twilio_outbox.debugger_events (sid, account, level, error_code, payload, params, occurred_at)
+	VALUES (p OPERATOR(pg_catalog.->>) 'Sid', v.account, pg_catalog.left(p OPERATOR(pg_catalog.->>) 'Level', 32),
+		CASE WHEN payload OPERATOR(pg_catalog.->>) 'error_code' OPERATOR(pg_catalog.~) '^[0-9]{1,9}$'
+			 THEN (payload OPERATOR(pg_catalog.->>) 'error_code')::integer END,
+		payload, p, occurred)
+	ON CONFLICT (sid) DO NOTHING
+	RETURNING id INTO new_id;
+	RETURN CASE WHEN new_id IS NULL THEN 'duplicate' ELSE 'recorded' END;
+END
+$$;
+COMMENT ON FUNCTION twilio_outbox.receive_debugger(text, text, text) IS 'Twilio''s debugger webhook: full URL, raw form body, X-Twilio-Signature.  Validates and records the event once per Sid';
+
+/* The debugger's events, newest first, for psql. */
+CREATE VIEW twilio_outbox.twilio_errors AS
+SELECT e.received_at, e.occurred_at, e.account, e.level, e.error_code,
+	e.payload OPERATOR(pg_catalog.->>) 'more_info' AS more_info,
+	e.payload OPERATOR(pg_catalog.->) 'webhook' OPERATOR(pg_catalog.->) 'request' OPERATOR(pg_catalog.->>) 'url' AS request_url,
+	e.sid
+FROM twilio_outbox.debugger_events e
+ORDER BY e.received_at DESC;
+COMMENT ON VIEW twilio_outbox.twilio_errors IS 'Errors and warnings Twilio''s debugger webhook reported, newest first';
