@@ -579,10 +579,21 @@ twilio_outbox_webhook_verify(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	if (!any_token)
+	{
+		/*
+		 * Why (a variable's or a file's name) is for the server log only:
+		 * the caller is the network-facing webhook role.
+		 */
+		if (problem != NULL)
+			ereport(LOG_SERVER_ONLY,
+					(errmsg("twilio_outbox cannot validate webhooks for AccountSid \"%s\"",
+							account_sid),
+					 errdetail_internal("%s", problem)));
 		refuse(WEBHOOK_NO_AUTH_TOKEN, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 			   psprintf("cannot validate webhooks for AccountSid \"%s\"", account_sid),
-			   problem,
+			   problem ? "The server log says why." : NULL,
 			   "Name the account's auth token in twilio_outbox.account_credentials (auth_token_env or auth_token_file).");
+	}
 	if (account == NULL)
 		refuse(WEBHOOK_BAD_SIGNATURE, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
 			   signature[0] ? "invalid webhook signature" : "webhook signature missing",
