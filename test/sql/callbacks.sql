@@ -4,22 +4,8 @@
 -- webhook_signature(); test/t/016_signature_oracle.pl checks that function
 -- against Twilio's own Node SDK.
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_callbacks;
-CREATE DATABASE outbox_callbacks;
-\c outbox_callbacks
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_callbacks
+\i test/sql/include/fresh_database.sql
 SET client_min_messages = warning;
 -- the default account 'main'
 INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)

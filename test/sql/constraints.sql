@@ -3,22 +3,8 @@
 -- and SIDs, senders' rates and bursts, and messages of accounts that do
 -- not exist.  And that renaming an account carries its messages along.
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_constraints;
-CREATE DATABASE outbox_constraints;
-\c outbox_constraints
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_constraints
+\i test/sql/include/fresh_database.sql
 SET client_min_messages = warning;
 INSERT INTO twilio_outbox.accounts (name, account_sid)
 	VALUES ('c_acct', 'AC0123456789abcdef0123456789abcdef');

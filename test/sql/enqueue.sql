@@ -1,21 +1,7 @@
 -- twilio_enqueue(): the happy paths, what the row holds, rollback, dedupe.
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_enqueue;
-CREATE DATABASE outbox_enqueue;
-\c outbox_enqueue
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_enqueue
+\i test/sql/include/fresh_database.sql
 
 INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
 	VALUES ('main', 'AC0123456789abcdef0123456789abcdef', true),

@@ -4,22 +4,8 @@
 -- write are inserted directly, at times relative to now().  Each section
 -- runs in one transaction, so now() is the same for the rows and the views.
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_monitoring;
-CREATE DATABASE outbox_monitoring;
-\c outbox_monitoring
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_monitoring
+\i test/sql/include/fresh_database.sql
 SET client_min_messages = warning;
 TRUNCATE twilio_outbox.messages, twilio_outbox.attempts, twilio_outbox.dead_letters,
 	twilio_outbox.suppressed_recipients, twilio_outbox.status_events;

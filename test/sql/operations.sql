@@ -2,22 +2,8 @@
 -- resume of accounts and senders, purge and schedule_purge.  No dispatcher
 -- runs here: messages are inserted in the state a worker would leave them.
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_operations;
-CREATE DATABASE outbox_operations;
-\c outbox_operations
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_operations
+\i test/sql/include/fresh_database.sql
 SET client_min_messages = warning;
 TRUNCATE twilio_outbox.messages, twilio_outbox.attempts, twilio_outbox.dead_letters,
 	twilio_outbox.suppressed_recipients, twilio_outbox.status_events;

@@ -2,22 +2,8 @@
 -- monitoring role reads, never a secret or a message body; the admin role
 -- writes credentials but cannot read them back.
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_privileges;
-CREATE DATABASE outbox_privileges;
-\c outbox_privileges
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_privileges
+\i test/sql/include/fresh_database.sql
 SET client_min_messages = warning;
 INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
 	VALUES ('main', 'AC0123456789abcdef0123456789abcdef', true) ON CONFLICT DO NOTHING;

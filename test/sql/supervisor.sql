@@ -3,22 +3,8 @@
 -- statement to run there, the same statement schedule_supervisor_sql()
 -- returns.  (Scheduling itself, and the job's runs, are TAP tests.)
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_supervisor;
-CREATE DATABASE outbox_supervisor;
-\c outbox_supervisor
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_supervisor
+\i test/sql/include/fresh_database.sql
 SELECT twilio_outbox.schedule_supervisor();
 SELECT twilio_outbox.schedule_supervisor(job_name => 'app_supervisor');
 SELECT twilio_outbox.schedule_supervisor_sql();

@@ -1,21 +1,7 @@
 -- Every bad input: a clear error with its SQLSTATE, and nothing inserted.
 -- Its own database and fixtures: this file depends on no other.
-SET client_min_messages = warning;
-DROP DATABASE IF EXISTS outbox_validation;
-CREATE DATABASE outbox_validation;
-\c outbox_validation
-SET client_min_messages = warning;
-CREATE EXTENSION twilio_outbox;
--- try(sql): 'ok', or the SQLSTATE and message of the statement's error.
-CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE sql;
-	RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
-RESET client_min_messages;
+\set db outbox_validation
+\i test/sql/include/fresh_database.sql
 SET client_min_messages = warning;
 TRUNCATE twilio_outbox.messages;
 INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
