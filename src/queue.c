@@ -238,8 +238,16 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
 			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
 			"  m.content_sid, m.content_variables::text,"
-			/* the message's own callback, else the account's with outbox_id (sql/0.2/35_callbacks.sql) */
-			"  twilio_outbox.status_callback_for(m.status_callback, m.account, m.id), m.params,"
+			/*
+			 * The message's own callback, else the account's with outbox_id:
+			 * the rule of twilio_outbox.status_callback_for(), written out so
+			 * that no function call (with its pinned search_path) runs per
+			 * message.
+			 */
+			"  coalesce(m.status_callback, (SELECT a.status_callback_url"
+			"   || CASE WHEN strpos(a.status_callback_url, '?') > 0 THEN '&' ELSE '?' END"
+			"   || 'outbox_id=' || m.id::text"
+			"   FROM twilio_outbox.accounts a WHERE a.name = m.account)), m.params,"
 			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
 			/* what the row's sender and account are now, for the checks below */
 			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"

@@ -55,8 +55,9 @@ COMMENT ON COLUMN twilio_outbox.accounts.status_callback_url IS 'base URL of the
 
 /*
  * The StatusCallback a message is sent with: its own, else the account's
- * base URL with the message id.  Called by the claim query for each
- * message it claims.
+ * base URL with the message id.  The claim query writes the same rule out
+ * in its own SQL (src/queue.c): a call of this function per message, with
+ * its pinned search_path, cost the dispatcher 17 % of its CPU.
  */
 CREATE FUNCTION twilio_outbox.status_callback_for(status_callback text, account text, message_id bigint)
 RETURNS text
