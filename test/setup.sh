@@ -130,57 +130,51 @@ tools_cache()
 	mkdir -p "$cache" && chmod 755 "$cache" && echo "$cache"
 }
 
-# Prism, the mock server of the contract test (test/t/010_contract_prism.pl),
-# installed by npm ci from test/package.json and test/package-lock.json
-# (versions and integrity hashes pinned) into a directory of the cache named
-# after both files.  Exports TWILIO_OUTBOX_PRISM, its path.
-install_prism()
+# npm ci of one of the project's pinned package sets (package.json and its
+# lock file, versions and integrity hashes pinned, in directory $2 of the
+# tree) into a directory of the cache named $1-<hash of both files>, kept
+# once installed (file $3 inside it says so).  Prints that directory; says
+# what it installs ($4) when it has to.
+npm_ci_cached()
 {
-	local cache key dir tmp
+	local name=$1 src=$top/$2 marker=$3 what=$4 cache key dir tmp
 	cache=$(tools_cache) || return 1
-	key=$(cat "$top/test/package.json" "$top/test/package-lock.json" | sha256sum | cut -c1-16)
-	dir=$cache/prism-$key
-	if [ ! -x "$dir/node_modules/.bin/prism" ]; then
-		echo "== installing the Prism mock server with npm ci, into $dir (a minute or two)"
-		tmp=$(mktemp -d "$cache/.prism.XXXXXX") || return 1
-		cp "$top/test/package.json" "$top/test/package-lock.json" "$tmp/"
+	key=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -c1-16)
+	dir=$cache/$name-$key
+	if [ ! -e "$dir/$marker" ]; then
+		echo "== installing $what with npm ci, into $dir (a minute or two)" >&2
+		tmp=$(mktemp -d "$cache/.$name.XXXXXX") || return 1
+		cp "$src/package.json" "$src/package-lock.json" "$tmp/"
 		if ! (umask 022 && cd "$tmp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
-			echo "error: npm ci of test/package.json failed" >&2
+			echo "error: npm ci of $2/package.json failed" >&2
 			rm -rf "$tmp"
 			return 1
 		fi
 		chmod 755 "$tmp"
 		# Another run may have finished first: keep its copy.
-		[ -x "$dir/node_modules/.bin/prism" ] || rm -rf "$dir"
+		[ -e "$dir/$marker" ] || rm -rf "$dir"
 		mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
 	fi
+	echo "$dir"
+}
+
+# Prism, the mock server of the contract test (test/t/010_contract_prism.pl),
+# from test/package.json.  Exports TWILIO_OUTBOX_PRISM, its path.
+install_prism()
+{
+	local dir
+	dir=$(npm_ci_cached prism test node_modules/.bin/prism "the Prism mock server") || return 1
 	export TWILIO_OUTBOX_PRISM=$dir/node_modules/.bin/prism
 }
 
 # Twilio's official Node SDK, the signature oracle of
-# test/t/016_signature_oracle.pl, installed by npm ci from
-# test/twilio_sdk/package.json and its lock file (pinned, with integrity
-# hashes) into a directory of the cache named after both.  Exports
-# TWILIO_OUTBOX_TWILIO_SDK, its node_modules.
+# test/t/016_signature_oracle.pl, from test/twilio_sdk/package.json.
+# Exports TWILIO_OUTBOX_TWILIO_SDK, its node_modules.
 install_twilio_sdk()
 {
-	local cache key dir tmp
-	cache=$(tools_cache) || return 1
-	key=$(cat "$top/test/twilio_sdk/package.json" "$top/test/twilio_sdk/package-lock.json" | sha256sum | cut -c1-16)
-	dir=$cache/twilio_sdk-$key
-	if [ ! -f "$dir/node_modules/twilio/lib/webhooks/webhooks.js" ]; then
-		echo "== installing Twilio's Node SDK (the signature oracle) with npm ci, into $dir"
-		tmp=$(mktemp -d "$cache/.twilio_sdk.XXXXXX") || return 1
-		cp "$top/test/twilio_sdk/package.json" "$top/test/twilio_sdk/package-lock.json" "$tmp/"
-		if ! (umask 022 && cd "$tmp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
-			echo "error: npm ci of test/twilio_sdk/package.json failed" >&2
-			rm -rf "$tmp"
-			return 1
-		fi
-		chmod 755 "$tmp"
-		[ -f "$dir/node_modules/twilio/lib/webhooks/webhooks.js" ] || rm -rf "$dir"
-		mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
-	fi
+	local dir
+	dir=$(npm_ci_cached twilio_sdk test/twilio_sdk node_modules/twilio/lib/webhooks/webhooks.js \
+		"Twilio's Node SDK (the signature oracle)") || return 1
 	export TWILIO_OUTBOX_TWILIO_SDK=$dir/node_modules
 }
 
