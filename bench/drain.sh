@@ -109,6 +109,13 @@ if [ "$sent" != "$n" ]; then
 	exit 1
 fi
 rate=$(calc "round($n / $elapsed, 1)")
+result "attempts_per_message$sfx" "$(calc "round($attempts / $n, 3)")"
+if [ "$attempts" != "$n" ]; then
+	# retried attempts cost CPU too: say why they failed
+	note "failed_attempts$sfx" "$(psql_b -c "SELECT string_agg(c || ' ' || outcome || coalesce(' (' || coalesce(transport_error, 'HTTP ' || http_status) || ')', ''), '; ')
+		FROM (SELECT outcome, transport_error, http_status, count(*) c FROM twilio_outbox.attempts
+			WHERE outcome <> 'sent' GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 5) x")"
+fi
 result "drain_msgs_per_s$sfx" "$rate"
 result "dispatcher_cpu_s_per_1000$sfx" "$(calc "round($cpu * 1000 / $n, 4)")"
 result "dispatcher_cpu_share$sfx" "$(calc "round($cpu / $elapsed, 3)")"
