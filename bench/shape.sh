@@ -55,7 +55,7 @@ SQL
 WITH s AS (SELECT (row_number() OVER (ORDER BY q.id)) - 1 AS k, q.id, x.account, x.from_number,
 		count(*) OVER () AS n
 	FROM ($senders) q(id) JOIN twilio_outbox.senders x ON x.id = q.id),
-m AS (INSERT INTO twilio_outbox.messages (account, sender_id, to_number, from_number, body,
+h AS (INSERT INTO twilio_outbox.messages AS m (account, sender_id, to_number, from_number, body,
 		encoding, segments, idempotency_key, state, attempts, failures, next_attempt_at,
 		twilio_sid, twilio_status, twilio_segments, last_http_status, last_error_code,
 		last_error_message, created_at, updated_at, sent_at, finished_at)
@@ -82,13 +82,13 @@ a AS (INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_
 	SELECT m.id, 1, m.account, m.created_at + interval '0.5 s', 120, m.last_http_status,
 		m.last_error_code, m.last_error_message, m.state::text::twilio_outbox.attempt_outcome,
 		m.twilio_sid
-	FROM m WHERE $attempt_rows),
+	FROM h m WHERE $attempt_rows),
 d AS (INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number, reason,
 		http_status, twilio_code, error_message, attempts, dead_at)
 	SELECT m.id, m.account, m.to_number, 'rejected', m.last_http_status, m.last_error_code,
 		m.last_error_message, 1, m.created_at + interval '1 s'
-	FROM m WHERE m.state = 'dead')
-SELECT count(*) FROM m;
+	FROM h m WHERE m.state = 'dead')
+SELECT count(*) FROM h;
 SQL
 		;;
 	*)
