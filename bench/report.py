@@ -127,13 +127,19 @@ FIGURES = [
         ("insert_tps_async", "INSERT TPS, sync off", "median", None),
     ]),
     ("dispatch", "2. Dispatch throughput", [
-        ("drain_msgs_per_s", "messages/s, start_worker() to last outcome", "median", (">", 5000)),
+        ("drain_msgs_per_s", "messages/s, start_worker() to last outcome", "median", (">=", 20000)),
+        ("drain_share_of_pg_1conn", "messages/s / PostgreSQL's ceiling for the same writes, 1 connection", "median", None),
+        ("drain_share_of_pg_2conn", "messages/s / PostgreSQL's ceiling for the same writes, 2 connections", "median", None),
+        ("drain_share_of_nginx", "messages/s / nginx's ceiling (wrk requests/s)", "median", None),
+        ("pg_ceiling_rows_per_s_1conn", "PostgreSQL ceiling: messages claimed + recorded/s, 1 connection (pgbench)", "median", None),
+        ("pg_ceiling_rows_per_s_2conn", "PostgreSQL ceiling: messages claimed + recorded/s, 2 connections (pgbench)", "median", None),
+        ("nginx_wrk_requests_per_s", "nginx ceiling: wrk requests/s", "median", None),
         ("dispatcher_cpu_s_per_1000", "dispatcher CPU s per 1,000 messages", "median", None),
         ("dispatcher_cpu_share", "dispatcher CPU share while draining (1 = one core)", "median", None),
+        ("attempts_per_message", "attempts per message", "max", None),
         ("dispatcher_peak_rss_kb", "dispatcher peak RSS (kB)", "median", None),
         ("dispatcher_peak_local_kb", "dispatcher peak local memory (kB)", "median", None),
         ("dispatcher_end_local_kb", "dispatcher local memory at the end (kB)", "median", None),
-        ("nginx_wrk_requests_per_s", "responder ceiling: wrk requests/s", "median", None),
     ]),
     ("latency", "3. Latency, commit to arrival", [
         ("latency_p50_ms", "p50 (ms)", "median", ("<", 10)),
@@ -152,23 +158,49 @@ FIGURES = [
         ("rate_fast_429_total", "sender at 10/s: 429s over the whole run (worst run)", "max", None),
         ("rate_slow_429_total", "sender at 3/s: 429s over the whole run (worst run)", "max", None),
     ]),
-    ("claim", "5. Claim cost against history", [
-        ("claim_custom_ratio", "(a) claim execution, history / none, custom plan", "median", ("<=", 1.5)),
-        ("claim_generic_ratio", "(a) claim execution, history / none, generic plan", "median", ("<=", 1.5)),
-        ("drain_1000_from_start_ratio", "(b) drain 1,000 from start_worker(), history / none", "median", ("<=", 1.5)),
-        ("drain_1000_running_ratio", "(b) drain 1,000 with the dispatcher running, history / none", "median", ("<=", 1.5)),
-        ("claim_custom_exec_ms_empty", "(a) claim execution (ms), custom plan, no history", "median", None),
-        ("claim_custom_exec_ms_history", "(a) claim execution (ms), custom plan, history", "median", None),
-        ("claim_custom_buffers_empty", "(a) claim buffers, custom plan, no history", "median", None),
-        ("claim_custom_buffers_history", "(a) claim buffers, custom plan, history", "median", None),
-        ("claim_generic_exec_ms_empty", "(a) claim execution (ms), generic plan, no history", "median", None),
-        ("claim_generic_exec_ms_history", "(a) claim execution (ms), generic plan, history", "median", None),
-        ("claim_custom_planning_ms_empty", "(a) planning (ms), custom plan, no history", "median", None),
-        ("claim_custom_planning_ms_history", "(a) planning (ms), custom plan, history", "median", None),
-        ("drain_1000_from_start_ms_empty", "(b) from start_worker() (ms), no history", "median", None),
-        ("drain_1000_from_start_ms_history", "(b) from start_worker() (ms), history", "median", None),
-        ("drain_1000_running_ms_empty", "(b) dispatcher running (ms), no history", "median", None),
-        ("drain_1000_running_ms_history", "(b) dispatcher running (ms), history", "median", None),
+    ("claim", "5. Claim cost", [
+        ("claim_custom_ratio_many", "(a) claiming 10,000 due messages, 1,000 senders / 1, custom plan", "median", ("<=", 1.2)),
+        ("claim_generic_ratio_many", "(a) claiming 10,000 due messages, 1,000 senders / 1, generic plan", "median", ("<=", 1.2)),
+        ("claim_custom_ratio_history", "(a) claiming 10,000 due messages, 5,000,000 finished rows / none, custom plan", "median", ("<=", 1.2)),
+        ("claim_generic_ratio_history", "(a) claiming 10,000 due messages, 5,000,000 finished rows / none, generic plan", "median", ("<=", 1.2)),
+        ("drain_cpu_ratio_many", "(b) dispatcher CPU draining them, 1,000 senders / 1", "median", None),
+        ("drain_cpu_ratio_history", "(b) dispatcher CPU draining them, 5,000,000 finished rows / none", "median", None),
+        ("drain_ms_ratio_many", "(b) drain time, 1,000 senders / 1", "median", None),
+        ("drain_ms_ratio_history", "(b) drain time, 5,000,000 finished rows / none", "median", None),
+        ("claim_custom_ms_one", "(a) claim executions (ms, sum), custom plan, 1 sender", "median", None),
+        ("claim_custom_ms_many", "(a) claim executions (ms, sum), custom plan, 1,000 senders", "median", None),
+        ("claim_custom_ms_history", "(a) claim executions (ms, sum), custom plan, 1 sender, history", "median", None),
+        ("claim_generic_ms_one", "(a) claim executions (ms, sum), generic plan, 1 sender", "median", None),
+        ("claim_generic_ms_many", "(a) claim executions (ms, sum), generic plan, 1,000 senders", "median", None),
+        ("claim_generic_ms_history", "(a) claim executions (ms, sum), generic plan, 1 sender, history", "median", None),
+        ("claim_custom_buffers_one", "(a) claim buffers (sum), custom plan, 1 sender", "median", None),
+        ("claim_custom_buffers_many", "(a) claim buffers (sum), custom plan, 1,000 senders", "median", None),
+        ("claim_custom_buffers_history", "(a) claim buffers (sum), custom plan, 1 sender, history", "median", None),
+        ("drain_ms_one", "(b) drain (ms), 1 sender", "median", None),
+        ("drain_ms_many", "(b) drain (ms), 1,000 senders", "median", None),
+        ("drain_ms_history", "(b) drain (ms), 1 sender, history", "median", None),
+        ("drain_cpu_ms_one", "(b) dispatcher CPU (ms), 1 sender", "median", None),
+        ("drain_cpu_ms_many", "(b) dispatcher CPU (ms), 1,000 senders", "median", None),
+        ("drain_cpu_ms_history", "(b) dispatcher CPU (ms), 1 sender, history", "median", None),
+    ]),
+    ("batch", "6. CPU per 1,000 messages against claim_batch", [
+        ("batch_cpu_ratio", "dispatcher CPU per 1,000 messages, claim_batch 2,000 / 200", "median", ("<=", 1.2)),
+    ] + [(f"{k}_b{b}", f"claim_batch {b:,}: {label}", "median", None)
+         for b in (200, 1000, 2000)
+         for k, label in (("dispatcher_cpu_s_per_1000", "dispatcher CPU s per 1,000 messages"),
+                          ("drain_msgs_per_s", "messages/s"),
+                          ("batch_max_in_flight", "max_in_flight"),
+                          ("attempts_per_message", "attempts per message"),
+                          ("dispatcher_peak_local_kb", "dispatcher peak local memory (kB)"))]),
+    ("memory", "7. Memory over 1,000,000 messages", [
+        ("memory_local_growth_ratio", "dispatcher local memory, 100 % drained / 10 %", "median", ("<=", 1.1)),
+        ("memory_peak_local_growth_ratio", "dispatcher peak local memory, up to 100 % / up to 10 %", "median", None),
+    ] + [(f"{k}_p{p}", f"{label}, {p} % drained", "median", None)
+         for k, label in (("memory_local_kb", "local memory (kB)"),
+                          ("memory_peak_local_kb", "peak local memory so far (kB)"),
+                          ("memory_peak_rss_kb", "peak RSS so far (kB)"))
+         for p in (10, 50, 100)] + [
+        ("memory_cpu_s_per_1000", "dispatcher CPU s per 1,000 messages over the run", "median", None),
     ]),
 ]
 
@@ -208,7 +240,7 @@ def target_text(t):
         return ""
     if t[0] == "within%":
         return f"{t[1]} ± {t[2]} %"
-    return {"<=": "≤", ">": ">", "<": "<", "==": "="}[t[0]] + " " + fmt(t[1])
+    return {"<=": "≤", ">=": "≥", ">": ">", "<": "<", "==": "="}[t[0]] + " " + fmt(t[1])
 
 
 def met(t, v):
@@ -218,7 +250,7 @@ def met(t, v):
     if op == "within%":
         ok = abs(v - ref) <= ref * t[2] / 100
     else:
-        ok = {"<=": v <= ref, "<": v < ref, ">": v > ref, "==": v == ref}[op]
+        ok = {"<=": v <= ref, ">=": v >= ref, "<": v < ref, ">": v > ref, "==": v == ref}[op]
     return "yes" if ok else "**no**"
 
 
@@ -259,7 +291,9 @@ def main():
             foreign = "; ".join(t for k, t in r["notes"] if k == "foreign_cpu")
             mark = " **(busy machine)**" if foreign_pct(foreign) >= HIGH_FOREIGN_PCT else ""
             load_lines.append(f"- {title}, run {r['run']}: {load}; {foreign}{mark}")
-        for key, label, agg, target in figures:
+        known = {f[0] for f in figures}
+        extra = sorted({k for r in runs for k in r["values"] if k not in known})
+        for key, label, agg, target in figures + [(k, k, "median", None) for k in extra]:
             vals = [float(r["values"][key]) for r in runs if key in r["values"]]
             if not vals:
                 continue
