@@ -7,7 +7,10 @@
 # BENCH_BATCH_IN_FLIGHT_FACTOR (default 1: a claim can fill a whole batch
 # only when that many requests may be in flight), and each account's
 # max_concurrency to its share of that (at least 100, at most 1,000, the
-# column's limit), so that neither caps the batch.
+# column's limit), so that neither caps the batch; and the cluster's soft
+# limit of open files to max_in_flight + 1,024 (a socket per request in
+# flight: at the postgres user's usual 1,024 the dispatcher's connects fail
+# beyond about 1,000 in flight, and are retried).
 #
 # Prints, per batch size B, drain.sh's figures suffixed _bB (messages/s, CPU
 # s per 1,000, memory) and batch_max_in_flight_bB; then batch_cpu_ratio, the
@@ -41,6 +44,7 @@ for b in "${batches[@]}"; do
 	[ "$conc" -gt 1000 ] && conc=1000
 	echo "== claim_batch $b, max_in_flight $in_flight, max_concurrency $conc per account"
 	BENCH_RESULTS="$work/b$b" DRAIN_SUFFIX="_b$b" DRAIN_CEILINGS=0 DRAIN_CONCURRENCY=$conc \
+		DRAIN_NOFILE=$((in_flight + 1024)) \
 		DRAIN_SETTINGS="twilio_outbox.claim_batch = $b
 twilio_outbox.max_in_flight = $in_flight" \
 		bash "$here/drain.sh" "$n" "$accounts" "$senders"

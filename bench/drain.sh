@@ -23,7 +23,11 @@
 #
 # Knobs for bench/batch.sh (environment): DRAIN_SETTINGS, lines added to
 # postgresql.conf (e.g. twilio_outbox.claim_batch); DRAIN_CONCURRENCY, each
-# account's max_concurrency [100]; DRAIN_SUFFIX, appended to every figure's
+# account's max_concurrency [100]; DRAIN_NOFILE, the cluster's soft limit of
+# open files (raised with prlimit on the running postmaster, whose children,
+# the dispatcher among them, inherit it: each request in flight holds a
+# socket, and the postgres user's usual 1,024 refuses connections beyond
+# about 1,000 in flight); DRAIN_SUFFIX, appended to every figure's
 # name; DRAIN_CEILINGS=0 skips wrk and pgbench.
 #
 # BENCH_PERF=1 also profiles the dispatcher while it drains (perf record -g)
@@ -52,6 +56,10 @@ if [ -n "${DRAIN_SETTINGS:-}" ]; then
 	mapfile -t settings <<<"$DRAIN_SETTINGS"
 fi
 start_cluster "${settings[@]}"
+if [ -n "${DRAIN_NOFILE:-}" ]; then
+	prlimit --pid "$(head -1 "$BENCH_DIR/data/postmaster.pid")" --nofile="$DRAIN_NOFILE":"$(ulimit -Hn)"
+	note "nofile$sfx" "the cluster's open files limit raised to $DRAIN_NOFILE"
+fi
 make_accounts "http://127.0.0.1:$NGINX_PORT" "$accounts" "$senders" "'Infinity'" "${DRAIN_CONCURRENCY:-100}"
 
 echo "dispatch: enqueueing $n messages over $accounts accounts x $senders senders"
