@@ -24,10 +24,9 @@
 # Knobs for bench/batch.sh (environment): DRAIN_SETTINGS, lines added to
 # postgresql.conf (e.g. twilio_outbox.claim_batch); DRAIN_CONCURRENCY, each
 # account's max_concurrency [100]; DRAIN_NOFILE, the cluster's soft limit of
-# open files (raised with prlimit on the running postmaster, whose children,
-# the dispatcher among them, inherit it: each request in flight holds a
-# socket, and the postgres user's usual 1,024 refuses connections beyond
-# about 1,000 in flight); DRAIN_SUFFIX, appended to every figure's
+# open files (the cluster restarted under it; the dispatcher inherits it:
+# each request in flight holds a socket, and at the postgres user's usual
+# 1,024 connections fail beyond about 1,000 in flight); DRAIN_SUFFIX, appended to every figure's
 # name; DRAIN_CEILINGS=0 skips wrk and pgbench.
 #
 # BENCH_PERF=1 also profiles the dispatcher while it drains (perf record -g)
@@ -57,7 +56,7 @@ if [ -n "${DRAIN_SETTINGS:-}" ]; then
 fi
 start_cluster "${settings[@]}"
 if [ -n "${DRAIN_NOFILE:-}" ]; then
-	prlimit --pid "$(head -1 "$BENCH_DIR/data/postmaster.pid")" --nofile="$DRAIN_NOFILE":"$(ulimit -Hn)"
+	as_pg bash -c "ulimit -Sn $DRAIN_NOFILE && exec pg_ctl -D '$BENCH_DIR/data' -l '$BENCH_DIR/server.log' -w restart" >/dev/null
 	note "nofile$sfx" "the cluster's open files limit raised to $DRAIN_NOFILE"
 fi
 make_accounts "http://127.0.0.1:$NGINX_PORT" "$accounts" "$senders" "'Infinity'" "${DRAIN_CONCURRENCY:-100}"
