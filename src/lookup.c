@@ -363,13 +363,15 @@ claim(TimestampTz now, int capacity, List *sends)
 		int			n;
 		int			got;
 
-		if (!la->seen || capacity <= 0)
-			continue;
-		if (la->next_claim_at > now || la->paused_until > now)
+		if (!la->seen || la->next_claim_at > now || la->paused_until > now)
 			continue;
 		a = outbox_find_account(la->name);
 		if (a == NULL || a->messages_url == NULL)
+		{
+			/* not known to the registry yet */
+			la->next_claim_at = now + LOOKUP_IDLE_MS * 1000L;
 			continue;
+		}
 		room = outbox_account_room(a, now) - sends_claimed(a, sends);
 		room = Min(room, Max(1, a->cap / 2) - la->in_flight);
 		outbox_bucket_refill(&la->bucket, now);

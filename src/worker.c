@@ -425,7 +425,6 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 
 		MemoryContextSwitchTo(outbox_worker_cxt);
 		release_done();
-		outbox_lookup_committed();
 		self->to_start = list_concat(self->to_start, claimed);
 		self->consecutive_errors = 0;
 	}
@@ -612,6 +611,7 @@ outbox_worker_main(Datum arg)
 							   self->consecutive_errors == 0 ? Min(capacity, outbox_claim_batch) : 0))
 			{
 				start_claimed();
+				outbox_lookup_committed();
 				publish(NULL);
 			}
 			else if (outbox_http_in_flight() == 0 && !stopping)

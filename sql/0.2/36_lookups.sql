@@ -32,7 +32,7 @@ SELECT a.name AS account, a.poll_after, a.max_polls, a.twilio_retention,
 	 WHERE m.account OPERATOR(pg_catalog.=) a.name AND m.state OPERATOR(pg_catalog.=) 'sent'
 	   AND m.twilio_sid IS NOT NULL AND a.poll_after IS NOT NULL
 	   AND (m.next_lookup_at OPERATOR(pg_catalog.<=) pg_catalog.now()
-			OR (m.next_lookup_at IS NULL AND m.sent_at OPERATOR(pg_catalog.<=) pg_catalog.now() OPERATOR(pg_catalog.-) a.poll_after))) AS polls_due,
+			OR (m.next_lookup_at IS NULL AND m.sent_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) a.poll_after)))) AS polls_due,
 	(SELECT pg_catalog.count(*) FROM twilio_outbox.messages m
 	 WHERE m.account OPERATOR(pg_catalog.=) a.name AND m.state OPERATOR(pg_catalog.=) 'sent'
 	   AND m.twilio_sid IS NOT NULL AND m.next_lookup_at OPERATOR(pg_catalog.=) 'infinity') AS polls_given_up,
@@ -40,7 +40,7 @@ SELECT a.name AS account, a.poll_after, a.max_polls, a.twilio_retention,
 	 WHERE m.account OPERATOR(pg_catalog.=) a.name
 	   AND m.state OPERATOR(pg_catalog.=) ANY (ARRAY['delivered', 'undelivered', 'failed', 'canceled']::twilio_outbox.message_state[])
 	   AND m.twilio_sid IS NOT NULL AND m.deleted_at_twilio IS NULL AND a.twilio_retention IS NOT NULL
-	   AND m.finished_at OPERATOR(pg_catalog.<=) pg_catalog.now() OPERATOR(pg_catalog.-) a.twilio_retention) AS deletions_due,
+	   AND m.finished_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) a.twilio_retention)) AS deletions_due,
 	twilio_outbox.in_delete_window(a.delete_window_start, a.delete_window_end, pg_catalog.now()) AS in_delete_window
 FROM twilio_outbox.accounts a
 WHERE a.poll_after IS NOT NULL OR a.twilio_retention IS NOT NULL;
