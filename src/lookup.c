@@ -46,7 +46,6 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#define LOOKUP_REFRESH_MS		1000
 /* How soon to ask again after a claim found less than it asked for. */
 #define LOOKUP_IDLE_MS			1000
 /* How soon to ask again when sends left no room. */
@@ -559,13 +558,14 @@ record(List *finished)
 
 /*
  * In the worker's database phase, after its own claim: record what
- * finished, reload the settings about once a second, and claim with the
+ * finished, reload the settings when the worker reloads its accounts
+ * (refresh: every second, and soon after a wake-up), and claim with the
  * capacity left (0: claim nothing).  sends are the messages the worker's
  * claim just took, not yet in flight.  May throw; the worker rolls back
  * and calls outbox_lookup_aborted().
  */
 void
-outbox_lookup_phase(TimestampTz now, int capacity, List *sends)
+outbox_lookup_phase(TimestampTz now, bool reload, int capacity, List *sends)
 {
 	if (done != NIL)
 	{
@@ -573,7 +573,7 @@ outbox_lookup_phase(TimestampTz now, int capacity, List *sends)
 		recording = done;
 		done = NIL;
 	}
-	if (now - last_refresh >= LOOKUP_REFRESH_MS * 1000L)
+	if (reload || last_refresh == 0)
 	{
 		refresh(now);
 		last_refresh = now;

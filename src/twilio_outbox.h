@@ -364,7 +364,7 @@ extern bool outbox_extension_present(void);
  * outbox_lookup_aborted() after it, and hands finished lookups to
  * outbox_lookup_done().
  */
-extern void outbox_lookup_phase(TimestampTz now, int capacity, List *claimed);
+extern void outbox_lookup_phase(TimestampTz now, bool reload, int capacity, List *claimed);
 extern void outbox_lookup_committed(void);
 extern void outbox_lookup_aborted(void);
 extern void outbox_lookup_done(OutboxMessage *m);

@@ -420,7 +420,7 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 			}
 		}
 		/* sends first: lookups take what is left */
-		outbox_lookup_phase(now, lookup_capacity - list_length(claimed), claimed);
+		outbox_lookup_phase(now, refresh, lookup_capacity - list_length(claimed), claimed);
 		end_phase();
 
 		MemoryContextSwitchTo(outbox_worker_cxt);

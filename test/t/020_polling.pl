@@ -31,6 +31,10 @@ $node->safe_psql('postgres', 'SELECT twilio_outbox.start_worker()');
 
 sub sql { return OutboxTest::query($node, $_[0]) }
 
+# Settings are read when the dispatcher wakes (every poll_interval, 30 s
+# here): wake it after each change.
+sub wake { sql('SELECT twilio_outbox.wake_worker()'); return }
+
 # Enqueue to each number, wait until all are sent; their ids and SIDs.
 sub send_all
 {
@@ -59,6 +63,7 @@ $standin->message_status($sid->{'+14155550402'}, 'undelivered', error_code => 30
 $standin->message_status($sid->{'+14155550404'}, 'undelivered', error_code => 21610);
 # +14155550403 stays as Twilio created it: queued
 sql(q{UPDATE twilio_outbox.accounts SET poll_after = '1 second', max_polls = 3, lookups_per_second = 50 WHERE name = 'main'});
+wake();
 
 OutboxTest::wait_until($node,
 	"SELECT state = 'delivered' FROM twilio_outbox.messages WHERE id = $id->{'+14155550401'}",
@@ -110,11 +115,13 @@ is(sql("SELECT polls_given_up FROM twilio_outbox.lookups WHERE account = 'main'"
 
 # --- lookups_per_second, and sends during a lookup backlog -----------------
 sql(q{UPDATE twilio_outbox.accounts SET poll_after = NULL WHERE name = 'main'});
+wake();
 my @many = map { sprintf('+1415555%04d', 500 + $_) } 1 .. 20;
 my ($mid, $msid) = send_all(@many);
 $standin->message_status($msid->{$_}, 'delivered') for @many;
 my $before = scalar @{ $standin->lookups };
 sql(q{UPDATE twilio_outbox.accounts SET poll_after = '1 second', lookups_per_second = 2 WHERE name = 'main'});
+wake();
 OutboxTest::wait_until($node,
 	"SELECT polls_due > 0 FROM twilio_outbox.lookups WHERE account = 'main'", 'a backlog of polls');
 my @sends = map { sprintf('+1415555%04d', 600 + $_) } 1 .. 5;
@@ -147,11 +154,13 @@ is($worst, 0, sprintf('at no moment more lookups than lookups_per_second (2) tim
 
 # --- a 429 on a lookup pauses lookups, not the account ---------------------
 sql(q{UPDATE twilio_outbox.accounts SET poll_after = NULL, lookups_per_second = 50 WHERE name = 'main'});
+wake();
 my ($rid, $rsid) = send_all('+14155550701');
 my $r = $rsid->{'+14155550701'};
 $standin->message_status($r, 'delivered');
 $standin->lookup_script({ status => 429, retry_after => '3' });
 sql(q{UPDATE twilio_outbox.accounts SET poll_after = '1 second' WHERE name = 'main'});
+wake();
 OutboxTest::wait_until($node,
 	"SELECT state = 'delivered' FROM twilio_outbox.messages WHERE id = $rid->{'+14155550701'}",
 	'429 then 200: delivered');
@@ -169,6 +178,7 @@ is(sql(q{SELECT paused_until IS NULL FROM twilio_outbox.accounts WHERE name = 'm
 sql(q{UPDATE twilio_outbox.accounts SET twilio_retention = '1 second',
 	delete_window_start = ((now() AT TIME ZONE 'UTC')::time + interval '2 hours'),
 	delete_window_end = ((now() AT TIME ZONE 'UTC')::time + interval '3 hours') WHERE name = 'main'});
+wake();
 # A poll after the change shows the dispatcher has read it (one claim does both).
 my ($wid, $wsid) = send_all('+14155550801');
 $standin->message_status($wsid->{'+14155550801'}, 'delivered');
@@ -188,6 +198,7 @@ $standin->lookup_script({ status => 404 });
 sql(q{UPDATE twilio_outbox.accounts SET
 	delete_window_start = ((now() AT TIME ZONE 'UTC')::time - interval '1 hour'),
 	delete_window_end = ((now() AT TIME ZONE 'UTC')::time + interval '1 hour') WHERE name = 'main'});
+wake();
 OutboxTest::wait_until($node,
 	q{SELECT count(*) = 0 FROM twilio_outbox.messages
 	  WHERE state IN ('delivered', 'undelivered', 'failed', 'canceled') AND twilio_sid IS NOT NULL
@@ -195,7 +206,7 @@ OutboxTest::wait_until($node,
 	"inside the window: all $finals final messages deleted at Twilio");
 my @del = grep { $_->{method} eq 'DELETE' } @{ $standin->lookups };
 is(scalar @del, $finals, 'one DELETE per final message');
-is(join(',', sort { $a <=> $b } map { $_->{status} } @del), join(',', 404, (204) x ($finals - 1)),
+is(join(',', sort { $a <=> $b } map { $_->{status} } @del), join(',', (204) x ($finals - 1), 404),
 	'answered 204, and one 404 (already gone: also done)');
 is(sql(q{SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent' AND deleted_at_twilio IS NOT NULL}), '0',
 	'a message without a final status is never deleted');
