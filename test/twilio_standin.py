@@ -44,8 +44,12 @@ Control endpoints (JSON in and out):
     GET  /_requests[?to=+1...]   recorded requests (a literal '+' in ?to= is kept)
     POST /_message_status {"sid": "SM...", "status": "delivered" [, "error_code": n] [, "error_message": s]}
     POST /_lookup_script  {"actions": [{"status": >=400 [, "code": n] [, "retry_after": s]}, ...]}
-                    FIFO answers for the next fetches and deletions, whatever SID
-    GET  /_lookups  recorded fetches and deletions: {"t", "method", "sid", "account_sid", "status", "auth_user"}
+                          and/or {"delay": s}
+                    FIFO answers for the next fetches and deletions, whatever SID;
+                    delay: every fetch and deletion answers that many seconds late
+    GET  /_lookups  recorded fetches and deletions: {"t", "method", "sid", "account_sid",
+                    "status", "auth_user", "concurrent"} (concurrent: fetches and
+                    deletions in progress when it arrived, itself included)
     POST /_reset    clear scripts, requests, rates, the steady action and messages
     GET  /_health   {"ok": true}
 Anything else gets a Twilio-shaped 404 (code 20404).
@@ -277,6 +281,8 @@ class LookupStore:
         self.messages = {}
         self.requests = []
         self.script = collections.deque()
+        self.delay = 0.0
+        self.in_progress = 0
 
     def remember(self, resource):
         with self.lock:
@@ -313,25 +319,41 @@ class LookupStore:
             resource["date_updated"] = rfc2822_now()
 
     def add_script(self, spec):
-        if not isinstance(spec, dict) or not isinstance(spec.get("actions"), list):
-            raise ActionError('expected {"actions": [...]}')
+        if not isinstance(spec, dict) or not ({"actions", "delay"} & set(spec)) \
+                or not isinstance(spec.get("actions", []), list):
+            raise ActionError('expected {"actions": [...]} and/or {"delay": s}')
+        try:
+            delay = float(spec.get("delay", self.delay))
+        except (TypeError, ValueError) as err:
+            raise ActionError(str(err)) from err
         actions = []
-        for raw in spec["actions"]:
+        for raw in spec.get("actions", []):
             if not isinstance(raw, dict) or int(raw.get("status", 0)) < 400:
                 raise ActionError(f"a lookup action is an error status >= 400: {raw}")
             actions.append(normalise_status_action(raw))
         with self.lock:
             self.script.extend(actions)
+            self.delay = delay
+
+    def begin(self):
+        """A fetch or deletion arrives: how many are in progress, itself included, and the delay."""
+        with self.lock:
+            self.in_progress += 1
+            return self.in_progress, self.delay
+
+    def end(self):
+        with self.lock:
+            self.in_progress -= 1
 
     def next_action(self):
         with self.lock:
             return self.script.popleft() if self.script else None
 
-    def record(self, t, method, sid, account_sid, status, user):
+    def record(self, t, method, sid, account_sid, status, user, concurrent):
         with self.lock:
             self.requests.append({"t": t, "method": method, "sid": sid,
                                   "account_sid": account_sid, "status": status,
-                                  "auth_user": user})
+                                  "auth_user": user, "concurrent": concurrent})
 
     def recorded(self):
         with self.lock:
@@ -556,12 +578,21 @@ class Handler(BaseHTTPRequestHandler):
     # fetch and delete of one message (LookupStore)
 
     def _message_instance(self, account_sid, sid):
-        """GET or DELETE .../Messages/{sid}.json: a scripted answer, else the store's."""
-        user, _ = parse_basic_auth(self.headers.get("Authorization"))
+        """GET or DELETE .../Messages/{sid}.json, answered after the configured delay."""
         store = self.state.lookups
+        concurrent, delay = store.begin()
+        try:
+            time.sleep(delay)
+            self._answer_instance(store, account_sid, sid, concurrent)
+        finally:
+            store.end()
+
+    def _answer_instance(self, store, account_sid, sid, concurrent):
+        """A scripted answer, else the store's."""
+        user, _ = parse_basic_auth(self.headers.get("Authorization"))
         action = store.next_action()
         if action is not None:
-            store.record(self.arrival, self.command, sid, account_sid, action["status"], user)
+            store.record(self.arrival, self.command, sid, account_sid, action["status"], user, concurrent)
             retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
             self._send_error(action["status"], action["code"], action.get("message"), retry)
             return
@@ -570,7 +601,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             resource = store.delete(account_sid, sid)
         status = 404 if resource is None else (200 if self.command == "GET" else 204)
-        store.record(self.arrival, self.command, sid, account_sid, status, user)
+        store.record(self.arrival, self.command, sid, account_sid, status, user, concurrent)
         if resource is None:
             self._send_error(404, 20404, f"The requested resource /{API_VERSION}/Accounts/"
                              f"{account_sid}/Messages/{sid}.json was not found")

@@ -118,6 +118,13 @@ sub lookup_script
 	return $self->_post('/_lookup_script', { actions => \@actions });
 }
 
+# Every fetch and deletion answers $seconds late (0: at once).
+sub lookup_delay
+{
+	my ($self, $seconds) = @_;
+	return $self->_post('/_lookup_script', { delay => $seconds });
+}
+
 sub stop
 {
 	my ($self) = @_;
@@ -310,7 +317,8 @@ arrayref (possibly shorter on timeout).  Never dies.
 =item C<< $s->lookups >>
 
 The recorded fetches and deletions of single messages, oldest first: each
-C<{t, method, sid, account_sid, status, auth_user}>.
+C<{t, method, sid, account_sid, status, auth_user, concurrent}>, concurrent
+being how many fetches and deletions were in progress when it arrived.
 
 =item C<< $s->message_status($sid, $status, error_code => $n, error_message => $text) >>
 
@@ -320,6 +328,10 @@ What fetching the message C<$sid> (one the stand-in created) answers from now on
 
 Error actions (C<< {status => 429, retry_after => '1'} >>, ...) answering the next
 fetches or deletions, in order, whatever their SID.
+
+=item C<< $s->lookup_delay($seconds) >>
+
+Every fetch and deletion from now on answers that many seconds late.
 
 =item C<< $s->stop >>
 

@@ -8,6 +8,7 @@
 #     for an operator (twilio_outbox.lookups);
 #   - lookups_per_second bounds what the stand-in sees, and sends enqueued
 #     during a lookup backlog are sent at once;
+#   - lookups take the account's concurrency slots, at most half of them;
 #   - a 429 on a lookup pauses lookups for its Retry-After, not the account;
 #   - retention (accounts.twilio_retention): outside the deletion window
 #     nothing is deleted; inside it every final message is deleted at Twilio
@@ -151,6 +152,26 @@ for my $i (0 .. $#t)
 }
 is($worst, 0, sprintf('at no moment more lookups than lookups_per_second (2) times the time elapsed plus the burst (2) (%d in %.1f s)',
 	scalar @t, @t ? $t[-1] - $t[0] : 0));
+
+# --- lookups take concurrency slots: at most half the account's ----------
+sql(q{UPDATE twilio_outbox.accounts SET poll_after = NULL, max_concurrency = 4, lookups_per_second = 100 WHERE name = 'main'});
+wake();
+my @slow = map { sprintf('+1415555%04d', 650 + $_) } 1 .. 8;
+my ($slow_ids, $slow_sids) = send_all(@slow);
+$standin->message_status($slow_sids->{$_}, 'delivered') for @slow;
+$standin->lookup_delay(0.5);
+sql(q{UPDATE twilio_outbox.accounts SET poll_after = '1 second' WHERE name = 'main'});
+wake();
+my $slow_list = join(',', values %$slow_ids);
+OutboxTest::wait_until($node,
+	"SELECT count(*) = 8 FROM twilio_outbox.messages WHERE id IN ($slow_list) AND state = 'delivered'",
+	'8 slow lookups (0.5 s each) done');
+my %slow_sid = map { $slow_sids->{$_} => 1 } @slow;
+my ($most) = sort { $b <=> $a } map { $_->{concurrent} } grep { $slow_sid{ $_->{sid} } } @{ $standin->lookups };
+is($most, 2, 'with max_concurrency 4, at most 2 lookups (half the slots) were ever in flight at once');
+$standin->lookup_delay(0);
+sql(q{UPDATE twilio_outbox.accounts SET max_concurrency = 25 WHERE name = 'main'});
+wake();
 
 # --- a 429 on a lookup pauses lookups, not the account ---------------------
 sql(q{UPDATE twilio_outbox.accounts SET poll_after = NULL, lookups_per_second = 50 WHERE name = 'main'});
