@@ -84,6 +84,14 @@ FROM (VALUES ('01:00', '05:00', '2026-01-01 00:59:59+00'), ('01:00', '05:00', '2
 	('23:00', '02:00', '2026-01-02 01:30:00+00'), ('23:00', '02:00', '2026-01-01 12:00:00+00'),
 	(NULL, NULL, '2026-01-01 12:00:00+00')) AS t(s, e, at);
 
+-- The monitoring role reads the lookups view (and the window function it calls).
+UPDATE twilio_outbox.accounts SET poll_after = '1 minute' WHERE name = 'c_acct';
+SET ROLE twilio_outbox_monitor;
+SELECT account, poll_after, polls_due, polls_given_up, deletions_due, in_delete_window
+FROM twilio_outbox.lookups WHERE account = 'c_acct';
+RESET ROLE;
+UPDATE twilio_outbox.accounts SET poll_after = NULL WHERE name = 'c_acct';
+
 -- A message needs its account to exist ...
 SELECT try($$INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
 	VALUES ('no_such_account', 1, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now())$$);
