@@ -29,11 +29,28 @@ Actions (JSON objects):
                          Twilio or proxy): each header line (name: value, no CRLF)
                          and the body base64-encoded; Content-Length is added
 
+    GET    /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
+    DELETE /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
+        Fetch or delete a message this stand-in created (201) under that
+        account: 200 with the Message resource carrying the status it was last
+        told (POST /_message_status; at first the status it was created with),
+        204 once deleted; 404 (code 20404) for a SID it does not know (or
+        deleted).  Every such request is recorded (GET /_lookups); a scripted
+        lookup action (POST /_lookup_script) answers instead when one is queued.
+
 Control endpoints (JSON in and out):
     POST /_script   {"to": "+1...", "actions": [...]} | {"default": [...]} | {"steady": {...}}
     POST /_config   {"rates": {"<From or MessagingServiceSid>": per_second, ...}, "burst": n}
     GET  /_requests[?to=+1...]   recorded requests (a literal '+' in ?to= is kept)
-    POST /_reset    clear scripts, requests, rates and the steady action
+    POST /_message_status {"sid": "SM...", "status": "delivered" [, "error_code": n] [, "error_message": s]}
+    POST /_lookup_script  {"actions": [{"status": >=400 [, "code": n] [, "retry_after": s]}, ...]}
+                          and/or {"delay": s}
+                    FIFO answers for the next fetches and deletions, whatever SID;
+                    delay: every fetch and deletion answers that many seconds late
+    GET  /_lookups  recorded fetches and deletions: {"t", "method", "sid", "account_sid",
+                    "status", "auth_user", "concurrent"} (concurrent: fetches and
+                    deletions in progress when it arrived, itself included)
+    POST /_reset    clear scripts, requests, rates, the steady action and messages
     GET  /_health   {"ok": true}
 Anything else gets a Twilio-shaped 404 (code 20404).
 """
@@ -59,6 +76,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 API_VERSION = "2010-04-01"
 MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
+MESSAGE_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages/([A-Za-z0-9]+)\.json$")
 SEGMENT_CHARS = 160
 STEADY_201 = {"status": 201}
 RATE_LIMITED = {"status": 429, "rate_limited": True}
@@ -191,6 +209,7 @@ class StandInState:
         self.rates = {}
         self.burst = 1.0
         self.buckets = {}
+        self.lookups = LookupStore()
 
     def reset(self):
         with self.lock:
@@ -252,6 +271,93 @@ class StandInState:
         allowed = tokens >= 1
         self.buckets[sender] = (tokens - 1 if allowed else tokens, now)
         return allowed
+
+
+class LookupStore:
+    """Messages the stand-in created, for fetching and deleting them, with its own lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.messages = {}
+        self.requests = []
+        self.script = collections.deque()
+        self.delay = 0.0
+        self.in_progress = 0
+
+    def remember(self, resource):
+        with self.lock:
+            self.messages[resource["sid"]] = dict(resource)
+
+    def fetch(self, account_sid, sid):
+        with self.lock:
+            resource = self.messages.get(sid)
+            if resource is None or resource["account_sid"] != account_sid:
+                return None
+            return dict(resource)
+
+    def delete(self, account_sid, sid):
+        with self.lock:
+            resource = self.messages.get(sid)
+            if resource is None or resource["account_sid"] != account_sid:
+                return None
+            return self.messages.pop(sid)
+
+    def set_status(self, spec):
+        if not isinstance(spec, dict) or not isinstance(spec.get("sid"), str) \
+                or not isinstance(spec.get("status"), str):
+            raise ActionError('expected {"sid": "SM...", "status": "..."}')
+        code = spec.get("error_code")
+        if code is not None and not isinstance(code, int):
+            raise ActionError("error_code must be an integer or null")
+        with self.lock:
+            resource = self.messages.get(spec["sid"])
+            if resource is None:
+                raise ActionError(f"no message {spec['sid']}")
+            resource["status"] = spec["status"]
+            resource["error_code"] = code
+            resource["error_message"] = spec.get("error_message")
+            resource["date_updated"] = rfc2822_now()
+
+    def add_script(self, spec):
+        if not isinstance(spec, dict) or not ({"actions", "delay"} & set(spec)) \
+                or not isinstance(spec.get("actions", []), list):
+            raise ActionError('expected {"actions": [...]} and/or {"delay": s}')
+        try:
+            delay = float(spec.get("delay", self.delay))
+        except (TypeError, ValueError) as err:
+            raise ActionError(str(err)) from err
+        actions = []
+        for raw in spec.get("actions", []):
+            if not isinstance(raw, dict) or int(raw.get("status", 0)) < 400:
+                raise ActionError(f"a lookup action is an error status >= 400: {raw}")
+            actions.append(normalise_status_action(raw))
+        with self.lock:
+            self.script.extend(actions)
+            self.delay = delay
+
+    def begin(self):
+        """A fetch or deletion arrives: how many are in progress, itself included, and the delay."""
+        with self.lock:
+            self.in_progress += 1
+            return self.in_progress, self.delay
+
+    def end(self):
+        with self.lock:
+            self.in_progress -= 1
+
+    def next_action(self):
+        with self.lock:
+            return self.script.popleft() if self.script else None
+
+    def record(self, t, method, sid, account_sid, status, user, concurrent):
+        with self.lock:
+            self.requests.append({"t": t, "method": method, "sid": sid,
+                                  "account_sid": account_sid, "status": status,
+                                  "auth_user": user, "concurrent": concurrent})
+
+    def recorded(self):
+        with self.lock:
+            return list(self.requests)
 
 
 # --- request parsing and response bodies -------------------------------------
@@ -344,6 +450,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch()
 
+    def do_DELETE(self):
+        self._dispatch()
+
     def log_message(self, format, *args):
         if not self.server.quiet:
             super().log_message(format, *args)
@@ -365,6 +474,8 @@ class Handler(BaseHTTPRequestHandler):
                 route(self, parse_query(query), body)
             elif self.command == "POST" and match:
                 self._create_message(match.group(1), path, body)
+            elif self.command in ("GET", "DELETE") and MESSAGE_PATH.match(path):
+                self._message_instance(*MESSAGE_PATH.match(path).groups())
             else:
                 self._send_error(404, 20404, f"The requested resource {path} was not found")
         except ConnectionError:
@@ -455,12 +566,58 @@ class Handler(BaseHTTPRequestHandler):
         if action.get("malformed"):
             self._send_bytes(201, MALFORMED_BODY)
         elif "hang" in action or action["status"] == 201:
-            self._send_json(201, message_resource(account_sid, form, action.get("twilio_status")))
+            resource = message_resource(account_sid, form, action.get("twilio_status"))
+            self.state.lookups.remember(resource)
+            self._send_json(201, resource)
         else:
             status = action["status"]
             retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
             code = action.get("code", default_code(status))
             self._send_error(status, code, action.get("message"), retry)
+
+    # fetch and delete of one message (LookupStore)
+
+    def _message_instance(self, account_sid, sid):
+        """GET or DELETE .../Messages/{sid}.json, answered after the configured delay."""
+        store = self.state.lookups
+        concurrent, delay = store.begin()
+        try:
+            time.sleep(delay)
+            self._answer_instance(store, account_sid, sid, concurrent)
+        finally:
+            store.end()
+
+    def _answer_instance(self, store, account_sid, sid, concurrent):
+        """A scripted answer, else the store's."""
+        user, _ = parse_basic_auth(self.headers.get("Authorization"))
+        action = store.next_action()
+        if action is not None:
+            store.record(self.arrival, self.command, sid, account_sid, action["status"], user, concurrent)
+            retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
+            self._send_error(action["status"], action["code"], action.get("message"), retry)
+            return
+        if self.command == "GET":
+            resource = store.fetch(account_sid, sid)
+        else:
+            resource = store.delete(account_sid, sid)
+        status = 404 if resource is None else (200 if self.command == "GET" else 204)
+        store.record(self.arrival, self.command, sid, account_sid, status, user, concurrent)
+        if resource is None:
+            self._send_error(404, 20404, f"The requested resource /{API_VERSION}/Accounts/"
+                             f"{account_sid}/Messages/{sid}.json was not found")
+        elif status == 204:
+            self._send_bytes(204, b"")
+        else:
+            self._send_json(200, resource)
+
+    def _lookups(self, query, body):
+        self._send_json(200, self.state.lookups.recorded())
+
+    def _message_status(self, query, body):
+        self._control(body, self.state.lookups.set_status)
+
+    def _lookup_script(self, query, body):
+        self._control(body, self.state.lookups.add_script)
 
     # control endpoints
 
@@ -512,6 +669,9 @@ CONTROL_ROUTES = {
     ("POST", "/_script"): Handler._script,
     ("POST", "/_config"): Handler._config,
     ("POST", "/_reset"): Handler._reset,
+    ("GET", "/_lookups"): Handler._lookups,
+    ("POST", "/_message_status"): Handler._message_status,
+    ("POST", "/_lookup_script"): Handler._lookup_script,
 }
 
 
