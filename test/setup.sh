@@ -34,7 +34,7 @@ export LANG=C.UTF-8 LC_ALL=C.UTF-8
 need_packages()
 {
 	local missing=() pkg cmd
-	for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libcurl4-openssl-dev \
+	for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libcurl4-openssl-dev libpq-dev libmicrohttpd-dev \
 		postgresql-$PG_MAJOR-cron postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl \
 		libipc-run-perl "$@"; do
 		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
