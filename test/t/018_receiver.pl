@@ -21,6 +21,7 @@ use FindBin;
 use HTTP::Tiny;
 use POSIX ();
 use File::Temp ();
+use IPC::Run ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -72,17 +73,36 @@ my $tmp = File::Temp->newdir;
 my $log = "$PostgreSQL::Test::Utils::log_path/018_twilio_outbox_receiver.log";
 my $port = PostgreSQL::Test::Cluster::get_free_port();
 my $conninfo = $node->connstr('postgres') . ' user=twilio_receiver';
-my $pid = fork() // die "fork: $!";
-if ($pid == 0)
+
+# Start a receiver with these options; its pid once its port file exists.
+sub start_receiver
 {
-	open(STDIN, '<', '/dev/null');
-	open(STDOUT, '>>', $log);
-	open(STDERR, '>>', $log);
-	exec($receiver_bin, '--public-url', $public, '--listen', '127.0.0.1', '--port', $port,
-		'--port-file', "$tmp/port", '--conninfo', $conninfo, '--pool', 4)
-	  or POSIX::_exit(127);
+	my ($port_file, @opts) = @_;
+	my $pid = fork() // die "fork: $!";
+	if ($pid == 0)
+	{
+		open(STDIN, '<', '/dev/null');
+		open(STDOUT, '>>', $log);
+		open(STDERR, '>>', $log);
+		exec($receiver_bin, '--listen', '127.0.0.1', '--port-file', $port_file,
+			'--conninfo', $conninfo, @opts)
+		  or POSIX::_exit(127);
+	}
+	for (1 .. 100) { last if -s $port_file; sleep 0.1; }
+	return $pid;
 }
-for (1 .. 100) { last if -s "$tmp/port"; sleep 0.1; }
+
+# A role it may not take: it refuses to start, and says why.
+{
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run([ $receiver_bin, '--public-url', $public, '--port', 0,
+			'--conninfo', $conninfo, '--role', 'twilio_outbox_admin' ],
+		'>', \$out, '2>', \$err, IPC::Run::timeout(60));
+	ok(!$ok && $? >> 8 == 1, 'a role it may not SET ROLE to: exit 1');
+	like($err, qr/could not set up the database session \(role "twilio_outbox_admin"\)/, '... saying why');
+}
+
+my $pid = start_receiver("$tmp/port", '--public-url', $public, '--port', $port, '--pool', 4);
 ok(-s "$tmp/port", 'the receiver listens');
 my $base = "http://127.0.0.1:$port/twilio";
 
@@ -242,6 +262,24 @@ my $dbg = "AccountSid=$OutboxTest::ACCOUNT_SID&Level=ERROR&Payload=%7B%22error_c
 ($p, $b, $s) = signed('/debugger', $dbg);
 $res = post($http, "/twilio$p", $b, $s);
 is("$res->{status} $res->{content}", '200 recorded', 'a debugger event: recorded');
+
+# --trust-host: the URL from Host (HTTP::Tiny sends 127.0.0.1:<port>).
+{
+	my $tport = PostgreSQL::Test::Cluster::get_free_port();
+	my $tpid = start_receiver("$tmp/tport", '--trust-host', '--port', $tport, '--pool', 1);
+	my $body = callback_body($sid1, $to1, 'canceled');
+	my $sig = $node->safe_psql('postgres', "SELECT twilio_outbox.webhook_signature("
+		  . "'$OutboxTest::AUTH_TOKEN', 'http://127.0.0.1:$tport/twilio/status', '$body')");
+	my $r = $http->request('POST', "http://127.0.0.1:$tport/twilio/status",
+		{ headers => { 'X-Twilio-Signature' => $sig }, content => $body });
+	is($r->{status}, 200, '--trust-host: signed over the URL its Host header names: 200');
+	($p, $b, $s) = signed('/status', $body);
+	$r = $http->request('POST', "http://127.0.0.1:$tport/twilio/status",
+		{ headers => { 'X-Twilio-Signature' => $s }, content => $body });
+	is($r->{status}, 403, '--trust-host: signed over the configured public URL instead: 403');
+	kill 'TERM', $tpid;
+	waitpid($tpid, 0);
+}
 
 # The database down: 503 (Twilio tries again); back up: the same request
 # goes through on a new connection.
