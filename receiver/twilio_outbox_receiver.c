@@ -143,6 +143,7 @@ typedef struct Request
 	size_t		cap;
 	bool		started;
 	bool		too_large;
+	bool		answered;		/* a response is queued: ignore the rest */
 	struct timespec t0;
 } Request;
 
@@ -520,6 +521,7 @@ reply(struct MHD_Connection *conn, Request *req, const char *method, int status,
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "POST");
 	ret = MHD_queue_response(conn, (unsigned int) status, resp);
 	MHD_destroy_response(resp);
+	req->answered = true;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	clean_field(path, sizeof(path), req->uri, strcspn(req->uri, "?"));
@@ -533,7 +535,9 @@ reply(struct MHD_Connection *conn, Request *req, const char *method, int status,
 /*
  * The route of a request target: its path is the public URL's prefix
  * followed by a route's path (a proxy that strips the prefix works as
- * well: then the path is the route's alone).  NULL for anything else.
+ * well: then the path is the route's alone).  With --trust-host there is
+ * no configured prefix: the path's last segment decides.  NULL for
+ * anything else.
  */
 static const Route *
 find_route(const char *uri, const char **rest)
@@ -543,7 +547,17 @@ find_route(const char *uri, const char **rest)
 	const char *p = uri;
 	size_t		i;
 
-	if (plen > 0 && pathlen > plen && strncmp(uri, config.prefix, plen) == 0 && uri[plen] == '/')
+	if (config.trust_host)
+	{
+		for (i = pathlen; i > 0 && uri[i - 1] != '/'; i--)
+			;
+		if (i > 0)
+		{
+			p = uri + i - 1;
+			pathlen -= i - 1;
+		}
+	}
+	else if (plen > 0 && pathlen > plen && strncmp(uri, config.prefix, plen) == 0 && uri[plen] == '/')
 	{
 		p += plen;
 		pathlen -= plen;
@@ -658,6 +672,12 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 
 	if (req == NULL)
 		return MHD_NO;
+	if (req->answered)
+	{
+		/* refused before its body: what still arrives is dropped */
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
 	if (!req->started)
 	{
 		const char *length;
@@ -864,6 +884,7 @@ main(int argc, char **argv)
 	pthread_condattr_t cattr;
 	sigset_t	stop_signals;
 	struct MHD_Daemon *daemon;
+	struct MHD_OptionItem threads[2];
 	const union MHD_DaemonInfo *info;
 	unsigned int flags;
 	bool		fatal;
@@ -958,10 +979,19 @@ main(int argc, char **argv)
 	flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
 	if (addr->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	/* one connection: the internal thread alone (MHD refuses a pool of one) */
+	memset(threads, 0, sizeof(threads));
+	threads[0].option = MHD_OPTION_END;
+	if (config.pool_size > 1)
+	{
+		threads[0].option = MHD_OPTION_THREAD_POOL_SIZE;
+		threads[0].value = config.pool_size;
+		threads[1].option = MHD_OPTION_END;
+	}
 	daemon = MHD_start_daemon(flags, (uint16_t) config.port, NULL, NULL,
 							  handle_request, NULL,
 							  MHD_OPTION_SOCK_ADDR, addr->ai_addr,
-							  MHD_OPTION_THREAD_POOL_SIZE, (unsigned int) config.pool_size,
+							  MHD_OPTION_ARRAY, threads,
 							  MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 256,
 							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) config.http_timeout_s,
 							  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 512,
