@@ -53,6 +53,20 @@ Control endpoints (JSON in and out):
     POST /_reset    clear scripts, requests, rates, the steady action and messages
     GET  /_health   {"ok": true}
 Anything else gets a Twilio-shaped 404 (code 20404).
+
+Status callbacks and inbound messages, as Twilio sends them (make demo):
+    POST /_callbacks {"auth_token": str, "outcomes": {"<To>": {"status": "undelivered",
+                      "error_code": 30003}, ...}, "duplicate_every": n, "reverse_every": m}
+        From then on, after each 201 to a request that named a StatusCallback,
+        the stand-in posts that URL Twilio's status callbacks for the message,
+        signed with auth_token (X-Twilio-Signature): 'sent', then its outcome
+        ('delivered' unless "outcomes" names its To).  Every n-th such message
+        gets each callback twice; every m-th its final status before 'sent'.
+        Sent by a few threads, so they may also arrive in any order.
+    GET  /_callbacks  {"messages": n, "queued": n, "posted": n, "answers": {"200": n, ...}}
+    POST /_inbound   {"url": str, "auth_token": str, "account_sid": str, "from": "+1...",
+                      "to": "+1...", "body": "STOP"}
+        Posts a signed incoming message to url; answers {"status": n, "body": str}.
 """
 
 import argparse
@@ -60,8 +74,12 @@ import base64
 import collections
 import email.utils
 import json
+import hashlib
+import hmac
+import http.client
 import math
 import os
+import queue
 import re
 import signal
 import socket
@@ -569,6 +587,7 @@ class Handler(BaseHTTPRequestHandler):
             resource = message_resource(account_sid, form, action.get("twilio_status"))
             self.state.lookups.remember(resource)
             self._send_json(201, resource)
+            self.server.callbacks.after_create(account_sid, form, resource)
         else:
             status = action["status"]
             retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
@@ -663,6 +682,21 @@ class Handler(BaseHTTPRequestHandler):
             self.state.set_steady(steady)
 
 
+    def _callbacks(self, query, body):
+        self._control(body, self.server.callbacks.configure)
+
+    def _callback_stats(self, query, body):
+        self._send_json(200, self.server.callbacks.stats())
+
+    def _inbound(self, query, body):
+        try:
+            answer = post_inbound(json.loads(body or b"{}"))
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            self._send_json(400, {"ok": False, "error": str(err)})
+            return
+        self._send_json(200, answer)
+
+
 CONTROL_ROUTES = {
     ("GET", "/_health"): Handler._health,
     ("GET", "/_requests"): Handler._requests,
@@ -672,7 +706,139 @@ CONTROL_ROUTES = {
     ("GET", "/_lookups"): Handler._lookups,
     ("POST", "/_message_status"): Handler._message_status,
     ("POST", "/_lookup_script"): Handler._lookup_script,
+    ("POST", "/_callbacks"): Handler._callbacks,
+    ("GET", "/_callbacks"): Handler._callback_stats,
+    ("POST", "/_inbound"): Handler._inbound,
 }
+
+
+# --- status callbacks and inbound messages (Twilio's webhooks) ---------------
+
+def twilio_signature(auth_token, url, params):
+    """X-Twilio-Signature: base64 HMAC-SHA1 over the URL and each name + value, names sorted."""
+    data = url + "".join(name + value for name, value in sorted(params))
+    digest = hmac.new(auth_token.encode("utf-8"), data.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def post_webhook(url, params, auth_token, conn_cache=None):
+    """POST a signed form to url (http on loopback only); returns (status, body)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"webhooks go to http on loopback only, not {url}")
+    body = urllib.parse.urlencode(params)
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": twilio_signature(auth_token, url, params),
+        "I-Twilio-Idempotency-Token": uuid.uuid4().hex,
+    }
+    target = parts.path + ("?" + parts.query if parts.query else "")
+    key = (parts.hostname, parts.port)
+    for attempt in (1, 2):
+        conn = (conn_cache or {}).get(key) or http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.request("POST", target, body=body, headers=headers)
+            res = conn.getresponse()
+            answer = res.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            if conn_cache is not None:
+                conn_cache.pop(key, None)
+            if attempt == 2:
+                raise
+            continue
+        if conn_cache is not None:
+            conn_cache[key] = conn
+        else:
+            conn.close()
+        return res.status, answer
+
+
+def post_inbound(spec):
+    """An incoming message, as Twilio posts it to a number's messaging webhook."""
+    params = [
+        ("AccountSid", spec["account_sid"]), ("ApiVersion", API_VERSION), ("Body", spec["body"]),
+        ("From", spec["from"]), ("MessageSid", "SM" + uuid.uuid4().hex), ("NumMedia", "0"),
+        ("NumSegments", "1"), ("SmsMessageSid", "SM" + uuid.uuid4().hex), ("SmsStatus", "received"),
+        ("To", spec["to"]),
+    ]
+    status, body = post_webhook(spec["url"], params, spec["auth_token"])
+    return {"status": status, "body": body}
+
+
+class CallbackSender:
+    """Twilio's status callbacks for the messages the stand-in created (POST /_callbacks)."""
+
+    THREADS = 4
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.config = None
+        self.messages = 0
+        self.posted = 0
+        self.answers = collections.Counter()
+        self.jobs = queue.Queue()
+        for _ in range(self.THREADS):
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def configure(self, cfg):
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("auth_token"), str):
+            raise ActionError('expected {"auth_token": str, "outcomes": {...}, ...}')
+        outcomes = cfg.get("outcomes", {})
+        for to, outcome in outcomes.items():
+            if outcome.get("status") not in ("delivered", "undelivered", "failed", "read"):
+                raise ActionError(f"outcome for {to}: status must be delivered, undelivered, failed or read")
+        with self.lock:
+            self.config = {
+                "auth_token": cfg["auth_token"],
+                "outcomes": outcomes,
+                "duplicate_every": int(cfg.get("duplicate_every", 0)),
+                "reverse_every": int(cfg.get("reverse_every", 0)),
+            }
+
+    def stats(self):
+        with self.lock:
+            return {"messages": self.messages, "queued": self.jobs.qsize(), "posted": self.posted,
+                    "answers": {str(k): v for k, v in self.answers.items()}}
+
+    def after_create(self, account_sid, form, resource):
+        """Queue the callbacks of a message just created (its 201 already sent)."""
+        url = first(form, "StatusCallback")
+        with self.lock:
+            cfg = self.config
+            if cfg is None or not url:
+                return
+            self.messages += 1
+            k = self.messages
+        outcome = cfg["outcomes"].get(resource["to"], {"status": "delivered"})
+        common = [("AccountSid", account_sid), ("ApiVersion", API_VERSION),
+                  ("From", resource["from"] or ""), ("MessageSid", resource["sid"]),
+                  ("SmsSid", resource["sid"]), ("To", resource["to"])]
+        if resource["messaging_service_sid"]:
+            common.append(("MessagingServiceSid", resource["messaging_service_sid"]))
+        sent = common + [("MessageStatus", "sent"), ("SmsStatus", "sent")]
+        final = common + [("MessageStatus", outcome["status"]), ("SmsStatus", outcome["status"])]
+        if "error_code" in outcome:
+            final.append(("ErrorCode", str(outcome["error_code"])))
+        posts = [sent, final]
+        if cfg["reverse_every"] and k % cfg["reverse_every"] == 0:
+            posts.reverse()
+        if cfg["duplicate_every"] and k % cfg["duplicate_every"] == 0:
+            posts = [p for p in posts for _ in (1, 2)]
+        for params in posts:
+            self.jobs.put((url, params, cfg["auth_token"]))
+
+    def _work(self):
+        conns = {}
+        while True:
+            url, params, token = self.jobs.get()
+            try:
+                status, _ = post_webhook(url, params, token, conns)
+            except (OSError, ValueError, http.client.HTTPException):
+                status = "error"
+            with self.lock:
+                self.posted += 1
+                self.answers[status] += 1
 
 
 # --- server lifecycle --------------------------------------------------------
@@ -686,6 +852,7 @@ class StandInServer(ThreadingHTTPServer):
 
     def __init__(self, port, quiet):
         self.state = StandInState()
+        self.callbacks = CallbackSender()
         self.quiet = quiet
         super().__init__(("127.0.0.1", port), Handler)
 
