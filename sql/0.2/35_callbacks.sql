@@ -125,7 +125,8 @@ UPDATE twilio_outbox.status_events SET account = '(unknown)' WHERE account IS NU
 ALTER TABLE twilio_outbox.status_events ALTER COLUMN account SET NOT NULL;
 ALTER TABLE twilio_outbox.status_events DROP CONSTRAINT status_events_pkey;
 ALTER TABLE twilio_outbox.status_events ADD CONSTRAINT status_events_pkey PRIMARY KEY (id, account);
-CREATE UNIQUE INDEX status_events_sid_status ON twilio_outbox.status_events (message_sid, message_status, account);
+ALTER TABLE twilio_outbox.status_events
+	ADD CONSTRAINT status_events_sid_status UNIQUE (message_sid, message_status, account);
 
 /* An opt-out dead-letters the recipient's queued messages: found by this index, not a scan. */
 CREATE INDEX messages_queued_to ON twilio_outbox.messages (to_number)
@@ -240,7 +241,7 @@ BEGIN
 	INSERT INTO twilio_outbox.status_events (message_sid, message_status, error_code, payload,
 		account, signature_verified, source)
 	VALUES (sid, st, err_code, payload, apply_status.account, signature_verified, source)
-	ON CONFLICT (message_sid, message_status, account) DO NOTHING
+	ON CONFLICT ON CONSTRAINT status_events_sid_status DO NOTHING
 	RETURNING id INTO ev;
 	IF ev IS NULL THEN
 		RETURN 'duplicate';
