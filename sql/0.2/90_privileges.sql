@@ -77,3 +77,17 @@ REVOKE ALL ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors FROM PU
 REVOKE ALL ON SEQUENCE twilio_outbox.debugger_events_id_seq FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors TO twilio_outbox_monitor;
 GRANT DELETE ON twilio_outbox.debugger_events TO twilio_outbox_admin;
+
+
+/*
+ * H2: the metrics view, for twilio_outbox_metrics (and through it the
+ * monitoring role).  Functions a view calls are checked against the
+ * caller: the exporter's role may run those the view runs, all read-only.
+ */
+REVOKE ALL ON twilio_outbox.metrics FROM PUBLIC;
+GRANT USAGE ON SCHEMA twilio_outbox TO twilio_outbox_metrics;
+GRANT SELECT ON twilio_outbox.metrics TO twilio_outbox_metrics;
+GRANT EXECUTE ON FUNCTION twilio_outbox.worker_status(), twilio_outbox.worker_accounts(),
+	twilio_outbox.webhook_counters(), twilio_outbox.supervisor_last_run(),
+	twilio_outbox.cron_database_name()
+	TO twilio_outbox_metrics;
