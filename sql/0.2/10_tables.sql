@@ -73,8 +73,8 @@ ALTER TABLE twilio_outbox.senders ADD CONSTRAINT senders_burst_range CHECK (
 COMMENT ON TABLE twilio_outbox.senders IS 'From-numbers and Messaging Services; rate is in segments per second, 0.001 to 10000 (NULL: the default for its kind; ''Infinity'': unlimited), burst the most sent at once, 1 to 10000 (NULL: one segment)';
 
 /*
- * A message names its account: a rename carries its messages along, and a
- * message of an account that does not exist cannot be written.  Live
+ * A message names its account: a message of an account that does not
+ * exist cannot be written (rename_account() moves the messages along).  Live
  * messages of accounts that are already gone (0.1 had no such key) are
  * dead-lettered first, as account_missing; the key is validated when no
  * orphan remains, else it stays NOT VALID (new writes are checked) with a
@@ -93,7 +93,7 @@ SELECT id, account, to_number, 'account_missing', last_http_status, last_error_c
 	'its account does not exist', attempts FROM orphans;
 
 ALTER TABLE twilio_outbox.messages ADD CONSTRAINT messages_account_fkey
-	FOREIGN KEY (account) REFERENCES twilio_outbox.accounts (name) ON UPDATE CASCADE NOT VALID;
+	FOREIGN KEY (account) REFERENCES twilio_outbox.accounts (name) NOT VALID;
 
 DO $validate$
 DECLARE

@@ -10,7 +10,7 @@
  */
 CREATE TABLE twilio_outbox.account_roles (
 	account		text NOT NULL
-		REFERENCES twilio_outbox.accounts (name) ON UPDATE CASCADE ON DELETE CASCADE,
+		REFERENCES twilio_outbox.accounts (name) ON DELETE CASCADE,
 	role		regrole NOT NULL,
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (account, role)

@@ -113,7 +113,19 @@ BEGIN
 END
 $dedupe$;
 DROP INDEX twilio_outbox.status_events_sid;
-CREATE UNIQUE INDEX status_events_sid_status ON twilio_outbox.status_events (message_sid, message_status);
+/*
+ * Keyed by account too, like every table that grows with traffic (see
+ * 12_distribution.sql): rows an application wrote under 0.1 take the
+ * account of the message with their SID, else '(unknown)'.
+ */
+UPDATE twilio_outbox.status_events e SET account = m.account
+FROM twilio_outbox.messages m
+WHERE e.account IS NULL AND m.twilio_sid OPERATOR(pg_catalog.=) e.message_sid;
+UPDATE twilio_outbox.status_events SET account = '(unknown)' WHERE account IS NULL;
+ALTER TABLE twilio_outbox.status_events ALTER COLUMN account SET NOT NULL;
+ALTER TABLE twilio_outbox.status_events DROP CONSTRAINT status_events_pkey;
+ALTER TABLE twilio_outbox.status_events ADD CONSTRAINT status_events_pkey PRIMARY KEY (id, account);
+CREATE UNIQUE INDEX status_events_sid_status ON twilio_outbox.status_events (message_sid, message_status, account);
 
 /* An opt-out dead-letters the recipient's queued messages: found by this index, not a scan. */
 CREATE INDEX messages_queued_to ON twilio_outbox.messages (to_number)
@@ -249,7 +261,7 @@ BEGIN
 	INSERT INTO twilio_outbox.status_events (message_sid, message_status, error_code, payload,
 		account, signature_verified)
 	VALUES (sid, st, err_code, p, v.account, true)
-	ON CONFLICT (message_sid, message_status) DO NOTHING
+	ON CONFLICT (message_sid, message_status, account) DO NOTHING
 	RETURNING id INTO ev;
 	IF ev IS NULL THEN
 		RETURN 'duplicate';
@@ -401,15 +413,17 @@ COMMENT ON FUNCTION twilio_outbox.receive_inbound(text, text, text) IS 'An incom
  * row per event Sid (Twilio retries), beside the outbox's own.
  */
 CREATE TABLE twilio_outbox.debugger_events (
-	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	sid				text NOT NULL UNIQUE,
+	id				bigint GENERATED ALWAYS AS IDENTITY,
+	sid				text NOT NULL,
 	account			text NOT NULL,
 	level			text,
 	error_code		integer,
 	payload			jsonb,
 	params			jsonb NOT NULL,
 	occurred_at		timestamptz,
-	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (id, account),
+	UNIQUE (sid, account)
 );
 CREATE INDEX debugger_events_received ON twilio_outbox.debugger_events (received_at);
 COMMENT ON TABLE twilio_outbox.debugger_events IS 'Events of Twilio''s debugger webhook (receive_debugger), one per Sid; params as received, payload the parsed Payload when it is JSON';
@@ -454,7 +468,7 @@ BEGIN
 		CASE WHEN payload OPERATOR(pg_catalog.->>) 'error_code' OPERATOR(pg_catalog.~) '^[0-9]{1,9}$'
 			 THEN (payload OPERATOR(pg_catalog.->>) 'error_code')::integer END,
 		payload, p, occurred)
-	ON CONFLICT (sid) DO NOTHING
+	ON CONFLICT (sid, account) DO NOTHING
 	RETURNING id INTO new_id;
 	RETURN CASE WHEN new_id IS NULL THEN 'duplicate' ELSE 'recorded' END;
 END

@@ -78,6 +78,10 @@ REVOKE ALL ON SEQUENCE twilio_outbox.debugger_events_id_seq FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors TO twilio_outbox_monitor;
 GRANT DELETE ON twilio_outbox.debugger_events TO twilio_outbox_admin;
 
+/* Keys Citus could distribute (12_distribution.sql): the operator functions that replace cascades and the sender trigger. */
+REVOKE ALL ON FUNCTION twilio_outbox.rename_account(text, text), twilio_outbox.delete_sender(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.rename_account(text, text), twilio_outbox.delete_sender(bigint)
+	TO twilio_outbox_admin;
 
 /*
  * H2: the metrics view, for twilio_outbox_metrics (and through it the

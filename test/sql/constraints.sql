@@ -59,16 +59,26 @@ FROM (VALUES ('NULL'), ('1'), ('10000'), ($$'NaN'$$), ($$'Infinity'$$), ('1e10')
 -- A message needs its account to exist ...
 SELECT try($$INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
 	VALUES ('no_such_account', 1, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now())$$);
--- ... and a rename carries the account's messages (queued or not) along.
+-- ... a plain rename of an account in use is refused (keys do not cascade:
+-- a sharding extension could not cascade its distribution column) ...
 INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
 SELECT 'c_acct', s.id, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now()
 FROM twilio_outbox.senders s WHERE s.from_number = '+15005550100';
-UPDATE twilio_outbox.accounts SET name = 'c_renamed' WHERE name = 'c_acct';
+SELECT try($$UPDATE twilio_outbox.accounts SET name = 'c_renamed' WHERE name = 'c_acct'$$);
+-- ... rename_account() carries its senders and messages (queued or not) along
+SELECT twilio_outbox.rename_account('c_acct', 'c_renamed');
+SELECT try($$SELECT twilio_outbox.rename_account('c_acct', 'c_other')$$);
+SELECT try($$SELECT twilio_outbox.rename_account('c_renamed', NULL)$$);
+SELECT name FROM twilio_outbox.accounts WHERE name IN ('c_acct', 'c_renamed');
 SELECT m.account, m.state, s.account AS sender_account
 FROM twilio_outbox.messages m JOIN twilio_outbox.senders s ON s.id = m.sender_id
 WHERE m.to_number = '+14155559901';
 -- An account still in use (senders, messages) cannot be deleted.
 SELECT try($$DELETE FROM twilio_outbox.accounts WHERE name = 'c_renamed'$$);
+-- A sender that waiting messages name: delete_sender() refuses; a plain
+-- DELETE is allowed (the dispatcher dead-letters them as sender_missing).
+SELECT try(format('SELECT twilio_outbox.delete_sender(%s)', id)) FROM twilio_outbox.senders WHERE from_number = '+15005550100';
+SELECT try($$SELECT twilio_outbox.delete_sender(-1)$$);
 
 -- The constraints, by name, as a user sees them.
 SELECT conrelid::regclass AS "table", conname, convalidated

@@ -36,9 +36,9 @@ OutboxTest::wait_until($node,
 	"SELECT paused_until IS NOT NULL FROM twilio_outbox.worker_accounts WHERE account = 'main'",
 	'the dispatcher holds the paused account');
 
-# --- renaming an account carries its queued messages along -------------------
+# --- rename_account() carries its queued messages along -------------------
 my $renamed = run(q{SELECT twilio_enqueue('+14155550501', 'sent after the rename')});
-run("UPDATE twilio_outbox.accounts SET name = 'main2' WHERE name = 'main'");
+run("SELECT twilio_outbox.rename_account('main', 'main2')");
 is(run("SELECT account FROM twilio_outbox.messages WHERE id = $renamed"), 'main2',
 	'rename: the queued message follows its account');
 
@@ -72,12 +72,12 @@ my $other_sender = run("SELECT id FROM twilio_outbox.senders WHERE from_number =
 my $crossed = run(q{SELECT twilio_enqueue('+14155550506', 'sender of another account')});
 run("UPDATE twilio_outbox.messages SET sender_id = $other_sender WHERE id = $crossed");
 
-# A sender deleted with its messages still queued (the guard trigger off).
+# A sender deleted with its messages still queued (a plain DELETE is
+# allowed: no trigger on senders; delete_sender() is the guarded way).
 run(q{INSERT INTO twilio_outbox.senders (account, from_number, kind, rate)
 	VALUES ('main2', '+15005550008', 'long_code', 'Infinity')});
 my $orphan = run(q{SELECT twilio_enqueue('+14155550507', 'sender gone', from_number => '+15005550008')});
-run(q{SET session_replication_role = replica;
-	DELETE FROM twilio_outbox.senders WHERE from_number = '+15005550008'});
+run(q{DELETE FROM twilio_outbox.senders WHERE from_number = '+15005550008'});
 
 # Restart the dispatcher: it takes back the `sending` row first (where the
 # crash loop began), then everything is claimed at once.
