@@ -42,6 +42,9 @@ static int	claim_rotor = 0;
 /* Counts claimed messages; a sender remembers when it was last served. */
 static uint64 served_seq = 0;
 
+/* Senders found with nothing due are skipped until this changes. */
+static uint64 dry_epoch = 1;
+
 static int
 served_earlier(const ListCell *a, const ListCell *b)
 {
@@ -120,159 +123,29 @@ refuse_claimed(OutboxMessage *m, const char *reason, const char *why)
 }
 
 /*
- * Claim due messages: at most capacity in all, within each account's room
- * (its concurrency cap less what it has in flight) and each sender's
- * bucket, so that only messages whose sender can send now are taken.
- * Accounts are visited from a rotating start, and an account's room is
- * shared round-robin over its senders, least recently served first (each
- * one's oldest message first), so that a sender with a huge backlog never
- * starves another.  *quota is set
- * to how many could have been claimed (0: no sender can send).
- *
- * Returns the claimed messages, each with its request built, in a new batch
- * context (a child of outbox_worker_cxt).  Nothing is sent here: the
- * caller commits first.
+ * Take the rows one claim statement returned: each becomes a message with
+ * its request built, in the batch context (created on the first row).
+ * Rows that must not be sent are decided here, never sent.
  */
-List *
-outbox_claim(int capacity, TimestampTz now, int *quota)
+static List *
+take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 {
-	static SPIPlanPtr plan = NULL;
-	Oid			types[8] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID,
-	BOOLARRAYOID, INT4ARRAYOID, INT4OID, INT4OID};
-	int			naccounts = list_length(outbox_accounts);
-	int			nsenders = list_length(outbox_senders);
-	Datum	   *ids = palloc(sizeof(Datum) * Max(nsenders, 1));
-	Datum	   *accounts = palloc(sizeof(Datum) * Max(nsenders, 1));
-	Datum	   *max_n = palloc(sizeof(Datum) * Max(nsenders, 1));
-	Datum	   *budget = palloc(sizeof(Datum) * Max(nsenders, 1));
-	Datum	   *full = palloc(sizeof(Datum) * Max(nsenders, 1));
-	Datum	   *room = palloc(sizeof(Datum) * Max(nsenders, 1));
-	Datum		values[8];
-	int			n = 0;
-	int			i;
-	int			rc;
-	OutboxBatch *batch;
-	List	   *claimed = NIL;
-	MemoryContext cxt;
+	OutboxBatch *batch = *batchp;
 	MemoryContext old;
+	int			i;
 
-	/* Share the capacity over the accounts that may send. */
-	for (i = 0; i < naccounts; i++)
-	{
-		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor + i) % naccounts);
-
-		a->claim_room = Min(outbox_account_room(a, now), capacity);
-		a->claim_counted = false;
-		capacity -= a->claim_room;
-	}
-	/*
-	 * Every sender that may send now, with what its bucket allows, least
-	 * recently served first: that order is each one's turn in its account.
-	 */
-	list_sort(outbox_senders, served_earlier);
-	for (i = 0; i < nsenders; i++)
-	{
-		OutboxSender *snd = list_nth(outbox_senders, i);
-		OutboxAccount *a = snd->account;
-		int			most;
-
-		if (a == NULL || a->claim_room <= 0 || !sender_open(snd, now))
-			continue;
-		outbox_bucket_refill(snd, now);
-		if (!snd->unlimited && snd->tokens < 1.0)
-			continue;
-		most = snd->unlimited ? a->claim_room : Min(a->claim_room, (int) snd->tokens);
-		/* the account's room counts once towards what could be claimed */
-		if (!a->claim_counted)
-		{
-			*quota += a->claim_room;
-			a->claim_counted = true;
-		}
-		ids[n] = Int64GetDatum(snd->id);
-		accounts[n] = CStringGetTextDatum(a->name);
-		max_n[n] = Int32GetDatum(most);
-		budget[n] = Float8GetDatum(snd->unlimited ? INFINITY : snd->tokens);
-		/* a full bucket lets one message through even if it is longer */
-		full[n] = BoolGetDatum(!snd->unlimited && snd->tokens >= snd->burst);
-		room[n] = Int32GetDatum(a->claim_room);
-		n++;
-	}
-	claim_rotor++;
-	if (n == 0)
-		return NIL;
-
-	outbox_prepare(&plan,
-			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
-			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
-			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
-			/* per sender: its oldest due messages, as many segments as its bucket holds */
-			" per_sender AS ("
-			"  SELECT z.id, q.account, q.account_room, q.turn, z.rn"
-			"  FROM q CROSS JOIN LATERAL ("
-			"   SELECT y.id, y.next_attempt_at, y.rn FROM ("
-			"    SELECT x.id, x.next_attempt_at,"
-			"     sum(x.segments) OVER (ORDER BY x.next_attempt_at, x.id) AS cum,"
-			"     row_number() OVER (ORDER BY x.next_attempt_at, x.id) AS rn"
-			"    FROM (SELECT m.id, m.next_attempt_at,"
-			"     least(greatest(coalesce(m.segments, 1), 1), 1000) AS segments"
-			"     FROM twilio_outbox.messages m"
-			"     WHERE m.state = 'queued' AND m.sender_id = q.sender_id"
-			"     AND m.next_attempt_at <= now()"
-			"     AND (m.expires_at IS NULL OR m.expires_at > now())"
-			"     ORDER BY m.next_attempt_at, m.id LIMIT q.max_n) x) y"
-			"   WHERE y.cum <= q.budget OR (y.rn = 1 AND q.full_bucket)) z),"
-			/* per account: round-robin over its senders, within its room */
-			" pick AS ("
-			"  SELECT p.id FROM (SELECT per_sender.*, row_number() OVER ("
-			"    PARTITION BY account ORDER BY rn, turn) AS arn"
-			"   FROM per_sender) p"
-			"  WHERE p.arn <= p.account_room),"
-			" c AS MATERIALIZED ("
-			"  SELECT m.id FROM twilio_outbox.messages m"
-			"  WHERE m.id = ANY (ARRAY(SELECT id FROM pick)) AND m.state = 'queued'"
-			"  FOR UPDATE SKIP LOCKED)"
-			" UPDATE twilio_outbox.messages m SET state = 'sending',"
-			"  attempts = least(m.attempts, 2147483646) + 1, lease_until = now() + make_interval(secs => $7),"
-			"  worker_pid = $8, updated_at = now()"
-			" FROM c WHERE m.id = c.id AND m.state = 'queued'"
-			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
-			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
-			"  m.content_sid, m.content_variables::text,"
-			/*
-			 * The message's own callback, else the account's with outbox_id:
-			 * the rule of twilio_outbox.status_callback_for(), written out so
-			 * that no function call (with its pinned search_path) runs per
-			 * message.
-			 */
-			"  coalesce(m.status_callback, (SELECT a.status_callback_url"
-			"   || CASE WHEN strpos(a.status_callback_url, '?') > 0 THEN '&' ELSE '?' END"
-			"   || 'outbox_id=' || m.id::text"
-			"   FROM twilio_outbox.accounts a WHERE a.name = m.account)), m.params,"
-			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
-			/* what the row's sender and account are now, for the checks below */
-			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
-			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account)",
-			8, types);
-
-	values[0] = make_array(ids, NULL, n, INT8OID);
-	values[1] = make_array(accounts, NULL, n, TEXTOID);
-	values[2] = make_array(max_n, NULL, n, INT4OID);
-	values[3] = make_array(budget, NULL, n, FLOAT8OID);
-	values[4] = make_array(full, NULL, n, BOOLOID);
-	values[5] = make_array(room, NULL, n, INT4OID);
-	values[6] = Int32GetDatum(Max(outbox_lease_s, 2 * outbox_request_timeout_ms / 1000 + 10));
-	values[7] = Int32GetDatum(MyProcPid);
-	rc = SPI_execute_plan(plan, values, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
-		return NIL;
+		return claimed;
+	if (batch == NULL)
+	{
+		MemoryContext cxt = AllocSetContextCreate(outbox_worker_cxt, "twilio_outbox batch",
+												  ALLOCSET_DEFAULT_SIZES);
 
-	cxt = AllocSetContextCreate(outbox_worker_cxt, "twilio_outbox batch",
-								ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	batch = palloc0(sizeof(OutboxBatch));
-	batch->cxt = cxt;
+		batch = MemoryContextAllocZero(cxt, sizeof(OutboxBatch));
+		batch->cxt = cxt;
+		*batchp = batch;
+	}
+	old = MemoryContextSwitchTo(batch->cxt);
 	for (i = 0; i < (int) SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -309,6 +182,8 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		d = SPI_getbinval(tup, desc, 17, &isnull);
 		sender_id = isnull ? 0 : DatumGetInt64(d);
 		m->sender = isnull ? NULL : outbox_find_sender(sender_id);
+		if (m->sender != NULL)
+			m->sender->claim_got++;
 		d = SPI_getbinval(tup, desc, 19, &isnull);
 		account_exists = !isnull && DatumGetBool(d);
 
@@ -377,36 +252,305 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 	return claimed;
 }
 
+/* The smallest share of an account's room a sender is asked for at once. */
+#define CLAIM_MIN_SHARE		16
+
+/*
+ * Claim due messages: at most capacity in all, within each account's room
+ * (its concurrency cap less what it has in flight) and each sender's
+ * bucket, so that only messages whose sender can send now are taken.
+ *
+ * One statement per account, naming it on every reference to the messages
+ * table (so that a table distributed by account would be claimed shard by
+ * shard).  Accounts are visited from a rotating start.  An account's room
+ * is shared over its senders least recently served first, each asked for
+ * an equal share (at least CLAIM_MIN_SHARE), and only as many senders are
+ * asked as their shares fill the room: with 1,000 senders of ten due
+ * messages each, a claim of 100 reads about 100 rows, not 10,000.  A sender
+ * that had nothing due is not asked again until outbox_claim_wake().
+ * Within the statement the room is still shared round-robin (each sender's
+ * oldest message first), so a sender with a huge backlog never starves
+ * another.  *more says whether another claim right away may find more.
+ *
+ * Returns the claimed messages, each with its request built, in a new batch
+ * context (a child of outbox_worker_cxt).  Nothing is sent here: the
+ * caller commits first.
+ */
+List *
+outbox_claim(int capacity, TimestampTz now, bool *more)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[9] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID,
+	BOOLARRAYOID, INT4ARRAYOID, INT4OID, INT4OID, TEXTOID};
+	int			naccounts = list_length(outbox_accounts);
+	int			nsenders = list_length(outbox_senders);
+	Datum	   *ids = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *accounts = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *max_n = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *budget = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *full = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *room = palloc(sizeof(Datum) * Max(nsenders, 1));
+	OutboxSender **asked = palloc(sizeof(OutboxSender *) * Max(nsenders, 1));
+	int		   *share_of = palloc(sizeof(int) * Max(nsenders, 1));
+	Datum		values[9];
+	int			i;
+	ListCell   *lc;
+	OutboxBatch *batch = NULL;
+	List	   *claimed = NIL;
+
+	*more = false;
+	/* Share the capacity over the accounts that may send. */
+	for (i = 0; i < naccounts; i++)
+	{
+		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor + i) % naccounts);
+
+		a->claim_room = Min(outbox_account_room(a, now), capacity);
+		a->claim_senders = NIL;
+		capacity -= a->claim_room;
+	}
+	/*
+	 * Every sender that may send now and may have something due, least
+	 * recently served first: that order is each one's turn in its account.
+	 */
+	list_sort(outbox_senders, served_earlier);
+	foreach(lc, outbox_senders)
+	{
+		OutboxSender *snd = lfirst(lc);
+		OutboxAccount *a = snd->account;
+
+		if (a == NULL || a->claim_room <= 0 || !sender_open(snd, now) ||
+			snd->dry_epoch == dry_epoch)
+			continue;
+		outbox_bucket_refill(snd, now);
+		if (!snd->unlimited && snd->tokens < 1.0)
+			continue;
+		a->claim_senders = lappend(a->claim_senders, snd);
+	}
+	claim_rotor++;
+
+	if (naccounts > 0)
+		outbox_prepare(&plan,
+			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
+			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
+			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
+			/* per sender: its oldest due messages, as many segments as its bucket holds */
+			" per_sender AS ("
+			"  SELECT z.id, q.account, q.account_room, q.turn, z.rn"
+			"  FROM q CROSS JOIN LATERAL ("
+			"   SELECT y.id, y.next_attempt_at, y.rn FROM ("
+			"    SELECT x.id, x.next_attempt_at,"
+			"     sum(x.segments) OVER (ORDER BY x.next_attempt_at, x.id) AS cum,"
+			"     row_number() OVER (ORDER BY x.next_attempt_at, x.id) AS rn"
+			"    FROM (SELECT m.id, m.next_attempt_at,"
+			"     least(greatest(coalesce(m.segments, 1), 1), 1000) AS segments"
+			"     FROM twilio_outbox.messages m"
+			"     WHERE m.state = 'queued' AND m.account = $9 AND m.sender_id = q.sender_id"
+			"     AND m.next_attempt_at <= now()"
+			"     AND (m.expires_at IS NULL OR m.expires_at > now())"
+			"     ORDER BY m.next_attempt_at, m.id LIMIT q.max_n) x) y"
+			"   WHERE y.cum <= q.budget OR (y.rn = 1 AND q.full_bucket)) z),"
+			/* round-robin over the account's senders, within its room */
+			" pick AS ("
+			"  SELECT p.id FROM (SELECT per_sender.*, row_number() OVER ("
+			"    PARTITION BY account ORDER BY rn, turn) AS arn"
+			"   FROM per_sender) p"
+			"  WHERE p.arn <= p.account_room),"
+			" c AS MATERIALIZED ("
+			"  SELECT m.id FROM twilio_outbox.messages m"
+			"  WHERE m.id = ANY (ARRAY(SELECT id FROM pick)) AND m.account = $9"
+			"  AND m.state = 'queued'"
+			"  FOR UPDATE SKIP LOCKED)"
+			" UPDATE twilio_outbox.messages m SET state = 'sending',"
+			"  attempts = least(m.attempts, 2147483646) + 1, lease_until = now() + make_interval(secs => $7),"
+			"  worker_pid = $8, updated_at = now()"
+			" FROM c WHERE m.id = c.id AND m.account = $9 AND m.state = 'queued'"
+			" RETURNING m.id, m.attempts, m.failures, m.account, m.to_number,"
+			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
+			"  m.content_sid, m.content_variables::text,"
+			/*
+			 * The message's own callback, else the account's with outbox_id:
+			 * the rule of twilio_outbox.status_callback_for(), written out so
+			 * that no function call (with its pinned search_path) runs per
+			 * message.
+			 */
+			"  coalesce(m.status_callback, (SELECT a.status_callback_url"
+			"   || CASE WHEN strpos(a.status_callback_url, '?') > 0 THEN '&' ELSE '?' END"
+			"   || 'outbox_id=' || m.id::text"
+			"   FROM twilio_outbox.accounts a WHERE a.name = m.account)), m.params,"
+			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
+			/* what the row's sender and account are now, for the checks below */
+			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
+			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account)",
+			9, types);
+
+	for (i = 0; i < naccounts; i++)
+	{
+		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor - 1 + i) % naccounts);
+		int			nwilling = list_length(a->claim_senders);
+		int			share;
+		int			asked_for = 0;
+		int			n = 0;
+		int			before = list_length(claimed);
+		int			rc;
+		int			k;
+
+		if (a->claim_room <= 0 || nwilling == 0)
+			continue;
+		share = Max((a->claim_room + nwilling - 1) / nwilling,
+					Min(a->claim_room, CLAIM_MIN_SHARE));
+		foreach(lc, a->claim_senders)
+		{
+			OutboxSender *snd = lfirst(lc);
+			int			most;
+
+			if (asked_for >= a->claim_room)
+			{
+				/* the others wait for the next claim, which comes at once */
+				*more = true;
+				break;
+			}
+			most = snd->unlimited ? share : Min(share, (int) snd->tokens);
+			ids[n] = Int64GetDatum(snd->id);
+			accounts[n] = CStringGetTextDatum(a->name);
+			max_n[n] = Int32GetDatum(most);
+			budget[n] = Float8GetDatum(snd->unlimited ? INFINITY : snd->tokens);
+			/* a full bucket lets one message through even if it is longer */
+			full[n] = BoolGetDatum(!snd->unlimited && snd->tokens >= snd->burst);
+			room[n] = Int32GetDatum(a->claim_room);
+			asked[n] = snd;
+			share_of[n] = most;
+			asked_for += most;
+			n++;
+		}
+		values[0] = make_array(ids, NULL, n, INT8OID);
+		values[1] = make_array(accounts, NULL, n, TEXTOID);
+		values[2] = make_array(max_n, NULL, n, INT4OID);
+		values[3] = make_array(budget, NULL, n, FLOAT8OID);
+		values[4] = make_array(full, NULL, n, BOOLOID);
+		values[5] = make_array(room, NULL, n, INT4OID);
+		values[6] = Int32GetDatum(Max(outbox_lease_s, 2 * outbox_request_timeout_ms / 1000 + 10));
+		values[7] = Int32GetDatum(MyProcPid);
+		values[8] = CStringGetTextDatum(a->name);
+		for (k = 0; k < n; k++)
+			asked[k]->claim_got = 0;
+		rc = SPI_execute_plan(plan, values, NULL, false, 0);
+		if (rc != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+		claimed = take_claimed(claimed, &batch, now);
+
+		/*
+		 * The room filled: more may be due, and a sender that got less than
+		 * its share may only have lost its turn to the others.
+		 */
+		if (list_length(claimed) - before >= a->claim_room)
+		{
+			*more = true;
+			continue;
+		}
+		for (k = 0; k < n; k++)
+		{
+			OutboxSender *snd = asked[k];
+
+			/* asked: the others' turn next, whatever it got */
+			snd->served = ++served_seq;
+			if (snd->claim_got >= share_of[k])
+				*more = true;
+
+			/*
+			 * Nothing (more) it can send now: not asked again until
+			 * something may have come due (outbox_next_due() knows when its
+			 * bucket holds its next message).  A limited sender that got
+			 * some may just have run out of tokens.
+			 */
+			else if (snd->claim_got == 0 || snd->unlimited)
+				snd->dry_epoch = dry_epoch;
+		}
+	}
+	return claimed;
+}
+
+/*
+ * Something may have come due (an enqueue woke the dispatcher, or the time
+ * the dispatcher waited for came): every sender is asked again.
+ */
+void
+outbox_claim_wake(void)
+{
+	dry_epoch++;
+}
+
+/*
+ * The accounts that have messages in flight, found by a skip scan of the
+ * partial index messages_in_flight (one probe per account, whatever the
+ * number of rows), those that no longer exist included.  In the caller's
+ * memory context.
+ */
+static List *
+accounts_in_flight(void)
+{
+	static SPIPlanPtr plan = NULL;
+	List	   *names = NIL;
+	uint64		i;
+	int			rc;
+
+	outbox_prepare(&plan,
+			"WITH RECURSIVE a AS ("
+			"  (SELECT m.account FROM twilio_outbox.messages m WHERE m.state = 'sending'"
+			"   ORDER BY m.account LIMIT 1)"
+			"  UNION ALL"
+			"  SELECT (SELECT m.account FROM twilio_outbox.messages m WHERE m.state = 'sending'"
+			"   AND m.account > a.account ORDER BY m.account LIMIT 1)"
+			"  FROM a WHERE a.account IS NOT NULL)"
+			" SELECT account FROM a WHERE account IS NOT NULL",
+			0, NULL);
+	rc = SPI_execute_plan(plan, NULL, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "account scan failed: %s", SPI_result_code_string(rc));
+	for (i = 0; i < SPI_processed; i++)
+		names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	return names;
+}
+
 /*
  * Dead-letter queued messages whose expiry has passed: they are never sent.
- * Bounded per call; returns how many.  Also clears account pauses that ran
- * out.
+ * One statement per account the dispatcher knows (queued messages of an
+ * account that does not exist are the orphan sweep's), bounded per call;
+ * returns how many.  Also clears account pauses that ran out.
  */
 int
 outbox_expire(void)
 {
 	static SPIPlanPtr clear_pauses = NULL;
 	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	ListCell   *lc;
+	int			total = 0;
 	int			rc;
 
 	outbox_prepare(&plan,
 			"WITH x AS (SELECT id FROM twilio_outbox.messages"
-			"  WHERE state = 'queued' AND expires_at <= now()"
+			"  WHERE state = 'queued' AND account = $1 AND expires_at <= now()"
 			"  ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET state = 'dead',"
 			"  finished_at = now(), updated_at = now(),"
 			"  last_error_message = 'expired before it could be sent'"
-			"  FROM x WHERE m.id = x.id AND m.state = 'queued'"
+			"  FROM x WHERE m.id = x.id AND m.account = $1 AND m.state = 'queued'"
 			"  RETURNING m.id, m.account, m.to_number, m.attempts,"
 			"  m.last_http_status, m.last_error_code)"
 			" INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number,"
 			"  reason, http_status, twilio_code, error_message, attempts)"
 			" SELECT id, account, to_number, 'expired', last_http_status,"
 			"  last_error_code, 'expired before it could be sent', attempts FROM u",
-			0, NULL);
-	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "expiry failed: %s", SPI_result_code_string(rc));
+			1, types);
+	foreach(lc, outbox_accounts)
+	{
+		Datum		value = CStringGetTextDatum(((OutboxAccount *) lfirst(lc))->name);
+
+		rc = SPI_execute_plan(plan, &value, NULL, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "expiry failed: %s", SPI_result_code_string(rc));
+		total += (int) SPI_processed;
+	}
 
 	/* pauses that ran out are cleared, so that the table says what holds */
 	outbox_prepare(&clear_pauses,
@@ -415,73 +559,110 @@ outbox_expire(void)
 			0, NULL);
 	if (SPI_execute_plan(clear_pauses, NULL, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not clear expired pauses");
-	return (int) SPI_processed;
+	return total;
 }
 
 /*
- * Dead-letter queued messages that can never be claimed because their
- * sender, or their sender's account, no longer exists (only a superuser
- * writing around the triggers and keys can get there): the claim goes per
- * sender the dispatcher knows, so nothing else would ever finish them.
- * Messages whose sender belongs to another account are dead-lettered by
- * the claim itself when they come due.
+ * Dead-letter queued messages that can never be claimed: their sender is
+ * gone, belongs to another account, or their own account is gone (a plain
+ * DELETE of a sender, or a superuser writing around the keys).  The claim
+ * asks each account for its own senders' messages, so nothing else would
+ * ever finish them.
  *
- * Cheap with millions of queued rows: a skip scan of the distinct sender
- * ids in the partial index messages_due (one index probe per sender; 0.3 ms
- * for 20 senders beside 2 million rows), then at most 1000 messages of the
- * orphaned senders per call, in the index's order.  Returns how many.
+ * Cheap with millions of queued rows: a skip scan of the distinct (account,
+ * sender) pairs in the partial index messages_due (one index probe per
+ * pair), read only; then, per orphaned pair, at most 1000 of its messages
+ * in one statement naming the account.  Returns how many.
  */
 int
 outbox_sweep_orphans(void)
 {
+	static SPIPlanPtr find = NULL;
 	static SPIPlanPtr plan = NULL;
+	Oid			types[5] = {TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
+	List	   *orphans = NIL;
+	ListCell   *lc;
+	uint64		i;
+	int			total = 0;
 	int			rc;
 
-	outbox_prepare(&plan,
-			"WITH RECURSIVE ids AS ("
-			"  (SELECT m.sender_id FROM twilio_outbox.messages m WHERE m.state = 'queued'"
-			"   AND m.sender_id IS NOT NULL ORDER BY m.sender_id LIMIT 1)"
+	outbox_prepare(&find,
+			"WITH RECURSIVE p AS ("
+			"  (SELECT m.account, m.sender_id FROM twilio_outbox.messages m"
+			"   WHERE m.state = 'queued' ORDER BY m.account, m.sender_id LIMIT 1)"
 			"  UNION ALL"
-			"  SELECT (SELECT m.sender_id FROM twilio_outbox.messages m WHERE m.state = 'queued'"
-			"   AND m.sender_id > ids.sender_id ORDER BY m.sender_id LIMIT 1)"
-			"  FROM ids WHERE ids.sender_id IS NOT NULL),"
-			" orphans AS (SELECT i.sender_id, s.id IS NULL AS no_sender FROM ids i"
-			"  LEFT JOIN twilio_outbox.senders s ON s.id = i.sender_id"
-			"  LEFT JOIN twilio_outbox.accounts a ON a.name = s.account"
-			"  WHERE i.sender_id IS NOT NULL AND a.name IS NULL),"
-			" x AS (SELECT l.id, o.no_sender FROM orphans o CROSS JOIN LATERAL ("
-			"   SELECT m.id FROM twilio_outbox.messages m WHERE m.state = 'queued'"
-			"   AND m.sender_id = o.sender_id ORDER BY m.next_attempt_at, m.id"
-			"   LIMIT 1000 FOR UPDATE SKIP LOCKED) l"
-			"  LIMIT 1000),"
+			"  SELECT n.account, n.sender_id FROM p CROSS JOIN LATERAL ("
+			"   SELECT m.account, m.sender_id FROM twilio_outbox.messages m"
+			"   WHERE m.state = 'queued' AND (m.account, m.sender_id) > (p.account, p.sender_id)"
+			"   ORDER BY m.account, m.sender_id LIMIT 1) n)"
+			" SELECT p.account, p.sender_id,"
+			"  CASE WHEN a.name IS NULL THEN 'account_missing' ELSE 'sender_missing' END,"
+			"  CASE WHEN a.name IS NULL THEN format('its account \"%s\" does not exist', p.account)"
+			"   WHEN s.id IS NULL THEN format('its sender %s does not exist', p.sender_id)"
+			"   ELSE format('its sender %s belongs to account \"%s\", not to its account \"%s\"',"
+			"    p.sender_id, s.account, p.account) END"
+			" FROM p LEFT JOIN twilio_outbox.senders s ON s.id = p.sender_id"
+			"  LEFT JOIN twilio_outbox.accounts a ON a.name = p.account"
+			" WHERE a.name IS NULL OR s.id IS NULL OR s.account <> p.account",
+			0, NULL);
+	rc = SPI_execute_plan(find, NULL, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "orphan sweep failed: %s", SPI_result_code_string(rc));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum	   *row = palloc(sizeof(Datum) * 5);
+		bool		isnull;
+
+		row[0] = CStringGetTextDatum(SPI_getvalue(tup, desc, 1));
+		row[1] = SPI_getbinval(tup, desc, 2, &isnull);
+		row[2] = CStringGetTextDatum(SPI_getvalue(tup, desc, 3));
+		row[3] = CStringGetTextDatum(SPI_getvalue(tup, desc, 4));
+		orphans = lappend(orphans, row);
+	}
+	if (orphans == NIL)
+		return 0;
+
+	outbox_prepare(&plan,
+			"WITH x AS (SELECT m.id FROM twilio_outbox.messages m"
+			"  WHERE m.state = 'queued' AND m.account = $1 AND m.sender_id = $2"
+			"  ORDER BY m.next_attempt_at, m.id LIMIT $5 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET state = 'dead',"
-			"  finished_at = now(), updated_at = now(),"
-			"  last_error_message = CASE WHEN x.no_sender"
-			"   THEN 'its sender ' || m.sender_id || ' does not exist'"
-			"   ELSE 'the account of its sender ' || m.sender_id || ' does not exist' END"
-			"  FROM x WHERE m.id = x.id AND m.state = 'queued'"
+			"  finished_at = now(), updated_at = now(), last_error_message = $4"
+			"  FROM x WHERE m.id = x.id AND m.account = $1 AND m.state = 'queued'"
 			"  RETURNING m.id, m.account, m.to_number, m.attempts, m.last_http_status,"
-			"  m.last_error_code, m.last_error_message, x.no_sender)"
+			"  m.last_error_code)"
 			" INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number,"
 			"  reason, http_status, twilio_code, error_message, attempts)"
-			" SELECT id, coalesce(account, '(none)'), coalesce(to_number, ''),"
-			"  CASE WHEN no_sender THEN 'sender_missing' ELSE 'account_missing' END,"
-			"  last_http_status, last_error_code, last_error_message, attempts FROM u",
-			0, NULL);
-	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "orphan sweep failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed > 0)
+			" SELECT id, account, coalesce(to_number, ''), $3,"
+			"  last_http_status, last_error_code, $4, attempts FROM u",
+			5, types);
+	foreach(lc, orphans)
+	{
+		Datum	   *row = lfirst(lc);
+
+		if (total >= 1000)
+			break;
+		row[4] = Int32GetDatum(1000 - total);
+		rc = SPI_execute_plan(plan, row, NULL, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "orphan sweep failed: %s", SPI_result_code_string(rc));
+		total += (int) SPI_processed;
+	}
+	if (total > 0)
 		ereport(LOG,
-				(errmsg("twilio_outbox dead-lettered %d queued messages whose sender or its account no longer exists",
-						(int) SPI_processed)));
-	return (int) SPI_processed;
+				(errmsg("twilio_outbox dead-lettered %d queued messages whose sender or account no longer exists or do not match",
+						total)));
+	return total;
 }
 
 /*
  * Take back messages left in sending by a dispatcher that is gone: at start
  * (all) every one, later only those of another process whose lease ran out
- * (or that have none: a row written by hand).
+ * (or that have none: a row written by hand).  One statement per account
+ * with messages in flight (found by a skip scan, so an account that no
+ * longer exists is included).
  * Their attempt is recorded as lost and ambiguous, not charged; the message
  * goes back to the queue with the same idempotency key, or is held when
  * twilio_outbox.on_ambiguous = hold.
@@ -490,13 +671,18 @@ int
 outbox_rescue(bool all)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[3] = {BOOLOID, INT4OID, TEXTOID};
-	Datum		values[3];
+	Oid			types[4] = {BOOLOID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[4];
+	List	   *names = accounts_in_flight();
+	ListCell   *lc;
+	int			total = 0;
 	int			rc;
 
+	if (names == NIL)
+		return 0;
 	outbox_prepare(&plan,
 			"WITH x AS (SELECT id, worker_pid FROM twilio_outbox.messages"
-			"  WHERE state = 'sending'"
+			"  WHERE state = 'sending' AND account = $4"
 			"  AND ($1 OR ((lease_until < now() OR lease_until IS NULL)"
 			"   AND worker_pid IS DISTINCT FROM $2))"
 			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
@@ -505,26 +691,31 @@ outbox_rescue(bool all)
 			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + 1,"
 			"  lease_until = NULL, worker_pid = NULL, updated_at = now(),"
 			"  last_error_message = 'the dispatcher stopped while the request was in flight'"
-			"  FROM x WHERE m.id = x.id AND m.state = 'sending'"
+			"  FROM x WHERE m.id = x.id AND m.account = $4 AND m.state = 'sending'"
 			"  RETURNING m.id, m.attempts, m.account, x.worker_pid)"
 			" INSERT INTO twilio_outbox.attempts (message_id, attempt, account,"
 			"  started_at, outcome, ambiguous, transport_error, worker_pid)"
 			" SELECT id, attempts, account, now(), 'lost', true,"
 			"  'the dispatcher stopped while the request was in flight', worker_pid FROM u",
-			3, types);
+			4, types);
 	values[0] = BoolGetDatum(all);
 	values[1] = Int32GetDatum(MyProcPid);
 	values[2] = CStringGetTextDatum(outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_HOLD ?
 									"ambiguous" : "queued");
-	rc = SPI_execute_plan(plan, values, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "lease rescue failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed > 0)
+	foreach(lc, names)
+	{
+		values[3] = CStringGetTextDatum((char *) lfirst(lc));
+		rc = SPI_execute_plan(plan, values, NULL, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "lease rescue failed: %s", SPI_result_code_string(rc));
+		total += (int) SPI_processed;
+	}
+	if (total > 0)
 		ereport(LOG,
 				(errmsg("twilio_outbox took back %d messages left in flight by a stopped dispatcher",
-						(int) SPI_processed),
+						total),
 				 errdetail("Their attempts are recorded as lost and ambiguous.")));
-	return (int) SPI_processed;
+	return total;
 }
 
 /* Columns of the batched outcome statement, in parameter order. */
@@ -660,10 +851,12 @@ suppress_recipient(OutboxMessage *m)
  */
 #define OUTCOME_ROWS \
 	"unnest($1::int8[], $2::int4[], $3::text[],"\
-	"  $4::text[], $5::timestamptz[], $6::int4[], $7::int4[], $8::text[],"\
+	"  $4::text[]::twilio_outbox.message_state[], $5::timestamptz[], $6::int4[],"\
+	"  $7::int4[], $8::text[],"\
 	"  $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::text[],"\
 	"  $14::text[], $15::timestamptz[], $16::float8[], $17::text[],"\
-	"  $18::text[], $19::int8[], $20::text[], $21::text[], $22::int4[],"\
+	"  $18::text[], $19::int8[], $20::text[]::twilio_outbox.attempt_outcome[],"\
+	"  $21::text[], $22::int4[],"\
 	"  $23::float8[], $24::text[])"\
 	"  AS r(id, attempt, account, state, next_at, failed, ambiguous, sid,"\
 	"  tstatus, tsegments, http, code, errmsg, dead_reason, started_at,"\
@@ -676,29 +869,45 @@ suppress_recipient(OutboxMessage *m)
  * pauses and suppressions.  An outcome whose message changed meanwhile is
  * kept as an attempt row only.
  */
+static int
+by_account(const ListCell *a, const ListCell *b)
+{
+	return strcmp(((OutboxMessage *) lfirst(a))->account_name,
+				  ((OutboxMessage *) lfirst(b))->account_name);
+}
+
 void
 outbox_record(List *done)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[NUM_COLS + 1];
-	Datum		values[NUM_COLS + 1];
-	int			n = list_length(done);
+	Oid			types[NUM_COLS + 3];
+	Datum		values[NUM_COLS + 3];
+	int			total = list_length(done);
+	int64		updated = 0;
+	List	   *sorted = list_copy(done);
 	Columns		c;
 	ListCell   *lc;
+	int			first;
 	int			i;
-	int			rc;
 
 	for (i = 0; i < NUM_COLS; i++)
 	{
 		types[i] = get_array_type(col_types[i]);
-		c.v[i] = palloc(sizeof(Datum) * n);
-		c.null[i] = palloc(sizeof(bool) * n);
+		c.v[i] = palloc(sizeof(Datum) * total);
+		c.null[i] = palloc(sizeof(bool) * total);
 	}
 	types[NUM_COLS] = INT4OID;
+	types[NUM_COLS + 1] = TEXTOID;
+	types[NUM_COLS + 2] = TIMESTAMPTZOID;
 
+	/*
+	 * One statement per account, naming it, with every value typed by its
+	 * parameter (states and outcomes cast once per array, the time given):
+	 * nothing is computed per row but the row's own values.
+	 */
 	outbox_prepare(&plan,
 			"WITH u AS (UPDATE twilio_outbox.messages m SET"
-			"  state = r.state::twilio_outbox.message_state,"
+			"  state = r.state,"
 			"  next_attempt_at = coalesce(r.next_at, m.next_attempt_at),"
 			"  failures = least(m.failures, 2147483646) + r.failed,"
 			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + r.ambiguous,"
@@ -707,10 +916,10 @@ outbox_record(List *done)
 			"  twilio_status = coalesce(r.tstatus, m.twilio_status),"
 			"  twilio_segments = coalesce(r.tsegments, m.twilio_segments),"
 			"  last_http_status = r.http, last_error_code = r.code,"
-			"  last_error_message = r.errmsg, updated_at = now(),"
-			"  sent_at = CASE WHEN r.state = 'sent' THEN now() ELSE m.sent_at END,"
-			"  finished_at = CASE WHEN r.state IN ('sent', 'dead') THEN now() END"
-			"  FROM " OUTCOME_ROWS " WHERE m.id = r.id"
+			"  last_error_message = r.errmsg, updated_at = $27,"
+			"  sent_at = CASE WHEN r.state = 'sent' THEN $27 ELSE m.sent_at END,"
+			"  finished_at = CASE WHEN r.state IN ('sent', 'dead') THEN $27 END"
+			"  FROM " OUTCOME_ROWS " WHERE m.id = r.id AND m.account = $26"
 			"  AND m.state = 'sending' AND m.attempts = r.attempt"
 			"  RETURNING m.id, m.account, m.to_number, m.attempts, r.state,"
 			"  r.dead_reason, r.http, r.code, r.errmsg),"
@@ -725,32 +934,44 @@ outbox_record(List *done)
 			"  SELECT id, attempt, account, started_at, duration_ms, http, code,"
 			"  tmessage, terror, retry_after,"
 			"  CASE WHEN delay_ms IS NOT NULL THEN make_interval(secs => delay_ms / 1000.0) END,"
-			"  outcome::twilio_outbox.attempt_outcome, ambiguous = 1, sid, request_id,"
+			"  outcome, ambiguous = 1, sid, request_id,"
 			"  concurrent, req_duration, $25 FROM " OUTCOME_ROWS ")"
 			" SELECT count(*) FROM u",
-			NUM_COLS + 1, types);
+			NUM_COLS + 3, types);
 
-	i = 0;
-	foreach(lc, done)
-		fill_row(&c, i++, lfirst(lc));
-	for (i = 0; i < NUM_COLS; i++)
-		values[i] = make_array(c.v[i], c.null[i], n, col_types[i]);
-	values[NUM_COLS] = Int32GetDatum(MyProcPid);
-
-	rc = SPI_execute_plan(plan, values, NULL, false, 0);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "recording outcomes failed: %s", SPI_result_code_string(rc));
+	list_sort(sorted, by_account);
+	first = 0;
+	while (first < total)
 	{
+		const char *account = ((OutboxMessage *) list_nth(sorted, first))->account_name;
+		int			n = 0;
+		int			rc;
 		bool		isnull;
-		int64		updated = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														  SPI_tuptable->tupdesc, 1, &isnull));
 
-		if (updated != n)
-			ereport(WARNING,
-					(errmsg("twilio_outbox recorded %d of %d outcomes on their messages",
-							(int) updated, n),
-					 errdetail("The other messages were changed meanwhile; their attempts are kept in twilio_outbox.attempts.")));
+		while (first + n < total &&
+			   strcmp(((OutboxMessage *) list_nth(sorted, first + n))->account_name, account) == 0)
+		{
+			fill_row(&c, n, list_nth(sorted, first + n));
+			n++;
+		}
+		for (i = 0; i < NUM_COLS; i++)
+			values[i] = make_array(c.v[i], c.null[i], n, col_types[i]);
+		values[NUM_COLS] = Int32GetDatum(MyProcPid);
+		values[NUM_COLS + 1] = CStringGetTextDatum(account);
+		values[NUM_COLS + 2] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+
+		rc = SPI_execute_plan(plan, values, NULL, false, 0);
+		if (rc != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "recording outcomes failed: %s", SPI_result_code_string(rc));
+		updated += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		first += n;
 	}
+	if (updated != total)
+		ereport(WARNING,
+				(errmsg("twilio_outbox recorded %d of %d outcomes on their messages",
+						(int) updated, total),
+				 errdetail("The other messages were changed meanwhile; their attempts are kept in twilio_outbox.attempts.")));
 
 	foreach(lc, done)
 	{
@@ -774,11 +995,12 @@ TimestampTz
 outbox_next_due(TimestampTz now)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[1] = {INT8ARRAYOID};
+	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
 	int			nsenders = list_length(outbox_senders);
 	Datum	   *ids = palloc(sizeof(Datum) * Max(nsenders, 1));
+	Datum	   *names = palloc(sizeof(Datum) * Max(nsenders, 1));
 	TimestampTz next = 0;
-	Datum		value;
+	Datum		values[2];
 	ListCell   *lc;
 	uint64		i;
 	int			n = 0;
@@ -791,19 +1013,24 @@ outbox_next_due(TimestampTz now)
 
 		if (a != NULL && snd->seen && a->seen && a->config_error == NULL &&
 			a->in_flight < a->cap)
-			ids[n++] = Int64GetDatum(snd->id);
+		{
+			ids[n] = Int64GetDatum(snd->id);
+			names[n++] = CStringGetTextDatum(a->name);
+		}
 	}
 	if (n == 0)
 		return 0;
 
 	outbox_prepare(&plan,
-			"SELECT s.sender_id, n.next_attempt_at, n.segments FROM unnest($1::int8[]) AS s(sender_id)"
+			"SELECT s.sender_id, n.next_attempt_at, n.segments"
+			" FROM unnest($1::int8[], $2::text[]) AS s(sender_id, account)"
 			" CROSS JOIN LATERAL (SELECT m.next_attempt_at, m.segments FROM twilio_outbox.messages m"
-			"  WHERE m.state = 'queued' AND m.sender_id = s.sender_id"
+			"  WHERE m.state = 'queued' AND m.account = s.account AND m.sender_id = s.sender_id"
 			"  ORDER BY m.next_attempt_at LIMIT 1) n",
-			1, types);
-	value = make_array(ids, NULL, n, INT8OID);
-	rc = SPI_execute_plan(plan, &value, NULL, false, 0);
+			2, types);
+	values[0] = make_array(ids, NULL, n, INT8OID);
+	values[1] = make_array(names, NULL, n, TEXTOID);
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "next-due lookup failed: %s", SPI_result_code_string(rc));
 	for (i = 0; i < SPI_processed; i++)

@@ -175,7 +175,7 @@ typedef struct OutboxAccount
 	int			in_flight;
 	int			consecutive_429;
 	int			claim_room;		/* scratch for one claim */
-	bool		claim_counted;
+	List	   *claim_senders;	/* scratch: its senders that may send, in turn */
 	bool		seen;			/* still in the table at the last refresh */
 } OutboxAccount;
 
@@ -194,6 +194,8 @@ typedef struct OutboxSender
 	TimestampTz refilled_at;
 	TimestampTz paused_until;	/* 0 when not paused */
 	uint64		served;			/* when a message of it was last claimed */
+	uint64		dry_epoch;		/* had nothing due in the claim epoch it names */
+	int			claim_got;		/* scratch: claimed from it by one statement */
 	bool		seen;
 } OutboxSender;
 
@@ -337,7 +339,8 @@ extern char *outbox_load_secret(char *inline_secret, const char *env,
 extern int	outbox_expire(void);
 extern int	outbox_rescue(bool all);
 extern int	outbox_sweep_orphans(void);
-extern List *outbox_claim(int capacity, TimestampTz now, int *quota);
+extern List *outbox_claim(int capacity, TimestampTz now, bool *more);
+extern void outbox_claim_wake(void);
 extern void outbox_record(List *done);
 extern TimestampTz outbox_next_due(TimestampTz now);
 extern bool outbox_extension_present(void);

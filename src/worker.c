@@ -386,6 +386,8 @@ database_phase(bool claim, int capacity)
 			outbox_expire();
 			outbox_sweep_orphans();
 			outbox_rescue(false);
+			/* and every sender is asked again at least once a second */
+			outbox_claim_wake();
 			self->last_housekeeping = now;
 		}
 		if (refresh)
@@ -397,11 +399,11 @@ database_phase(bool claim, int capacity)
 		}
 		if (claim)
 		{
-			int			quota = 0;
+			bool		more;
 
-			claimed = outbox_claim(capacity, now, &quota);
+			claimed = outbox_claim(capacity, now, &more);
 			/* more may be due if the claim was full; else find when next */
-			self->claim_more = quota > 0 && list_length(claimed) >= quota;
+			self->claim_more = more;
 			if (!self->claim_more)
 			{
 				self->next_due = outbox_next_due(now);
@@ -482,6 +484,7 @@ idle_wait(void)
 	}
 	if (timeout == 0)
 	{
+		outbox_claim_wake();
 		self->claim_more = true;
 		return;
 	}
@@ -491,7 +494,11 @@ idle_wait(void)
 	if (rc & WL_LATCH_SET)
 		self->refresh_pending = true;
 	if (rc & (WL_LATCH_SET | WL_TIMEOUT))
+	{
+		/* something may have come due: every sender is asked again */
+		outbox_claim_wake();
 		self->claim_more = true;
+	}
 }
 
 void
@@ -574,6 +581,7 @@ outbox_worker_main(Datum arg)
 		if (MyLatch->is_set)
 		{
 			ResetLatch(MyLatch);
+			outbox_claim_wake();
 			self->claim_more = true;
 			self->refresh_pending = true;
 		}
@@ -582,6 +590,7 @@ outbox_worker_main(Datum arg)
 		if (self->next_due != 0 && GetCurrentTimestamp() >= self->next_due)
 		{
 			self->next_due = 0;
+			outbox_claim_wake();
 			self->claim_more = true;
 		}
 		if (self->done != NIL || (self->claim_more && capacity > 0) ||
@@ -614,8 +623,9 @@ outbox_worker_main(Datum arg)
 
 			outbox_http_poll(more_now ? 0 : BUSY_POLL_MS, on_done);
 		}
-		else if (self->done == NIL && !stopping)
-			idle_wait();
+		else if (self->done == NIL && !stopping &&
+				 (!self->claim_more || self->consecutive_errors > 0))
+			idle_wait();		/* else the senders not yet asked are asked at once */
 	}
 
 	ereport(LOG, (errmsg("twilio_outbox dispatcher stopped")));

@@ -16,6 +16,20 @@ ALTER TABLE twilio_outbox.dead_letters DROP CONSTRAINT dead_letters_pkey;
 ALTER TABLE twilio_outbox.dead_letters ADD CONSTRAINT dead_letters_pkey PRIMARY KEY (id, account);
 
 /*
+ * The dispatcher's paths are per account (each of its statements names one
+ * account), so their partial indexes lead with it.
+ */
+DROP INDEX twilio_outbox.messages_due;
+CREATE INDEX messages_due ON twilio_outbox.messages (account, sender_id, next_attempt_at, id)
+	WHERE state OPERATOR(pg_catalog.=) 'queued';
+DROP INDEX twilio_outbox.messages_expiring;
+CREATE INDEX messages_expiring ON twilio_outbox.messages (account, expires_at)
+	WHERE state OPERATOR(pg_catalog.=) 'queued' AND expires_at IS NOT NULL;
+DROP INDEX twilio_outbox.messages_in_flight;
+CREATE INDEX messages_in_flight ON twilio_outbox.messages (account, lease_until)
+	WHERE state OPERATOR(pg_catalog.=) 'sending';
+
+/*
  * Keys referring to an account do not cascade a rename (a sharding
  * extension cannot cascade an update of the distribution column):
  * rename_account() moves everything instead.  Deleting an account still
