@@ -225,8 +225,8 @@ test_tools()
 }
 
 # Debian's prometheus-postgres-exporter, which test/t/019_metrics.pl runs
-# with contrib/prometheus/queries.yaml (bookworm 0.11, trixie and forky
-# 0.17: the same package name and flags).  Its package enables a service
+# with contrib/prometheus/queries.yaml (bookworm 0.11, trixie 0.17, forky
+# 0.19 when written: the same package name and flags).  Its package enables a service
 # that would listen on :9187 with no database to read: a service it
 # started here is stopped and disabled again (in test/versions.sh's roots,
 # policy-rc.d keeps it from starting at all).
