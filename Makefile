@@ -24,7 +24,8 @@ OBJS = \
 	src/retry.o \
 	src/ratelimit.o \
 	src/operations.o \
-	src/callback.o
+	src/callback.o \
+	src/lookup.o
 
 # Install scripts are built from one file per concern (sql/README.md).
 # The released 0.1 script is committed as released and never rebuilt:
@@ -41,6 +42,13 @@ PG_CONFIG ?= pg_config
 # PostgreSQL's own headers and callback signatures; everything else is on.
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK = $(shell curl-config --libs)
+
+# The thin receiver for Twilio's webhooks (receiver/, README "Delivery
+# status"): a program of its own, built beside the module by make and
+# installed into pg_config --bindir by make install.  Needs libpq-dev and
+# libmicrohttpd-dev.
+RECEIVER = receiver/twilio_outbox_receiver
+EXTRA_CLEAN = $(RECEIVER)
 
 # Suites, each against a throwaway instance with pg_cron and twilio_outbox
 # preloaded (test/postgresql.conf).
@@ -98,6 +106,24 @@ sql/twilio_outbox--0.2.sql: sql/0.2/install_header.sql $(SQL_0_1) $(SQL_0_2)
 check-released:
 	cat $(SQL_0_1) | cmp - sql/twilio_outbox--0.1.sql
 	@echo "sql/0.1 gives the released sql/twilio_outbox--0.1.sql byte for byte"
+
+ifneq ($(PGXS),)
+all: $(RECEIVER)
+
+# PGXS's CFLAGS (PG_CFLAGS included), libpq from pg_config's directories.
+$(RECEIVER): receiver/twilio_outbox_receiver.c
+	$(CC) $(CFLAGS) -I$(includedir) -o $@ $< $(LDFLAGS) -L$(libdir) -lpq -lmicrohttpd -lpthread
+
+install: install-receiver
+install-receiver: $(RECEIVER)
+	$(INSTALL_PROGRAM) $(RECEIVER) '$(DESTDIR)$(bindir)/'
+
+uninstall: uninstall-receiver
+uninstall-receiver:
+	rm -f '$(DESTDIR)$(bindir)/$(notdir $(RECEIVER))'
+
+.PHONY: install-receiver uninstall-receiver
+endif
 
 # Every object depends on the shared header (PGXS tracks no header changes).
 $(OBJS): src/twilio_outbox.h src/compat.h

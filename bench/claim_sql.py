@@ -5,10 +5,10 @@ bench/claim.sh measures this statement with EXPLAIN (ANALYZE, BUFFERS): it
 mirrors the dispatcher's claim by reading it out of the C source (the string
 literals of the prepare() call in outbox_claim(), comments dropped) instead
 of keeping a copy that could drift.  Fails when the statement cannot be
-found or no longer takes the 8 parameters claim.sh passes:
+found or no longer takes the 9 parameters claim.sh passes:
     $1 int8[] sender ids      $2 text[] their accounts   $3 int4[] max_n
     $4 float8[] budget        $5 bool[] full bucket      $6 int4[] account room
-    $7 int4 lease seconds     $8 int4 worker pid
+    $7 int4 lease seconds     $8 int4 worker pid         $9 text the account
 
     python3 bench/claim_sql.py [path/to/queue.c]
 """
@@ -16,7 +16,7 @@ import ast
 import re
 import sys
 
-EXPECTED_PARAMS = 8
+EXPECTED_PARAMS = 9
 
 
 def claim_sql(source):

@@ -12,7 +12,23 @@
 # PostgreSQL's shared memory segment (shared buffers it alone has touched
 # count as private in smaps, and are not its own memory).  Then, in the same
 # run, the responder's own ceiling: wrk POSTing a form body like the
-# dispatcher's to the same nginx.  Run as root; never part of make test.
+# dispatcher's to the same nginx.  And PostgreSQL's own ceiling for the
+# dispatcher's writes, in the same run on the same cluster (the dispatcher
+# stopped): pgbench running bench/shape.sh's ceiling_script (claim a batch of
+# 200 due messages of one sender, then record them with their attempt rows,
+# two transactions, synchronous_commit on) over BENCH_CEILING_ROWS (default
+# 200,000) messages written by gen_messages, on one connection and then on
+# two (each on its own sender of acct1: with one sender per account, on
+# one only); rows/s.  The drain rate is then printed as a
+# ratio of each ceiling.  Run as root; never part of make test.
+#
+# Knobs for bench/batch.sh (environment): DRAIN_SETTINGS, lines added to
+# postgresql.conf (e.g. twilio_outbox.claim_batch); DRAIN_CONCURRENCY, each
+# account's max_concurrency [100]; DRAIN_NOFILE, the cluster's soft limit of
+# open files (the cluster restarted under it; the dispatcher inherits it:
+# each request in flight holds a socket, and at the postgres user's usual
+# 1,024 connections fail beyond about 1,000 in flight); DRAIN_SUFFIX, appended to every figure's
+# name; DRAIN_CEILINGS=0 skips wrk and pgbench.
 #
 # BENCH_PERF=1 also profiles the dispatcher while it drains (perf record -g)
 # and prints where its CPU went (BENCH_PERF_OUT=file keeps perf.data).
@@ -20,18 +36,31 @@
 #   bench/drain.sh [messages] [accounts] [senders per account] [wrk seconds]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/shape.sh"
 bench_prepare
 
 n=${1:-50000}
 accounts=${2:-4}
 senders=${3:-5}
 wrk_secs=${4:-10}
+ceilings=${DRAIN_CEILINGS:-1}
+ceiling_rows=${BENCH_CEILING_ROWS:-200000}
+ceiling_batch=${BENCH_CEILING_BATCH:-200}
+sfx=${DRAIN_SUFFIX:-}
 bench_workdir
 machine_load
 cpu_mark
 start_nginx
-start_cluster
-make_accounts "http://127.0.0.1:$NGINX_PORT" "$accounts" "$senders" "'Infinity'" 100
+settings=()
+if [ -n "${DRAIN_SETTINGS:-}" ]; then
+	mapfile -t settings <<<"$DRAIN_SETTINGS"
+fi
+start_cluster "${settings[@]}"
+if [ -n "${DRAIN_NOFILE:-}" ]; then
+	as_pg bash -c "ulimit -Sn $DRAIN_NOFILE && exec pg_ctl -D '$BENCH_DIR/data' -l '$BENCH_DIR/server.log' -w restart" >/dev/null
+	note "nofile$sfx" "the cluster's open files limit raised to $DRAIN_NOFILE"
+fi
+make_accounts "http://127.0.0.1:$NGINX_PORT" "$accounts" "$senders" "'Infinity'" "${DRAIN_CONCURRENCY:-100}"
 
 echo "dispatch: enqueueing $n messages over $accounts accounts x $senders senders"
 start=$(date +%s.%N)
@@ -87,12 +116,25 @@ if [ "$sent" != "$n" ]; then
 	echo "not every message was sent" >&2
 	exit 1
 fi
-result drain_msgs_per_s "$(calc "round($n / $elapsed, 1)")"
-result dispatcher_cpu_s_per_1000 "$(calc "round($cpu * 1000 / $n, 4)")"
-result dispatcher_cpu_share "$(calc "round($cpu / $elapsed, 3)")"
-result dispatcher_peak_rss_kb "$peak_rss"
-result dispatcher_peak_local_kb "$peak_local"
-result dispatcher_end_local_kb "$end_local"
+rate=$(calc "round($n / $elapsed, 1)")
+result "attempts_per_message$sfx" "$(calc "round($attempts / $n, 3)")"
+if [ "$attempts" != "$n" ]; then
+	# retried attempts cost CPU too: say why they failed
+	note "failed_attempts$sfx" "$(psql_b -c "SELECT string_agg(c || ' ' || outcome || coalesce(' (' || coalesce(transport_error, 'HTTP ' || http_status) || ')', ''), '; ')
+		FROM (SELECT outcome, transport_error, http_status, count(*) c FROM twilio_outbox.attempts
+			WHERE outcome <> 'sent' GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 5) x")"
+fi
+result "drain_msgs_per_s$sfx" "$rate"
+result "dispatcher_cpu_s_per_1000$sfx" "$(calc "round($cpu * 1000 / $n, 4)")"
+result "dispatcher_cpu_share$sfx" "$(calc "round($cpu / $elapsed, 3)")"
+result "dispatcher_peak_rss_kb$sfx" "$peak_rss"
+result "dispatcher_peak_local_kb$sfx" "$peak_local"
+result "dispatcher_end_local_kb$sfx" "$end_local"
+psql_b -c "SELECT twilio_outbox.stop_worker()" >/dev/null
+if [ "$ceilings" != 1 ]; then
+	foreign_cpu
+	exit 0
+fi
 
 # The responder alone: wrk POSTing what the dispatcher POSTs.
 cat >"$BENCH_DIR/post.lua" <<'LUA'
@@ -105,7 +147,45 @@ wrk.body = "To=%2B14150012345&From=%2B15005550101&Body=Benchmark+message+12345"
 LUA
 wrk_rps=$(wrk -t2 -c100 -d"${wrk_secs}s" -s "$BENCH_DIR/post.lua" "http://127.0.0.1:$NGINX_PORT" |
 	awk '/^Requests\/sec:/ {print $2}')
-result nginx_wrk_requests_per_s "$wrk_rps"
+result "nginx_wrk_requests_per_s$sfx" "$wrk_rps"
+
+# PostgreSQL's ceiling for the same writes: pgbench, CLIENTS connections,
+# each claiming and recording batches of its own sender's due messages.
+ceiling_script "$ceiling_batch" "$BENCH_DIR/ceiling.sql"
+chmod 644 "$BENCH_DIR/ceiling.sql"
+pg_ceiling()
+{
+	local clients=$1 per txns before after tps
+	per=$((ceiling_rows / clients / ceiling_batch * ceiling_batch))
+	txns=$((per / ceiling_batch))
+	gen_messages due $((per * clients)) "SELECT id FROM twilio_outbox.senders WHERE account = 'acct1' ORDER BY id LIMIT $clients" >/dev/null
+	psql_b -c "VACUUM ANALYZE twilio_outbox.messages" -c "VACUUM ANALYZE twilio_outbox.attempts" -c "CHECKPOINT"
+	before=$(psql_b -c "SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent'")
+	as_pg pgbench -h "$BENCH_DIR" -U postgres -n -M prepared -c "$clients" -j "$clients" -t "$txns" \
+		-f "$BENCH_DIR/ceiling.sql" postgres >"$BENCH_DIR/pgbench.$clients.out" 2>&1 || {
+		cat "$BENCH_DIR/pgbench.$clients.out" >&2
+		return 1
+	}
+	after=$(psql_b -c "SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent'")
+	if [ $((after - before)) != $((per * clients)) ]; then
+		echo "pgbench recorded $((after - before)) of $((per * clients)) messages" >&2
+		return 1
+	fi
+	tps=$(awk '/^tps = / {print $3; exit}' "$BENCH_DIR/pgbench.$clients.out")
+	echo "  pgbench, $clients connection(s): $txns batches of $ceiling_batch each, $tps batches/s" >&2
+	calc "round($tps * $ceiling_batch, 1)"
+}
+echo "PostgreSQL's ceiling for the dispatcher's writes (pgbench, batches of $ceiling_batch, synchronous_commit $(psql_b -c 'SHOW synchronous_commit'))"
+pg1=$(pg_ceiling 1)
+result "pg_ceiling_rows_per_s_1conn$sfx" "$pg1"
+result "drain_share_of_pg_1conn$sfx" "$(calc "round($rate / $pg1, 3)")"
+# two connections take a sender each
+if [ "$senders" -ge 2 ]; then
+	pg2=$(pg_ceiling 2)
+	result "pg_ceiling_rows_per_s_2conn$sfx" "$pg2"
+	result "drain_share_of_pg_2conn$sfx" "$(calc "round($rate / $pg2, 3)")"
+fi
+result "drain_share_of_nginx$sfx" "$(calc "round($rate / $wrk_rps, 3)")"
 if [ -n "${perf_pid:-}" ]; then
 	[ -n "${BENCH_PERF_OUT:-}" ] && cp "$BENCH_DIR/perf.data" "$BENCH_PERF_OUT"
 	perf report -i "$BENCH_DIR/perf.data" --stdio --no-children --sort dso,symbol >"$BENCH_DIR/perf.self" 2>/dev/null || true

@@ -5,9 +5,10 @@
 # Sizes and what each benchmark measures: the header of BENCHMARKS.md
 # (bench/report.py writes it when the file is missing).
 #
-#   make bench                      # everything, 3 runs, about 20 minutes
+#   make bench                      # everything, 3 runs (claim and memory 1), about 30 minutes
 #   BENCH_QUICK=1 make bench        # one small run of each, not recorded
 #   BENCH_ONLY="latency rate" make bench
+#   BENCH_ONLY=claim BENCH_HISTORY=1000000 make bench
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -16,7 +17,7 @@ top=$(cd "$here/.." && pwd)
 quick=${BENCH_QUICK:-0}
 q() { [ "$quick" = 1 ] && echo "$1" || echo "$2"; }
 runs=${BENCH_RUNS:-$(q 1 3)}
-only=${BENCH_ONLY:-enqueue dispatch latency rate claim}
+only=${BENCH_ONLY:-enqueue dispatch batch latency rate claim memory}
 record=${BENCH_RECORD:-$(q 0 1)}
 # a profiled drain is slower: not for the record unless asked
 [ "${BENCH_PERF:-0}" = 1 ] && record=${BENCH_RECORD:-0}
@@ -30,7 +31,24 @@ latency_n=${BENCH_LATENCY_MESSAGES:-$(q 100 1000)}
 latency_pause=${BENCH_LATENCY_PAUSE_MS:-30}
 rate_window=${BENCH_RATE_WINDOW:-$(q 10 30)}
 rate_settle=${BENCH_RATE_SETTLE:-2}
-history=${BENCH_HISTORY:-$(q 100000 1000000)}
+# drain.sh's pgbench ceiling: messages per measurement (read by drain.sh)
+export BENCH_CEILING_ROWS=${BENCH_CEILING_ROWS:-$(q 20000 200000)}
+batch_messages=${BENCH_BATCH_MESSAGES:-$(q 5000 50000)}
+batches=${BENCH_BATCHES:-200 1000 2000}
+history=${BENCH_HISTORY:-$(q 100000 5000000)}
+claim_due=${BENCH_CLAIM_DUE:-$(q 2000 10000)}
+claim_senders=${BENCH_CLAIM_SENDERS:-$(q 200 1000)}
+memory_messages=${BENCH_MEMORY_MESSAGES:-$(q 50000 1000000)}
+memory_chunk=${BENCH_MEMORY_CHUNK:-$(q 5000 50000)}
+# runs of one benchmark: BENCH_RUNS_<NAME> (e.g. BENCH_RUNS_CLAIM), else
+# BENCH_RUNS; claim and memory take 1 by default (each repeats its own
+# measurements, and each takes minutes)
+runs_of()
+{
+	local var="BENCH_RUNS_${1^^}" def=$runs
+	case $1 in claim | memory) [ -n "${BENCH_RUNS:-}" ] || def=1 ;; esac
+	echo "${!var:-$def}"
+}
 
 bench_prepare
 results=$(mktemp -d /tmp/twilio_outbox_bench_results.XXXXXX)
@@ -47,7 +65,7 @@ trap 'rm -rf "$results"' EXIT
 	commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	dirty=$(git -C "$top" status --porcelain -- src sql Makefile 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
 	echo "commit: $commit${dirty:+ with uncommitted changes to ${dirty% }}"
-	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim history $history"
+	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; pgbench ceiling $BENCH_CEILING_ROWS messages; batch $batch_messages messages at claim_batch $batches; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim $claim_due due messages, $claim_senders senders, history $history (runs $(runs_of claim)); memory $memory_messages messages in chunks of $memory_chunk (runs $(runs_of memory))"
 } >"$results/facts"
 sed 's/^/  /' "$results/facts"
 
@@ -58,11 +76,14 @@ for bench in $only; do
 	dispatch) cmd=("$here/drain.sh" "$messages" "$accounts" "$senders" "$wrk_secs") ;;
 	latency) cmd=("$here/latency.sh" "$latency_n" "$latency_pause") ;;
 	rate) cmd=("$here/rate.sh" "$rate_window" "$rate_settle") ;;
-	claim) cmd=("$here/claim.sh" "$history") ;;
-	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue dispatch latency rate claim)" >&2; exit 2 ;;
+	batch) cmd=("$here/batch.sh" "$batch_messages" $batches) ;;
+	claim) cmd=("$here/claim.sh" "$history" "$claim_due" "$claim_senders") ;;
+	memory) cmd=("$here/memory.sh" "$memory_messages" "$memory_chunk") ;;
+	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue dispatch batch latency rate claim memory)" >&2; exit 2 ;;
 	esac
-	for run in $(seq "$runs"); do
-		echo "== $bench, run $run of $runs"
+	n_runs=$(runs_of "$bench")
+	for run in $(seq "$n_runs"); do
+		echo "== $bench, run $run of $n_runs"
 		rc=0
 		BENCH_RUN=$run BENCH_RESULTS="$results/$bench.$run" bash "${cmd[@]}" || rc=$?
 		echo "$rc" >"$results/$bench.$run.status"

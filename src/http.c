@@ -259,7 +259,10 @@ on_header(char *buffer, size_t size, size_t nitems, void *userdata)
 }
 
 /*
- * Put one message's request in flight.  Allocates its buffers in the
+ * Put one message's request in flight: its create (POST with its form and
+ * idempotency key), or a lookup's GET or DELETE of request_url, which
+ * carries the same credentials under the same checks.  Either takes one of
+ * its account's slots while in flight.  Allocates its buffers in the
  * message's batch context; throws only when out of memory.  Returns false,
  * with the reason in resp.transport_error and nothing sent, when its URL
  * may not be sent to (the settings changed since its account was checked).
@@ -276,10 +279,13 @@ outbox_http_start(OutboxMessage *m)
 	void	   *url = NULL;
 	const char *refusal;
 	MemoryContext old;
+	bool		create = m->kind == OUTBOX_REQUEST_CREATE;
+	/* a lookup's URL is its account's messages_url with the SID: the same checks */
+	const char *target = create ? a->messages_url : m->request_url;
 
 	/* in the batch's context: nothing of the check outlives the batch */
 	old = MemoryContextSwitchTo(cxt);
-	refusal = outbox_url_refusal(a->messages_url, &url);
+	refusal = outbox_url_refusal(target, &url);
 	MemoryContextSwitchTo(old);
 	if (refusal != NULL)
 	{
@@ -294,14 +300,17 @@ outbox_http_start(OutboxMessage *m)
 	m->resp.concurrent_requests = -1;
 	m->resp.request_duration = -1;
 	t->m = m;
-	t->form_len = strlen(m->form);
+	t->form_len = create ? strlen(m->form) : 0;
 
 	e = curl_easy_init();
-	snprintf(header, sizeof(header), "%s: %s", outbox_idempotency_header, m->idempotency_key);
-	h = curl_slist_append(h, header);
 	h = curl_slist_append(h, "Accept: application/json");
-	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
-	h = curl_slist_append(h, "Expect:");
+	if (create)
+	{
+		snprintf(header, sizeof(header), "%s: %s", outbox_idempotency_header, m->idempotency_key);
+		h = curl_slist_append(h, header);
+		h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
+		h = curl_slist_append(h, "Expect:");
+	}
 	if (e == NULL || h == NULL)
 	{
 		if (e)
@@ -317,12 +326,19 @@ outbox_http_start(OutboxMessage *m)
 	curl_easy_setopt(e, CURLOPT_CURLU, url);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, outbox_allow_insecure_http ? "http,https" : "https");
 	/* plain http (loopback only) never through a proxy, which would see the credentials */
-	if (pg_strncasecmp(a->messages_url, "http:", 5) == 0)
+	if (pg_strncasecmp(target, "http:", 5) == 0)
 		curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
-	curl_easy_setopt(e, CURLOPT_POST, 1L);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) t->form_len);
-	curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
-	curl_easy_setopt(e, CURLOPT_READDATA, t);
+	if (create)
+	{
+		curl_easy_setopt(e, CURLOPT_POST, 1L);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) t->form_len);
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, t);
+	}
+	else if (m->kind == OUTBOX_REQUEST_DELETE)
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
+	else
+		curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
 	curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);

@@ -239,10 +239,24 @@ typedef enum OutboxOutcome
 
 struct OutboxBatch;
 
+/*
+ * What a request does at Twilio: create the message (the send), or one of
+ * the requests other than create that src/lookup.c claims, sends and
+ * records on its own: look up the message's status, delete its data.
+ */
+typedef enum OutboxRequestKind
+{
+	OUTBOX_REQUEST_CREATE = 0,	/* POST .../Messages.json */
+	OUTBOX_REQUEST_FETCH,		/* GET .../Messages/{Sid}.json */
+	OUTBOX_REQUEST_DELETE		/* DELETE .../Messages/{Sid}.json */
+} OutboxRequestKind;
+
 /* A claimed message, its request, and then its outcome. */
 typedef struct OutboxMessage
 {
 	struct OutboxBatch *batch;	/* owns this struct and its strings */
+	OutboxRequestKind kind;
+	char	   *request_url;	/* a lookup's URL; a create goes to its account's messages_url */
 	int64		id;
 	int			attempt;		/* attempts after the claim: this attempt's number */
 	int			failures;		/* charged failures before this attempt */
@@ -344,6 +358,21 @@ extern void outbox_claim_wake(void);
 extern void outbox_record(List *done);
 extern TimestampTz outbox_next_due(TimestampTz now);
 extern bool outbox_extension_present(void);
+
+/*
+ * lookup.c: requests other than create (polling, deletion at Twilio),
+ * claimed in the database phase with the room sends leave, at a bounded
+ * rate per account.  The worker calls outbox_lookup_phase() inside its
+ * transaction after its own claim, outbox_lookup_committed() or
+ * outbox_lookup_aborted() after it, and hands finished lookups to
+ * outbox_lookup_done().
+ */
+extern void outbox_lookup_phase(TimestampTz now, bool reload, int capacity, List *claimed);
+extern void outbox_lookup_committed(void);
+extern void outbox_lookup_aborted(void);
+extern void outbox_lookup_done(OutboxMessage *m);
+extern bool outbox_lookup_pending(void);
+extern TimestampTz outbox_lookup_wake_at(void);
 
 /* callback.c: webhooks from Twilio (signature check, counters) */
 extern void outbox_callback_init(void);

@@ -142,14 +142,21 @@ publish(const char *error)
 static void
 on_done(OutboxMessage *m)
 {
-	MemoryContext old = MemoryContextSwitchTo(m->batch->cxt);
+	MemoryContext old;
+
+	/* its account has room again */
+	self->claim_more = true;
+	if (m->kind != OUTBOX_REQUEST_CREATE)
+	{
+		outbox_lookup_done(m);
+		return;
+	}
+	old = MemoryContextSwitchTo(m->batch->cxt);
 
 	outbox_decide(m, GetCurrentTimestamp());
 	outbox_account_apply(m->account, m);
 	MemoryContextSwitchTo(outbox_worker_cxt);
 	self->done = lappend(self->done, m);
-	/* its account has room again */
-	self->claim_more = true;
 	MemoryContextSwitchTo(old);
 }
 
@@ -348,11 +355,13 @@ schema_matches(void)
 }
 
 /*
- * One transaction: record, refresh, claim.  Returns false after an error
- * (rolled back, reported); the unrecorded outcomes are kept for next time.
+ * One transaction: record, refresh, claim; then lookups (src/lookup.c)
+ * with what the claim left of lookup_capacity.  Returns false after an
+ * error (rolled back, reported); the unrecorded outcomes are kept for next
+ * time.
  */
 static bool
-database_phase(bool claim, int capacity)
+database_phase(bool claim, int capacity, int lookup_capacity)
 {
 	MemoryContext scratch = CurrentMemoryContext;
 	TimestampTz now = GetCurrentTimestamp();
@@ -412,6 +421,8 @@ database_phase(bool claim, int capacity)
 					self->next_due = now + 100 * 1000L;
 			}
 		}
+		/* sends first: lookups take what is left */
+		outbox_lookup_phase(now, refresh, lookup_capacity - list_length(claimed), claimed);
 		end_phase();
 
 		MemoryContextSwitchTo(outbox_worker_cxt);
@@ -430,6 +441,7 @@ database_phase(bool claim, int capacity)
 		/* the claim was rolled back: forget what it returned */
 		if (claimed != NIL)
 			MemoryContextDelete(((OutboxMessage *) linitial(claimed))->batch->cxt);
+		outbox_lookup_aborted();
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("twilio_outbox dispatcher: %s", edata->message),
@@ -475,6 +487,8 @@ idle_wait(void)
 	{
 		if (self->next_due != 0)
 			timeout = Min(timeout, Max(0, (self->next_due - now + 999) / 1000));
+		if (outbox_lookup_wake_at() != 0)
+			timeout = Min(timeout, Max(0, (outbox_lookup_wake_at() - now + 999) / 1000));
 		/* a wake-up not yet followed by an account refresh */
 		if (self->refresh_pending)
 			timeout = Min(timeout, WAKE_REFRESH_MS);
@@ -594,14 +608,19 @@ outbox_worker_main(Datum arg)
 			self->claim_more = true;
 		}
 		if (self->done != NIL || (self->claim_more && capacity > 0) ||
+			outbox_lookup_pending() ||
+			(outbox_lookup_wake_at() != 0 && capacity > 0 &&
+			 GetCurrentTimestamp() >= outbox_lookup_wake_at()) ||
 			GetCurrentTimestamp() - self->last_housekeeping >= REFRESH_INTERVAL_MS * 1000L)
 		{
 			bool		claim = self->claim_more && capacity > 0 &&
 				self->consecutive_errors == 0;
 
-			if (database_phase(claim, Min(capacity, outbox_claim_batch)))
+			if (database_phase(claim, Min(capacity, outbox_claim_batch),
+							   self->consecutive_errors == 0 ? Min(capacity, outbox_claim_batch) : 0))
 			{
 				start_claimed();
+				outbox_lookup_committed();
 				publish(NULL);
 			}
 			else if (outbox_http_in_flight() == 0 && !stopping)

@@ -5,8 +5,11 @@
 # starts a throwaway PostgreSQL 15 with pg_cron on a Unix socket and a local
 # Twilio stand-in on 127.0.0.1, then plays an application: a realistic batch
 # enqueued in transactions (one rolled back), the dispatcher sending it with
-# a retry, a rate limit and a dead letter among the outcomes.  Everything is
-# stopped and removed at the end.
+# a retry, a rate limit and a dead letter among the outcomes.  Then Twilio's
+# side of delivery: the stand-in posts signed status callbacks (sent, then
+# delivered or undelivered; some twice, some out of order) and an inbound
+# STOP to the thin receiver (twilio_outbox_receiver), which hands them to
+# the extension.  Everything is stopped and removed at the end.
 #
 # With TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM and TWILIO_TO set,
 # it sends one real message through api.twilio.com instead of the stand-in.
@@ -71,6 +74,28 @@ INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default)
 SELECT twilio_outbox.schedule_supervisor() AS supervisor_job;
 SQL
 
+if [ $real = no ]; then
+	# Twilio's webhooks come back through the thin receiver, which connects
+	# as a role that may only hand them over.  Behind a TLS proxy its public
+	# URL would be https://...; here Twilio (the stand-in) calls it directly.
+	rport=$(free_port)
+	hooks=http://127.0.0.1:$rport/twilio
+	echo "== the thin receiver for Twilio's webhooks at $hooks/{status,inbound}"
+	psql_demo <<SQL
+CREATE ROLE twilio_receiver LOGIN IN ROLE twilio_outbox_webhook;
+UPDATE twilio_outbox.accounts SET status_callback_url = '$hooks/status' WHERE name = 'main';
+SQL
+	start_receiver "$rport" "$hooks" "host=$dir port=5432 dbname=postgres user=twilio_receiver"
+	# After each 201 the stand-in posts the message's callbacks, signed with
+	# the account's auth token: delivered, except three undelivered; every
+	# 7th message's twice, every 5th's final status before its 'sent'.
+	curl -sf -X POST "$base_url/_callbacks" -d '{"auth_token": "demo-token",
+		"outcomes": {"+14155550150": {"status": "undelivered", "error_code": 30003},
+			"+14155550250": {"status": "undelivered", "error_code": 30003},
+			"+14155550350": {"status": "undelivered", "error_code": 30005}},
+		"duplicate_every": 7, "reverse_every": 5}' >/dev/null
+fi
+
 echo "== the application's transactions"
 if [ $real = yes ]; then
 	psql_demo -c "SELECT twilio_enqueue('$TWILIO_TO', 'Hello from twilio_outbox', expires_at => now() + interval '10 minutes') AS message_id"
@@ -111,7 +136,8 @@ for _ in $(seq 120); do
 	psql_demo -At -F ' ' -c "
 		SELECT to_char(now(), 'HH24:MI:SS.MS'), 'due', coalesce(sum(due_now), 0),
 			'retrying', coalesce(sum(retrying), 0), 'in flight', coalesce(sum(in_flight), 0),
-			'| sent', (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent'),
+			'| sent', (SELECT count(*) FROM twilio_outbox.messages WHERE state IN ('sent', 'delivered', 'undelivered', 'failed')),
+			'delivered', (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'delivered'),
 			'dead', (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'dead'),
 			coalesce((SELECT '| paused: ' || pause_reason FROM twilio_outbox.accounts
 				WHERE paused_until > now()), '')
@@ -120,6 +146,20 @@ for _ in $(seq 120); do
 	[ "$waiting" = 0 ] && break
 	sleep 0.5
 done
+
+if [ $real = no ]; then
+	echo "== Twilio's status callbacks through the receiver, until every sent message has its final status"
+	for _ in $(seq 60); do
+		settled=$(psql_demo -At -c "SELECT count(*) = 0 FROM twilio_outbox.messages WHERE state = 'sent'")
+		queued=$(curl -sf "$base_url/_callbacks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queued"])')
+		[ "$settled" = t ] && [ "$queued" = 0 ] && break
+		sleep 0.25
+	done
+	echo "== a recipient replies STOP: Twilio posts it to the receiver's inbound path"
+	curl -sf -X POST "$base_url/_inbound" -d '{"url": "'"$hooks"'/inbound", "auth_token": "demo-token",
+		"account_sid": "'"$sid"'", "from": "+14155550400", "to": "'"$from"'", "body": "STOP"}' |
+		python3 -c 'import json,sys; a = json.load(sys.stdin); print("receiver answered", a["status"], a["body"])'
+fi
 
 echo "== what happened"
 psql_demo <<'SQL'
@@ -142,22 +182,54 @@ FROM twilio_outbox.worker;
 SELECT jobname, schedule, command, database FROM cron.job;
 SQL
 if [ $real = no ]; then
-	echo "== the stand-in received $(curl -sf "$base_url/_requests" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') requests"
+	psql_demo <<'SQL'
+\pset footer off
+\echo 'Delivery, from the status callbacks (twilio_outbox.messages by state):'
+SELECT state, count(*) FROM twilio_outbox.messages GROUP BY state ORDER BY state;
+\echo 'What each callback did, once per MessageSid and MessageStatus (twilio_outbox.status_events):'
+SELECT message_status, verdict, count(*) FROM twilio_outbox.status_events
+GROUP BY message_status, verdict ORDER BY message_status, verdict;
+\echo 'Undelivered messages and their dead letters:'
+SELECT m.id, m.to_number, m.last_error_code, d.reason AS dead_letter
+FROM twilio_outbox.messages m LEFT JOIN twilio_outbox.dead_letters d ON d.message_id = m.id
+WHERE m.state = 'undelivered' ORDER BY m.id;
+\echo 'Suppressed recipients (the STOP):'
+SELECT account, to_number, reason FROM twilio_outbox.suppressed_recipients;
+\echo 'Webhooks accepted and refused (twilio_outbox.webhook_counters):'
+SELECT verdict, webhooks FROM twilio_outbox.webhook_counters() WHERE webhooks > 0;
+SQL
+	echo "== the stand-in received $(curl -sf "$base_url/_requests" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') requests" \
+		"and posted $(curl -sf "$base_url/_callbacks" | python3 -c 'import json,sys; c = json.load(sys.stdin); print(c["posted"], "status callbacks, answered", c["answers"])')"
+	echo "== the receiver's log, last lines (one per request, nothing secret):"
+	tail -n 3 "$dir/receiver.log"
 fi
 # The verdict: every committed message sent or dead-lettered as scripted
-# (with the stand-in: all but the invalid number sent), nothing left behind.
-read -r total sent dead waiting < <(psql_demo -At -F ' ' -c "
-	SELECT count(*), count(*) FILTER (WHERE state = 'sent'),
+# (with the stand-in: all but the invalid number sent), nothing left behind;
+# with the stand-in also every callback applied once: all but three
+# delivered, those three undelivered, the STOP's sender suppressed, and
+# every webhook answered 200 by the receiver.
+read -r total sent dead waiting delivered undelivered opted_out < <(psql_demo -At -F ' ' -c "
+	SELECT count(*), count(*) FILTER (WHERE state IN ('sent', 'delivered', 'undelivered', 'failed')),
 		count(*) FILTER (WHERE state = 'dead'),
-		count(*) FILTER (WHERE state IN ('queued', 'sending'))
+		count(*) FILTER (WHERE state IN ('queued', 'sending')),
+		count(*) FILTER (WHERE state = 'delivered'),
+		count(*) FILTER (WHERE state = 'undelivered'),
+		(SELECT count(*) FROM twilio_outbox.suppressed_recipients WHERE to_number = '+14155550400')
 	FROM twilio_outbox.messages")
-if [ $real = yes ]; then expect="1 1 0 0"; else expect="302 301 1 0"; fi
+refused=0
+if [ $real = no ]; then
+	refused=$(curl -sf "$base_url/_callbacks" | python3 -c 'import json,sys; c = json.load(sys.stdin); print(c["posted"] - c["answers"].get("200", 0))')
+fi
+got="$total $sent $dead $waiting $delivered $undelivered $opted_out $refused"
+if [ $real = yes ]; then expect="1 1 0 0 0 0 0 0"; else expect="302 301 1 0 298 3 1 0"; fi
 echo "== done; stopping and removing the cluster"
-if [ "$total $sent $dead $waiting" = "$expect" ]; then
-	echo "demo passed: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting"
+if [ "$got" = "$expect" ]; then
+	echo "demo passed: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting;" \
+		"$delivered delivered, $undelivered undelivered, $opted_out opted out"
 else
 	set -- $expect
-	echo "demo FAILED: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting" \
-		"(expected $1, $2, $3, $4; the server log was $dir/server.log, kept with KEEP=1)"
+	echo "demo FAILED: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting;" \
+		"$delivered delivered, $undelivered undelivered, $opted_out opted out, $refused callbacks not answered 200" \
+		"(expected $1, $2, $3, $4; $5, $6, $7, $8; the server log was $dir/server.log, kept with KEEP=1)"
 	exit 1
 fi

@@ -34,7 +34,7 @@ export LANG=C.UTF-8 LC_ALL=C.UTF-8
 need_packages()
 {
 	local missing=() pkg cmd
-	for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libcurl4-openssl-dev \
+	for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libcurl4-openssl-dev libpq-dev libmicrohttpd-dev \
 		postgresql-$PG_MAJOR-cron postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl \
 		libipc-run-perl "$@"; do
 		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
@@ -246,9 +246,14 @@ install_exporter()
 # directory removed (KEEP=1 keeps it).  Sets $dir.
 scratch=
 standin_pid=
+receiver_pid=
 scratch_cleanup()
 {
 	[ -n "$scratch" ] || return 0
+	# The receiver first: it stops cleanly on SIGTERM while the server is up.
+	if [ -n "$receiver_pid" ]; then
+		kill "$receiver_pid" 2>/dev/null && wait "$receiver_pid" 2>/dev/null
+	fi
 	[ -f "$scratch/data/postmaster.pid" ] &&
 		as_pg pg_ctl -D "$scratch/data" -m fast -t 60 stop >/dev/null 2>&1
 	[ -n "$standin_pid" ] && kill "$standin_pid" 2>/dev/null
@@ -283,4 +288,32 @@ start_standin()
 	standin_pid=$!
 	for _ in $(seq 100); do [ -s "$dir/standin.port" ] && break; sleep 0.1; done
 	standin_url=http://127.0.0.1:$(cat "$dir/standin.port")
+}
+
+# A TCP port nobody listens on now, on 127.0.0.1.
+free_port()
+{
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The thin receiver (twilio_outbox_receiver, installed beside the server's
+# programs) on 127.0.0.1:$1 for the public URL $2, connecting with libpq
+# connection string $3; more options after those.  Its log goes to
+# $dir/receiver.log.  Sets $receiver_pid; scratch_cleanup stops it.
+start_receiver()
+{
+	local port=$1 public=$2 conninfo=$3
+	shift 3
+	rm -f "$dir/receiver.port"
+	"$PG_BIN/twilio_outbox_receiver" --listen 127.0.0.1 --port "$port" --port-file "$dir/receiver.port" \
+		--public-url "$public" --conninfo "$conninfo" "$@" 2>>"$dir/receiver.log" &
+	receiver_pid=$!
+	for _ in $(seq 100); do
+		[ -s "$dir/receiver.port" ] && return 0
+		kill -0 "$receiver_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "error: the receiver did not start; its log:" >&2
+	cat "$dir/receiver.log" >&2
+	return 1
 }

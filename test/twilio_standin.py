@@ -29,13 +29,44 @@ Actions (JSON objects):
                          Twilio or proxy): each header line (name: value, no CRLF)
                          and the body base64-encoded; Content-Length is added
 
+    GET    /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
+    DELETE /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
+        Fetch or delete a message this stand-in created (201) under that
+        account: 200 with the Message resource carrying the status it was last
+        told (POST /_message_status; at first the status it was created with),
+        204 once deleted; 404 (code 20404) for a SID it does not know (or
+        deleted).  Every such request is recorded (GET /_lookups); a scripted
+        lookup action (POST /_lookup_script) answers instead when one is queued.
+
 Control endpoints (JSON in and out):
     POST /_script   {"to": "+1...", "actions": [...]} | {"default": [...]} | {"steady": {...}}
     POST /_config   {"rates": {"<From or MessagingServiceSid>": per_second, ...}, "burst": n}
     GET  /_requests[?to=+1...]   recorded requests (a literal '+' in ?to= is kept)
-    POST /_reset    clear scripts, requests, rates and the steady action
+    POST /_message_status {"sid": "SM...", "status": "delivered" [, "error_code": n] [, "error_message": s]}
+    POST /_lookup_script  {"actions": [{"status": >=400 [, "code": n] [, "retry_after": s]}, ...]}
+                          and/or {"delay": s}
+                    FIFO answers for the next fetches and deletions, whatever SID;
+                    delay: every fetch and deletion answers that many seconds late
+    GET  /_lookups  recorded fetches and deletions: {"t", "method", "sid", "account_sid",
+                    "status", "auth_user", "concurrent"} (concurrent: fetches and
+                    deletions in progress when it arrived, itself included)
+    POST /_reset    clear scripts, requests, rates, the steady action and messages
     GET  /_health   {"ok": true}
 Anything else gets a Twilio-shaped 404 (code 20404).
+
+Status callbacks and inbound messages, as Twilio sends them (make demo):
+    POST /_callbacks {"auth_token": str, "outcomes": {"<To>": {"status": "undelivered",
+                      "error_code": 30003}, ...}, "duplicate_every": n, "reverse_every": m}
+        From then on, after each 201 to a request that named a StatusCallback,
+        the stand-in posts that URL Twilio's status callbacks for the message,
+        signed with auth_token (X-Twilio-Signature): 'sent', then its outcome
+        ('delivered' unless "outcomes" names its To).  Every n-th such message
+        gets each callback twice; every m-th its final status before 'sent'.
+        Sent by a few threads, so they may also arrive in any order.
+    GET  /_callbacks  {"messages": n, "queued": n, "posted": n, "answers": {"200": n, ...}}
+    POST /_inbound   {"url": str, "auth_token": str, "account_sid": str, "from": "+1...",
+                      "to": "+1...", "body": "STOP"}
+        Posts a signed incoming message to url; answers {"status": n, "body": str}.
 """
 
 import argparse
@@ -43,8 +74,12 @@ import base64
 import collections
 import email.utils
 import json
+import hashlib
+import hmac
+import http.client
 import math
 import os
+import queue
 import re
 import signal
 import socket
@@ -59,6 +94,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 API_VERSION = "2010-04-01"
 MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
+MESSAGE_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages/([A-Za-z0-9]+)\.json$")
 SEGMENT_CHARS = 160
 STEADY_201 = {"status": 201}
 RATE_LIMITED = {"status": 429, "rate_limited": True}
@@ -191,6 +227,7 @@ class StandInState:
         self.rates = {}
         self.burst = 1.0
         self.buckets = {}
+        self.lookups = LookupStore()
 
     def reset(self):
         with self.lock:
@@ -252,6 +289,93 @@ class StandInState:
         allowed = tokens >= 1
         self.buckets[sender] = (tokens - 1 if allowed else tokens, now)
         return allowed
+
+
+class LookupStore:
+    """Messages the stand-in created, for fetching and deleting them, with its own lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.messages = {}
+        self.requests = []
+        self.script = collections.deque()
+        self.delay = 0.0
+        self.in_progress = 0
+
+    def remember(self, resource):
+        with self.lock:
+            self.messages[resource["sid"]] = dict(resource)
+
+    def fetch(self, account_sid, sid):
+        with self.lock:
+            resource = self.messages.get(sid)
+            if resource is None or resource["account_sid"] != account_sid:
+                return None
+            return dict(resource)
+
+    def delete(self, account_sid, sid):
+        with self.lock:
+            resource = self.messages.get(sid)
+            if resource is None or resource["account_sid"] != account_sid:
+                return None
+            return self.messages.pop(sid)
+
+    def set_status(self, spec):
+        if not isinstance(spec, dict) or not isinstance(spec.get("sid"), str) \
+                or not isinstance(spec.get("status"), str):
+            raise ActionError('expected {"sid": "SM...", "status": "..."}')
+        code = spec.get("error_code")
+        if code is not None and not isinstance(code, int):
+            raise ActionError("error_code must be an integer or null")
+        with self.lock:
+            resource = self.messages.get(spec["sid"])
+            if resource is None:
+                raise ActionError(f"no message {spec['sid']}")
+            resource["status"] = spec["status"]
+            resource["error_code"] = code
+            resource["error_message"] = spec.get("error_message")
+            resource["date_updated"] = rfc2822_now()
+
+    def add_script(self, spec):
+        if not isinstance(spec, dict) or not ({"actions", "delay"} & set(spec)) \
+                or not isinstance(spec.get("actions", []), list):
+            raise ActionError('expected {"actions": [...]} and/or {"delay": s}')
+        try:
+            delay = float(spec.get("delay", self.delay))
+        except (TypeError, ValueError) as err:
+            raise ActionError(str(err)) from err
+        actions = []
+        for raw in spec.get("actions", []):
+            if not isinstance(raw, dict) or int(raw.get("status", 0)) < 400:
+                raise ActionError(f"a lookup action is an error status >= 400: {raw}")
+            actions.append(normalise_status_action(raw))
+        with self.lock:
+            self.script.extend(actions)
+            self.delay = delay
+
+    def begin(self):
+        """A fetch or deletion arrives: how many are in progress, itself included, and the delay."""
+        with self.lock:
+            self.in_progress += 1
+            return self.in_progress, self.delay
+
+    def end(self):
+        with self.lock:
+            self.in_progress -= 1
+
+    def next_action(self):
+        with self.lock:
+            return self.script.popleft() if self.script else None
+
+    def record(self, t, method, sid, account_sid, status, user, concurrent):
+        with self.lock:
+            self.requests.append({"t": t, "method": method, "sid": sid,
+                                  "account_sid": account_sid, "status": status,
+                                  "auth_user": user, "concurrent": concurrent})
+
+    def recorded(self):
+        with self.lock:
+            return list(self.requests)
 
 
 # --- request parsing and response bodies -------------------------------------
@@ -344,6 +468,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch()
 
+    def do_DELETE(self):
+        self._dispatch()
+
     def log_message(self, format, *args):
         if not self.server.quiet:
             super().log_message(format, *args)
@@ -365,6 +492,8 @@ class Handler(BaseHTTPRequestHandler):
                 route(self, parse_query(query), body)
             elif self.command == "POST" and match:
                 self._create_message(match.group(1), path, body)
+            elif self.command in ("GET", "DELETE") and MESSAGE_PATH.match(path):
+                self._message_instance(*MESSAGE_PATH.match(path).groups())
             else:
                 self._send_error(404, 20404, f"The requested resource {path} was not found")
         except ConnectionError:
@@ -455,12 +584,59 @@ class Handler(BaseHTTPRequestHandler):
         if action.get("malformed"):
             self._send_bytes(201, MALFORMED_BODY)
         elif "hang" in action or action["status"] == 201:
-            self._send_json(201, message_resource(account_sid, form, action.get("twilio_status")))
+            resource = message_resource(account_sid, form, action.get("twilio_status"))
+            self.state.lookups.remember(resource)
+            self._send_json(201, resource)
+            self.server.callbacks.after_create(account_sid, form, resource)
         else:
             status = action["status"]
             retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
             code = action.get("code", default_code(status))
             self._send_error(status, code, action.get("message"), retry)
+
+    # fetch and delete of one message (LookupStore)
+
+    def _message_instance(self, account_sid, sid):
+        """GET or DELETE .../Messages/{sid}.json, answered after the configured delay."""
+        store = self.state.lookups
+        concurrent, delay = store.begin()
+        try:
+            time.sleep(delay)
+            self._answer_instance(store, account_sid, sid, concurrent)
+        finally:
+            store.end()
+
+    def _answer_instance(self, store, account_sid, sid, concurrent):
+        """A scripted answer, else the store's."""
+        user, _ = parse_basic_auth(self.headers.get("Authorization"))
+        action = store.next_action()
+        if action is not None:
+            store.record(self.arrival, self.command, sid, account_sid, action["status"], user, concurrent)
+            retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
+            self._send_error(action["status"], action["code"], action.get("message"), retry)
+            return
+        if self.command == "GET":
+            resource = store.fetch(account_sid, sid)
+        else:
+            resource = store.delete(account_sid, sid)
+        status = 404 if resource is None else (200 if self.command == "GET" else 204)
+        store.record(self.arrival, self.command, sid, account_sid, status, user, concurrent)
+        if resource is None:
+            self._send_error(404, 20404, f"The requested resource /{API_VERSION}/Accounts/"
+                             f"{account_sid}/Messages/{sid}.json was not found")
+        elif status == 204:
+            self._send_bytes(204, b"")
+        else:
+            self._send_json(200, resource)
+
+    def _lookups(self, query, body):
+        self._send_json(200, self.state.lookups.recorded())
+
+    def _message_status(self, query, body):
+        self._control(body, self.state.lookups.set_status)
+
+    def _lookup_script(self, query, body):
+        self._control(body, self.state.lookups.add_script)
 
     # control endpoints
 
@@ -506,13 +682,163 @@ class Handler(BaseHTTPRequestHandler):
             self.state.set_steady(steady)
 
 
+    def _callbacks(self, query, body):
+        self._control(body, self.server.callbacks.configure)
+
+    def _callback_stats(self, query, body):
+        self._send_json(200, self.server.callbacks.stats())
+
+    def _inbound(self, query, body):
+        try:
+            answer = post_inbound(json.loads(body or b"{}"))
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            self._send_json(400, {"ok": False, "error": str(err)})
+            return
+        self._send_json(200, answer)
+
+
 CONTROL_ROUTES = {
     ("GET", "/_health"): Handler._health,
     ("GET", "/_requests"): Handler._requests,
     ("POST", "/_script"): Handler._script,
     ("POST", "/_config"): Handler._config,
     ("POST", "/_reset"): Handler._reset,
+    ("GET", "/_lookups"): Handler._lookups,
+    ("POST", "/_message_status"): Handler._message_status,
+    ("POST", "/_lookup_script"): Handler._lookup_script,
+    ("POST", "/_callbacks"): Handler._callbacks,
+    ("GET", "/_callbacks"): Handler._callback_stats,
+    ("POST", "/_inbound"): Handler._inbound,
 }
+
+
+# --- status callbacks and inbound messages (Twilio's webhooks) ---------------
+
+def twilio_signature(auth_token, url, params):
+    """X-Twilio-Signature: base64 HMAC-SHA1 over the URL and each name + value, names sorted."""
+    data = url + "".join(name + value for name, value in sorted(params))
+    digest = hmac.new(auth_token.encode("utf-8"), data.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def post_webhook(url, params, auth_token, conn_cache=None):
+    """POST a signed form to url (http on loopback only); returns (status, body)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"webhooks go to http on loopback only, not {url}")
+    body = urllib.parse.urlencode(params)
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": twilio_signature(auth_token, url, params),
+        "I-Twilio-Idempotency-Token": uuid.uuid4().hex,
+    }
+    target = parts.path + ("?" + parts.query if parts.query else "")
+    key = (parts.hostname, parts.port)
+    for attempt in (1, 2):
+        conn = (conn_cache or {}).get(key) or http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.request("POST", target, body=body, headers=headers)
+            res = conn.getresponse()
+            answer = res.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            if conn_cache is not None:
+                conn_cache.pop(key, None)
+            if attempt == 2:
+                raise
+            continue
+        if conn_cache is not None:
+            conn_cache[key] = conn
+        else:
+            conn.close()
+        return res.status, answer
+
+
+def post_inbound(spec):
+    """An incoming message, as Twilio posts it to a number's messaging webhook."""
+    params = [
+        ("AccountSid", spec["account_sid"]), ("ApiVersion", API_VERSION), ("Body", spec["body"]),
+        ("From", spec["from"]), ("MessageSid", "SM" + uuid.uuid4().hex), ("NumMedia", "0"),
+        ("NumSegments", "1"), ("SmsMessageSid", "SM" + uuid.uuid4().hex), ("SmsStatus", "received"),
+        ("To", spec["to"]),
+    ]
+    status, body = post_webhook(spec["url"], params, spec["auth_token"])
+    return {"status": status, "body": body}
+
+
+class CallbackSender:
+    """Twilio's status callbacks for the messages the stand-in created (POST /_callbacks)."""
+
+    THREADS = 4
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.config = None
+        self.messages = 0
+        self.posted = 0
+        self.answers = collections.Counter()
+        self.jobs = queue.Queue()
+        for _ in range(self.THREADS):
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def configure(self, cfg):
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("auth_token"), str):
+            raise ActionError('expected {"auth_token": str, "outcomes": {...}, ...}')
+        outcomes = cfg.get("outcomes", {})
+        for to, outcome in outcomes.items():
+            if outcome.get("status") not in ("delivered", "undelivered", "failed", "read"):
+                raise ActionError(f"outcome for {to}: status must be delivered, undelivered, failed or read")
+        with self.lock:
+            self.config = {
+                "auth_token": cfg["auth_token"],
+                "outcomes": outcomes,
+                "duplicate_every": int(cfg.get("duplicate_every", 0)),
+                "reverse_every": int(cfg.get("reverse_every", 0)),
+            }
+
+    def stats(self):
+        with self.lock:
+            return {"messages": self.messages, "queued": self.jobs.qsize(), "posted": self.posted,
+                    "answers": {str(k): v for k, v in self.answers.items()}}
+
+    def after_create(self, account_sid, form, resource):
+        """Queue the callbacks of a message just created (its 201 already sent)."""
+        url = first(form, "StatusCallback")
+        with self.lock:
+            cfg = self.config
+            if cfg is None or not url:
+                return
+            self.messages += 1
+            k = self.messages
+        outcome = cfg["outcomes"].get(resource["to"], {"status": "delivered"})
+        common = [("AccountSid", account_sid), ("ApiVersion", API_VERSION),
+                  ("From", resource["from"] or ""), ("MessageSid", resource["sid"]),
+                  ("SmsSid", resource["sid"]), ("To", resource["to"])]
+        if resource["messaging_service_sid"]:
+            common.append(("MessagingServiceSid", resource["messaging_service_sid"]))
+        sent = common + [("MessageStatus", "sent"), ("SmsStatus", "sent")]
+        final = common + [("MessageStatus", outcome["status"]), ("SmsStatus", outcome["status"])]
+        if "error_code" in outcome:
+            final.append(("ErrorCode", str(outcome["error_code"])))
+        posts = [sent, final]
+        if cfg["reverse_every"] and k % cfg["reverse_every"] == 0:
+            posts.reverse()
+        if cfg["duplicate_every"] and k % cfg["duplicate_every"] == 0:
+            posts = [p for p in posts for _ in (1, 2)]
+        for params in posts:
+            self.jobs.put((url, params, cfg["auth_token"]))
+
+    def _work(self):
+        conns = {}
+        while True:
+            url, params, token = self.jobs.get()
+            try:
+                status, _ = post_webhook(url, params, token, conns)
+            except (OSError, ValueError, http.client.HTTPException):
+                status = "error"
+            with self.lock:
+                self.posted += 1
+                self.answers[status] += 1
 
 
 # --- server lifecycle --------------------------------------------------------
@@ -526,6 +852,7 @@ class StandInServer(ThreadingHTTPServer):
 
     def __init__(self, port, quiet):
         self.state = StandInState()
+        self.callbacks = CallbackSender()
         self.quiet = quiet
         super().__init__(("127.0.0.1", port), Handler)
 

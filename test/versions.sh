@@ -203,7 +203,7 @@ for v in $versions; do
 		mkdir -p "$run/root/root/twilio_outbox" "$run/root/var/cache/twilio_outbox"
 		tar -C "$top" --exclude=.git --exclude=node_modules --exclude=tmp_check \
 			--exclude=tmp_check_iso --exclude=results --exclude=output_iso \
-			--exclude='*.o' --exclude='*.so' --exclude='*.bc' -cf - . |
+			--exclude='*.o' --exclude='*.so' --exclude='*.bc' --exclude=receiver/twilio_outbox_receiver -cf - . |
 			tar -C "$run/root/root/twilio_outbox" -xf -
 		if [ -n "$tools_dir" ]; then
 			cp -a "$tools_dir" "$run/root/var/cache/twilio_outbox/"

@@ -120,3 +120,79 @@ ALTER TABLE twilio_outbox.dead_letters DROP CONSTRAINT dead_letters_reason_check
 ALTER TABLE twilio_outbox.dead_letters ADD CONSTRAINT dead_letters_reason_known CHECK (
 	reason OPERATOR(pg_catalog.=) ANY (ARRAY['expired', 'rejected', 'attempts_exhausted',
 		'suppressed', 'sender_missing', 'account_missing', 'invalid_message']));
+
+/*
+ * Requests other than create (src/lookup.c): polling a message whose status
+ * callback never came, and deleting a message's data at Twilio after a
+ * retention.  All off by default (NULL).
+ *   poll_after: a message still 'sent' this long after it was sent is looked
+ *     up (GET .../Messages/{Sid}.json), then again after twice as long each
+ *     time (at most a day apart), max_polls times in all.
+ *   twilio_retention: a message with a final status (delivered, undelivered,
+ *     failed, canceled) for this long is deleted at Twilio
+ *     (DELETE .../Messages/{Sid}.json), only between delete_window_start and
+ *     delete_window_end, in UTC (a window may wrap past midnight; without
+ *     one, at any time of day).
+ *   lookups_per_second: the most of these requests per second for the
+ *     account (a token bucket holding one second's worth, at least one);
+ *     they also take the account's concurrency slots, only those sends
+ *     leave free, and at most half of them.
+ */
+ALTER TABLE twilio_outbox.accounts
+	ADD COLUMN poll_after interval
+		CONSTRAINT accounts_poll_after_1s_to_30d
+		CHECK (poll_after OPERATOR(pg_catalog.>=) '1 second'::interval
+			   AND poll_after OPERATOR(pg_catalog.<=) '30 days'::interval),
+	ADD COLUMN max_polls integer NOT NULL DEFAULT 6
+		CONSTRAINT accounts_max_polls_1_to_100
+		CHECK (max_polls OPERATOR(pg_catalog.>=) 1 AND max_polls OPERATOR(pg_catalog.<=) 100),
+	ADD COLUMN twilio_retention interval
+		CONSTRAINT accounts_twilio_retention_1s_to_10y
+		CHECK (twilio_retention OPERATOR(pg_catalog.>=) '1 second'::interval
+			   AND twilio_retention OPERATOR(pg_catalog.<=) '10 years'::interval),
+	ADD COLUMN delete_window_start time without time zone,
+	ADD COLUMN delete_window_end time without time zone,
+	ADD CONSTRAINT accounts_delete_window_both_or_neither_and_not_empty
+		CHECK ((delete_window_start IS NULL) OPERATOR(pg_catalog.=) (delete_window_end IS NULL)
+			   AND delete_window_start OPERATOR(pg_catalog.<>) delete_window_end),
+	ADD COLUMN lookups_per_second numeric NOT NULL DEFAULT 5
+		CONSTRAINT accounts_lookups_per_second_0_01_to_100
+		CHECK (lookups_per_second OPERATOR(pg_catalog.<>) 'NaN'
+			   AND lookups_per_second OPERATOR(pg_catalog.>=) 0.01
+			   AND lookups_per_second OPERATOR(pg_catalog.<=) 100);
+COMMENT ON COLUMN twilio_outbox.accounts.poll_after IS 'look up a message still sent (no final status) this long after it was sent; NULL: never';
+COMMENT ON COLUMN twilio_outbox.accounts.max_polls IS 'lookups of one message at most; then it stays sent (twilio_outbox.lookups shows it)';
+COMMENT ON COLUMN twilio_outbox.accounts.twilio_retention IS 'delete a message at Twilio this long after its final status; NULL: never';
+COMMENT ON COLUMN twilio_outbox.accounts.delete_window_start IS 'deletions at Twilio only from this time of day (UTC); NULL: any time';
+COMMENT ON COLUMN twilio_outbox.accounts.delete_window_end IS 'deletions at Twilio only until this time of day (UTC); before start: the window wraps past midnight';
+COMMENT ON COLUMN twilio_outbox.accounts.lookups_per_second IS 'lookups and deletions at Twilio per second at most, 0.01 to 100; they also take concurrency slots that sends leave free';
+
+/*
+ * On the message: how often it was polled, when it may be looked up next
+ * (also the lease of a lookup in flight; ''infinity'': no more polls), why
+ * the last lookup failed, and when Twilio deleted it.
+ */
+ALTER TABLE twilio_outbox.messages
+	ADD COLUMN polls integer NOT NULL DEFAULT 0,
+	ADD COLUMN next_lookup_at timestamptz,
+	ADD COLUMN lookup_error text,
+	ADD COLUMN deleted_at_twilio timestamptz;
+COMMENT ON COLUMN twilio_outbox.messages.polls IS 'lookups of its status at Twilio (polling where callbacks went missing)';
+COMMENT ON COLUMN twilio_outbox.messages.next_lookup_at IS 'no lookup or deletion at Twilio before this; NULL: when poll_after or twilio_retention says; infinity: polls given up';
+COMMENT ON COLUMN twilio_outbox.messages.deleted_at_twilio IS 'when Twilio deleted its data (twilio_retention), or found it already gone';
+
+/*
+ * The lookup claims, per account, in due order: only messages still sent
+ * (to poll) and final ones not yet deleted (to delete) are in them.
+ */
+CREATE INDEX messages_poll_due ON twilio_outbox.messages (account, next_lookup_at, sent_at)
+	WHERE state OPERATOR(pg_catalog.=) 'sent' AND twilio_sid IS NOT NULL;
+CREATE INDEX messages_delete_due ON twilio_outbox.messages (account, finished_at)
+	WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['delivered', 'undelivered', 'failed', 'canceled']::twilio_outbox.message_state[])
+	  AND twilio_sid IS NOT NULL AND deleted_at_twilio IS NULL;
+
+/* A status event says whether a callback or a poll reported it. */
+ALTER TABLE twilio_outbox.status_events
+	ADD COLUMN source text NOT NULL DEFAULT 'callback'
+		CONSTRAINT status_events_source_known
+		CHECK (source OPERATOR(pg_catalog.=) ANY (ARRAY['callback', 'poll']));

@@ -207,27 +207,24 @@ END
 $$;
 
 /*
- * twilio_outbox.receive_status(url, body, signature): one status callback,
- * in the caller's one short transaction.  url is the full URL Twilio called
- * (query string included), body the raw form body, signature the
- * X-Twilio-Signature header.  Refusals raise (see webhook_verify) and record
- * nothing but a counter.  Returns what the callback did (status_events.verdict,
- * or 'duplicate' when that MessageSid and MessageStatus came before).
+ * twilio_outbox.apply_status(...): what a status report does to its
+ * message, whoever reported it: a signed status callback (receive_status)
+ * or the dispatcher's own lookup of a message whose callback never came
+ * (source 'poll', src/lookup.c).  Recorded once per (MessageSid, status)
+ * in status_events with its source and account (the name); the message is found by its SID among
+ * the accounts of account_sid, else by outbox_id; statuses are ranked and
+ * a message never moves back; a delivery error goes through the error
+ * policy (suppress, dead letter 'undelivered').  Every transition is
+ * guarded by what was read under the row lock.  Returns the verdict
+ * (status_events.verdict, or 'duplicate').  Internal: executable by no role.
  */
-CREATE FUNCTION twilio_outbox.receive_status(url text, body text, signature text)
+CREATE FUNCTION twilio_outbox.apply_status(account text, account_sid text, sid text, st text, err_code integer,
+	err_message text, outbox_id bigint, payload jsonb, source text, signature_verified boolean)
 RETURNS text
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	v record;
-	p jsonb;
-	sid text;
-	st text;
-	err_code integer;
-	code_text text;
-	outbox_id bigint;
 	ev bigint;
 	m record;
 	accounts text[];
@@ -236,31 +233,13 @@ DECLARE
 	outcome text;
 	new_state twilio_outbox.message_state;
 	act twilio_outbox.error_action;
+	err_text text := pg_catalog.left(COALESCE(err_message,
+		'delivery error ' OPERATOR(pg_catalog.||) err_code::text), 1023);
 BEGIN
-	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature, ARRAY['MessageSid', 'MessageStatus']);
-	p := v.params;
-	sid := p OPERATOR(pg_catalog.->>) 'MessageSid';
-	st := pg_catalog.lower(p OPERATOR(pg_catalog.->>) 'MessageStatus');
-	code_text := NULLIF(p OPERATOR(pg_catalog.->>) 'ErrorCode', '');
-	IF sid OPERATOR(pg_catalog.!~) '^[A-Z]{2}[0-9a-fA-F]{32}$' THEN
-		RAISE EXCEPTION 'invalid MessageSid "%" in status callback', twilio_outbox.clip_input(sid)
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF st OPERATOR(pg_catalog.!~) '^[a-z_-]{1,32}$' THEN
-		RAISE EXCEPTION 'invalid MessageStatus "%" in status callback', twilio_outbox.clip_input(st)
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF code_text OPERATOR(pg_catalog.!~) '^[0-9]{1,9}$' THEN
-		RAISE EXCEPTION 'invalid ErrorCode "%" in status callback', twilio_outbox.clip_input(code_text)
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	err_code := code_text::integer;
-	outbox_id := pg_catalog."substring"(url, '[?&]outbox_id=([0-9]{1,18})(?:[&#]|$)')::bigint;
-
 	/* Twilio retries: the same pair again changes nothing */
 	INSERT INTO twilio_outbox.status_events (message_sid, message_status, error_code, payload,
-		account, signature_verified)
-	VALUES (sid, st, err_code, p, v.account, true)
+		account, signature_verified, source)
+	VALUES (sid, st, err_code, payload, apply_status.account, signature_verified, source)
 	ON CONFLICT (message_sid, message_status, account) DO NOTHING
 	RETURNING id INTO ev;
 	IF ev IS NULL THEN
@@ -269,7 +248,7 @@ BEGIN
 
 	/* the message: by its SID, else by our own id in the URL Twilio signed */
 	accounts := ARRAY(SELECT a.name FROM twilio_outbox.accounts a
-					  WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(p OPERATOR(pg_catalog.->>) 'AccountSid'));
+					  WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(apply_status.account_sid));
 	SELECT * INTO m FROM twilio_outbox.messages x
 	WHERE x.twilio_sid OPERATOR(pg_catalog.=) sid AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
 	ORDER BY x.id LIMIT 1
@@ -311,21 +290,22 @@ BEGIN
 			 * 'ambiguous' after an attempt whose outcome was unknown: Twilio
 			 * has it, so it is never sent again; the dispatcher's own
 			 * record of that attempt then finds the row changed and keeps
-			 * the attempt only.
+			 * the attempt only.  A final status ends polling: the next
+			 * lookup, if any, is a deletion counted from now.
 			 */
 			UPDATE twilio_outbox.messages x SET
 				state = new_state,
 				twilio_status = st,
 				twilio_sid = COALESCE(x.twilio_sid, sid),
 				last_error_code = COALESCE(err_code, x.last_error_code),
-				last_error_message = CASE WHEN err_code IS NOT NULL
-					THEN pg_catalog.left(COALESCE(p OPERATOR(pg_catalog.->>) 'ErrorMessage',
-						'delivery error ' OPERATOR(pg_catalog.||) err_code::text), 1023)
+				last_error_message = CASE WHEN err_code IS NOT NULL THEN err_text
 					ELSE x.last_error_message END,
 				lease_until = NULL, worker_pid = NULL,
 				sent_at = COALESCE(x.sent_at, pg_catalog.now()),
 				finished_at = CASE WHEN r_new OPERATOR(pg_catalog.>=) 4 OR x.finished_at IS NULL
 					THEN pg_catalog.now() ELSE x.finished_at END,
+				next_lookup_at = CASE WHEN r_new OPERATOR(pg_catalog.>=) 4 THEN NULL
+					ELSE x.next_lookup_at END,
 				updated_at = pg_catalog.now()
 			WHERE x.id OPERATOR(pg_catalog.=) m.id
 			  AND x.state OPERATOR(pg_catalog.=) m.state
@@ -336,16 +316,13 @@ BEGIN
 				SELECT e.action INTO act FROM twilio_outbox.error_policy e
 				WHERE e.source OPERATOR(pg_catalog.=) 'twilio' AND e.code OPERATOR(pg_catalog.=) err_code;
 				IF act OPERATOR(pg_catalog.=) 'suppress' THEN
-					PERFORM twilio_outbox.suppress_recipient(p OPERATOR(pg_catalog.->>) 'AccountSid', m.to_number,
+					PERFORM twilio_outbox.suppress_recipient(account_sid, m.to_number,
 						'delivery error ' OPERATOR(pg_catalog.||) err_code::text, err_code, m.id);
 				END IF;
 				IF act OPERATOR(pg_catalog.=) ANY (ARRAY['dead', 'suppress']::twilio_outbox.error_action[]) THEN
 					INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number, reason,
 						twilio_code, error_message, attempts)
-					VALUES (m.id, m.account, m.to_number, 'undelivered', err_code,
-						pg_catalog.left(COALESCE(p OPERATOR(pg_catalog.->>) 'ErrorMessage',
-							'delivery error ' OPERATOR(pg_catalog.||) err_code::text), 1023),
-						m.attempts);
+					VALUES (m.id, m.account, m.to_number, 'undelivered', err_code, err_text, m.attempts);
 				END IF;
 			END IF;
 		END IF;
@@ -353,6 +330,52 @@ BEGIN
 	UPDATE twilio_outbox.status_events e SET message_id = m.id, verdict = outcome
 	WHERE e.id OPERATOR(pg_catalog.=) ev;
 	RETURN outcome;
+END
+$$;
+COMMENT ON FUNCTION twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean) IS 'A status report (callback or poll) applied to its message: recorded once per (MessageSid, status), forward only, delivery errors through the error policy; returns the verdict.  Internal';
+
+/*
+ * twilio_outbox.receive_status(url, body, signature): one status callback,
+ * in the caller's one short transaction.  url is the full URL Twilio called
+ * (query string included), body the raw form body, signature the
+ * X-Twilio-Signature header.  Refusals raise (see webhook_verify) and record
+ * nothing but a counter.  Returns what the callback did (status_events.verdict,
+ * or 'duplicate' when that MessageSid and MessageStatus came before).
+ */
+CREATE FUNCTION twilio_outbox.receive_status(url text, body text, signature text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+	p jsonb;
+	sid text;
+	st text;
+	code_text text;
+BEGIN
+	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature, ARRAY['MessageSid', 'MessageStatus']);
+	p := v.params;
+	sid := p OPERATOR(pg_catalog.->>) 'MessageSid';
+	st := pg_catalog.lower(p OPERATOR(pg_catalog.->>) 'MessageStatus');
+	code_text := NULLIF(p OPERATOR(pg_catalog.->>) 'ErrorCode', '');
+	IF sid OPERATOR(pg_catalog.!~) '^[A-Z]{2}[0-9a-fA-F]{32}$' THEN
+		RAISE EXCEPTION 'invalid MessageSid "%" in status callback', twilio_outbox.clip_input(sid)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF st OPERATOR(pg_catalog.!~) '^[a-z_-]{1,32}$' THEN
+		RAISE EXCEPTION 'invalid MessageStatus "%" in status callback', twilio_outbox.clip_input(st)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF code_text OPERATOR(pg_catalog.!~) '^[0-9]{1,9}$' THEN
+		RAISE EXCEPTION 'invalid ErrorCode "%" in status callback', twilio_outbox.clip_input(code_text)
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN twilio_outbox.apply_status(v.account, p OPERATOR(pg_catalog.->>) 'AccountSid', sid, st, code_text::integer,
+		p OPERATOR(pg_catalog.->>) 'ErrorMessage',
+		pg_catalog."substring"(url, '[?&]outbox_id=([0-9]{1,18})(?:[&#]|$)')::bigint,
+		p, 'callback', true);
 END
 $$;
 COMMENT ON FUNCTION twilio_outbox.receive_status(text, text, text) IS 'A status callback: full URL Twilio called, raw form body, X-Twilio-Signature.  Validates, records it once per (MessageSid, MessageStatus), moves the message forward only; returns what it did';

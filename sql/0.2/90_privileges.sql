@@ -84,6 +84,20 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.rename_account(text, text), twilio_outbo
 	TO twilio_outbox_admin;
 
 /*
+ * H3: lookups and deletions at Twilio (36_lookups.sql).  apply_status is
+ * called by receive_status and the dispatcher only.
+ */
+REVOKE ALL ON FUNCTION twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean),
+	twilio_outbox.in_delete_window(time, time, timestamptz)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.in_delete_window(time, time, timestamptz)
+	TO twilio_outbox_monitor, twilio_outbox_admin;
+REVOKE ALL ON twilio_outbox.lookups FROM PUBLIC;
+GRANT SELECT ON twilio_outbox.lookups TO twilio_outbox_monitor;
+GRANT SELECT (polls, next_lookup_at, lookup_error, deleted_at_twilio)
+	ON twilio_outbox.messages TO twilio_outbox_monitor;
+
+/*
  * H2: the metrics view, for twilio_outbox_metrics (and through it the
  * monitoring role).  Functions a view calls are checked against the
  * caller: the exporter's role may run those the view runs, all read-only.

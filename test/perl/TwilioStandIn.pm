@@ -96,6 +96,35 @@ sub wait_requests
 	}
 }
 
+# Fetches and deletions of single messages (GET/DELETE .../Messages/{Sid}.json).
+sub lookups
+{
+	my ($self) = @_;
+	return $self->_check($self->{http}->get($self->base_url . '/_lookups'), 'GET /_lookups');
+}
+
+# What a fetch of the message $sid answers from now on.
+sub message_status
+{
+	my ($self, $sid, $status, %opt) = @_;
+	return $self->_post('/_message_status',
+		{ sid => $sid, status => $status, error_code => $opt{error_code}, error_message => $opt{error_message} });
+}
+
+# Error answers for the next fetches or deletions, whatever their SID.
+sub lookup_script
+{
+	my ($self, @actions) = @_;
+	return $self->_post('/_lookup_script', { actions => \@actions });
+}
+
+# Every fetch and deletion answers $seconds late (0: at once).
+sub lookup_delay
+{
+	my ($self, $seconds) = @_;
+	return $self->_post('/_lookup_script', { delay => $seconds });
+}
+
 sub stop
 {
 	my ($self) = @_;
@@ -284,6 +313,25 @@ form => {key => [values]}, auth_user, auth_password, action } >>.
 
 Polls every 0.1 s until at least C<$n> requests are recorded; returns the
 arrayref (possibly shorter on timeout).  Never dies.
+
+=item C<< $s->lookups >>
+
+The recorded fetches and deletions of single messages, oldest first: each
+C<{t, method, sid, account_sid, status, auth_user, concurrent}>, concurrent
+being how many fetches and deletions were in progress when it arrived.
+
+=item C<< $s->message_status($sid, $status, error_code => $n, error_message => $text) >>
+
+What fetching the message C<$sid> (one the stand-in created) answers from now on.
+
+=item C<< $s->lookup_script(@actions) >>
+
+Error actions (C<< {status => 429, retry_after => '1'} >>, ...) answering the next
+fetches or deletions, in order, whatever their SID.
+
+=item C<< $s->lookup_delay($seconds) >>
+
+Every fetch and deletion from now on answers that many seconds late.
 
 =item C<< $s->stop >>
 

@@ -1,6 +1,6 @@
 -- The schema's shape and the security model, as pgTAP assertions.
 BEGIN;
-SELECT plan(35);
+SELECT plan(43);
 
 SELECT has_schema('twilio_outbox');
 SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
@@ -61,6 +61,25 @@ SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
 	'(state = ''sending''::twilio_outbox.message_state)',
 	'messages_in_flight holds rows in flight only');
 SELECT index_is_unique('twilio_outbox', 'messages', 'messages_dedupe');
+
+-- Lookups at Twilio (src/lookup.c): off by default, claimed per account
+-- through partial indexes that hold only what can be due.
+SELECT col_hasnt_default('twilio_outbox', 'accounts', 'poll_after', 'polling is off unless an account sets poll_after');
+SELECT col_hasnt_default('twilio_outbox', 'accounts', 'twilio_retention', 'deletion at Twilio is off unless an account sets twilio_retention');
+SELECT col_default_is('twilio_outbox', 'accounts', 'lookups_per_second', '5', 'five lookups per second by default');
+SELECT has_index('twilio_outbox', 'messages', 'messages_poll_due', ARRAY['account', 'next_lookup_at', 'sent_at']);
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
+		   WHERE indexrelid = 'twilio_outbox.messages_poll_due'::regclass),
+	'((state = ''sent''::twilio_outbox.message_state) AND (twilio_sid IS NOT NULL))',
+	'messages_poll_due holds sent rows with a SID only');
+SELECT has_index('twilio_outbox', 'messages', 'messages_delete_due', ARRAY['account', 'finished_at']);
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
+		   WHERE indexrelid = 'twilio_outbox.messages_delete_due'::regclass),
+	'((state = ANY (ARRAY[''delivered''::twilio_outbox.message_state, ''undelivered''::twilio_outbox.message_state, ''failed''::twilio_outbox.message_state, ''canceled''::twilio_outbox.message_state])) AND (twilio_sid IS NOT NULL) AND (deleted_at_twilio IS NULL))',
+	'messages_delete_due holds final rows with a SID not yet deleted at Twilio only');
+SELECT ok(NOT has_function_privilege('twilio_outbox_webhook',
+		'twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean)', 'EXECUTE'),
+	'the webhook role cannot apply a status without a signed callback');
 SELECT enum_has_labels('twilio_outbox', 'message_state', ARRAY['queued', 'sending', 'sent',
 	'delivered', 'undelivered', 'failed', 'ambiguous', 'dead', 'canceled']);
 

@@ -56,6 +56,42 @@ FROM (VALUES ('NULL'), ('1'), ('0.001'), ('10000'), ($$'Infinity'$$), ($$'NaN'$$
 SELECT try(format('UPDATE twilio_outbox.senders SET burst = %s WHERE from_number = %L', v, '+15005550100')) AS result, v AS burst
 FROM (VALUES ('NULL'), ('1'), ('10000'), ($$'NaN'$$), ($$'Infinity'$$), ('1e10'), ('0.5'), ('10000.5')) AS t(v);
 
+-- Polling and retention at Twilio (src/lookup.c): off (NULL) by default;
+-- poll_after 1 s to 30 days, max_polls 1 to 100, twilio_retention 1 s to 10
+-- years, a deletion window with both ends or none and not empty,
+-- lookups_per_second 0.01 to 100 and never NaN.
+SELECT poll_after, max_polls, twilio_retention, delete_window_start, delete_window_end, lookups_per_second
+FROM twilio_outbox.accounts WHERE name = 'c_acct';
+SELECT try(format('UPDATE twilio_outbox.accounts SET %s WHERE name = %L', v, 'c_acct')) AS result, v AS setting
+FROM (VALUES ($$poll_after = '1 second'$$), ($$poll_after = '30 days'$$), ($$poll_after = NULL$$),
+	($$poll_after = '0.5 seconds'$$), ($$poll_after = '-1 minute'$$), ($$poll_after = '31 days'$$),
+	('max_polls = 1'), ('max_polls = 100'), ('max_polls = 0'), ('max_polls = 101'), ('max_polls = NULL'),
+	($$twilio_retention = '30 days'$$), ($$twilio_retention = '10 years'$$), ($$twilio_retention = NULL$$),
+	($$twilio_retention = '0'$$), ($$twilio_retention = '11 years'$$),
+	($$delete_window_start = '01:00', delete_window_end = '05:00'$$),
+	($$delete_window_start = '23:00', delete_window_end = '02:00'$$),
+	($$delete_window_start = NULL, delete_window_end = NULL$$),
+	($$delete_window_start = '01:00'$$), ($$delete_window_end = '05:00'$$),
+	($$delete_window_start = '03:00', delete_window_end = '03:00'$$),
+	('lookups_per_second = 0.01'), ('lookups_per_second = 100'), ('lookups_per_second = 0'),
+	('lookups_per_second = 101'), ($$lookups_per_second = 'NaN'$$), ('lookups_per_second = NULL')
+) AS t(v);
+-- The window is in UTC; an end before the start wraps past midnight.
+SELECT s, e, at, twilio_outbox.in_delete_window(s::time, e::time, at::timestamptz) AS inside
+FROM (VALUES ('01:00', '05:00', '2026-01-01 00:59:59+00'), ('01:00', '05:00', '2026-01-01 01:00:00+00'),
+	('01:00', '05:00', '2026-01-01 04:59:59+00'), ('01:00', '05:00', '2026-01-01 05:00:00+00'),
+	('01:00', '05:00', '2026-01-01 03:00:00+02'), ('23:00', '02:00', '2026-01-01 23:30:00+00'),
+	('23:00', '02:00', '2026-01-02 01:30:00+00'), ('23:00', '02:00', '2026-01-01 12:00:00+00'),
+	(NULL, NULL, '2026-01-01 12:00:00+00')) AS t(s, e, at);
+
+-- The monitoring role reads the lookups view (and the window function it calls).
+UPDATE twilio_outbox.accounts SET poll_after = '1 minute' WHERE name = 'c_acct';
+SET ROLE twilio_outbox_monitor;
+SELECT account, poll_after, polls_due, polls_given_up, deletions_due, in_delete_window
+FROM twilio_outbox.lookups WHERE account = 'c_acct';
+RESET ROLE;
+UPDATE twilio_outbox.accounts SET poll_after = NULL WHERE name = 'c_acct';
+
 -- A message needs its account to exist ...
 SELECT try($$INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
 	VALUES ('no_such_account', 1, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now())$$);
@@ -87,7 +123,10 @@ WHERE connamespace = 'twilio_outbox'::regnamespace
   AND conname IN ('accounts_base_url_form', 'accounts_base_url_http_only_to_loopback',
 	'accounts_account_sid_ac_plus_32_hex_digits', 'account_credentials_api_key_sid_sk_plus_32_hex_digits',
 	'accounts_max_concurrency_range', 'senders_rate_range', 'senders_burst_range',
-	'messages_account_fkey', 'dead_letters_reason_known')
+	'messages_account_fkey', 'dead_letters_reason_known', 'accounts_poll_after_1s_to_30d',
+	'accounts_max_polls_1_to_100', 'accounts_twilio_retention_1s_to_10y',
+	'accounts_delete_window_both_or_neither_and_not_empty',
+	'accounts_lookups_per_second_0_01_to_100', 'status_events_source_known')
 ORDER BY 1, 2;
 
 -- Clean up for the suites that follow.

@@ -87,7 +87,7 @@ ROLLBACK;
 SELECT twilio_enqueue('+14155552680', 'x', dedupe_key => 'order-43') > 0 AS enqueued_again;
 SELECT count(*) AS rows_with_key FROM twilio_outbox.messages WHERE dedupe_key = 'order-43';
 
--- A sender with live messages cannot be deleted.
+-- A sender with live messages cannot be deleted with delete_sender().
 \set VERBOSITY terse
-DELETE FROM twilio_outbox.senders WHERE from_number = '+18005550100';
+SELECT twilio_outbox.delete_sender(id) FROM twilio_outbox.senders WHERE from_number = '+18005550100';
 \set VERBOSITY default

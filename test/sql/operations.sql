@@ -233,9 +233,9 @@ VALUES (403, 'ops', '+14155550100', 'rejected', 1, now() - interval '2 days', NU
 	(407, 'ops', '+14155550100', 'rejected', 1, now() - interval '1 hour', NULL, NULL),
 	-- 411 died two days ago and was re-queued: its dead letter stays with it
 	(411, 'ops', '+14155550100', 'attempts_exhausted', 5, now() - interval '2 days', now() - interval '2 days', 'ops_admin');
-INSERT INTO twilio_outbox.status_events (message_sid, message_status, received_at) VALUES
-	('SM00000000000000000000000000000401', 'delivered', now() - interval '2 days'),
-	('SM00000000000000000000000000000406', 'delivered', now() - interval '1 hour');
+INSERT INTO twilio_outbox.status_events (account, message_sid, message_status, received_at) VALUES
+	('ops', 'SM00000000000000000000000000000401', 'delivered', now() - interval '2 days'),
+	('ops', 'SM00000000000000000000000000000406', 'delivered', now() - interval '1 hour');
 
 -- Bad arguments are named first (here try() calls from a function, where
 -- purge could not commit: that comes last, 25001).
