@@ -43,6 +43,7 @@ static double outbox_health_rate_limited_share = 0.05;
 static double outbox_health_failure_share = 0.02;
 static int	outbox_health_due_age_s = 300;
 static int	outbox_health_min_count = 20;
+static int	outbox_health_final_status_after_s = 3600;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
@@ -222,6 +223,11 @@ outbox_guc_init(void)
 							"Below it a share is reported but never alarms: one dead message out of eight is no trend.",
 							&outbox_health_min_count, 20, 0, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.health_final_status_after",
+							"How long after sending a message whose account has a status_callback_url may stay without a final status before the health view counts it.",
+							"no_final_status judges the messages sent in the hour before this; 0 turns that check off.",
+							&outbox_health_final_status_after_s, 3600, 0, 7 * 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("twilio_outbox.secrets_dir",
 							   "Directory of the files that account_credentials.secret_file names.",
 							   "Empty: secrets from files are disabled.",

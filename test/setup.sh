@@ -219,8 +219,26 @@ test_tools()
 	install_prism || ok=1
 	fetch_twilio_spec || ok=1
 	install_twilio_sdk || ok=1
-	[ $ok -eq 0 ] || echo "error: test tools missing: test/t/010_contract_prism.pl or 016_signature_oracle.pl will fail" >&2
+	install_exporter || ok=1
+	[ $ok -eq 0 ] || echo "error: test tools missing: test/t/010_contract_prism.pl, 016_signature_oracle.pl or 019_metrics.pl will fail" >&2
 	return $ok
+}
+
+# Debian's prometheus-postgres-exporter, which test/t/019_metrics.pl runs
+# with contrib/prometheus/queries.yaml (bookworm 0.11, trixie 0.17, forky
+# 0.19 when written: the same package name and flags).  Its package enables a service
+# that would listen on :9187 with no database to read: a service it
+# started here is stopped and disabled again (in test/versions.sh's roots,
+# policy-rc.d keeps it from starting at all).
+install_exporter()
+{
+	command -v prometheus-postgres-exporter >/dev/null && return 0
+	need_packages prometheus-postgres-exporter || return 1
+	if command -v systemctl >/dev/null &&
+		systemctl is-enabled --quiet prometheus-postgres-exporter 2>/dev/null; then
+		systemctl disable --now prometheus-postgres-exporter >/dev/null 2>&1 || true
+	fi
+	return 0
 }
 
 # A scratch directory for a throwaway cluster and stand-in, owned by the

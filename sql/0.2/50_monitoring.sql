@@ -109,6 +109,7 @@ WITH settings AS (
 		   coalesce(pg_catalog.current_setting('twilio_outbox.health_failure_share', true), '0.02')::numeric AS fail,
 		   coalesce(pg_catalog.current_setting('twilio_outbox.health_due_age', true), '300s')::interval AS due_age,
 		   coalesce(pg_catalog.current_setting('twilio_outbox.health_min_count', true), '20')::bigint AS min_count,
+		   coalesce(pg_catalog.current_setting('twilio_outbox.health_final_status_after', true), '1h')::interval AS final_after,
 		   twilio_outbox.cron_database_name() AS cron_db
 ), w AS (
 	SELECT * FROM twilio_outbox.worker_status()
@@ -118,11 +119,47 @@ WITH settings AS (
 	FROM twilio_outbox.attempts a
 	WHERE a.started_at >= pg_catalog.now() - interval '5 minutes'
 ), finished AS (
+	/*
+	 * Messages that ended in the last hour: dead (the POST refused, retries
+	 * exhausted, expired, suppressed) or, from status callbacks, undelivered
+	 * or failed, against all that ended (sent and delivered included).  A
+	 * delivered message's finished_at is when its callback came.
+	 */
 	SELECT pg_catalog.count(*) AS total,
-		   pg_catalog.count(*) FILTER (WHERE m.state = ANY (ARRAY['dead', 'undelivered', 'failed']::twilio_outbox.message_state[])) AS failed
+		   pg_catalog.count(*) FILTER (WHERE m.state = 'dead') AS dead,
+		   pg_catalog.count(*) FILTER (WHERE m.state = 'undelivered') AS undelivered,
+		   pg_catalog.count(*) FILTER (WHERE m.state = 'failed') AS failed
 	FROM twilio_outbox.messages m
 	WHERE m.finished_at >= pg_catalog.now() - interval '1 hour'
 	  AND m.state <> 'canceled'
+), unconfirmed AS (
+	/*
+	 * Messages sent in the hour before health_final_status_after ago whose
+	 * status callbacks the outbox asked for itself (the account has a
+	 * status_callback_url, the message no status_callback of its own), and
+	 * those of them still without a final status.  finished_at (never
+	 * before sent_at) bounds the scan to its index.
+	 */
+	SELECT pg_catalog.count(*) AS total,
+		   pg_catalog.count(*) FILTER (WHERE m.state = 'sent') AS waiting,
+		   pg_catalog.min(m.sent_at) FILTER (WHERE m.state = 'sent') AS oldest
+	FROM settings s
+	JOIN twilio_outbox.messages m
+	  ON s.final_after > interval '0'
+	 AND m.finished_at >= pg_catalog.now() - s.final_after - interval '1 hour'
+	 AND m.sent_at >= pg_catalog.now() - s.final_after - interval '1 hour'
+	 AND m.sent_at < pg_catalog.now() - s.final_after
+	JOIN twilio_outbox.accounts a ON a.name = m.account
+	WHERE m.status_callback IS NULL AND a.status_callback_url IS NOT NULL
+), hooks AS (
+	/* webhook_counters(): whole cluster, since the server started; no rows without the preload */
+	SELECT pg_catalog.count(*) AS n,
+		   coalesce(pg_catalog.sum(c.webhooks) FILTER (WHERE c.verdict <> 'accepted'), 0) AS refused,
+		   coalesce(pg_catalog.sum(c.webhooks) FILTER (WHERE c.verdict = 'accepted'), 0) AS accepted,
+		   pg_catalog.string_agg(c.verdict || ' ' || c.webhooks, ', ' ORDER BY c.ord)
+				FILTER (WHERE c.verdict <> 'accepted') AS which,
+		   pg_catalog.max(c.last_refused_at) AS last_refused_at
+	FROM twilio_outbox.webhook_counters() WITH ORDINALITY AS c(verdict, webhooks, last_refused_at, ord)
 ), depth AS (
 	/* depth 5 and 2.5 minutes ago and now: created, due (send_after) and not yet finished */
 	SELECT t.at, pg_catalog.count(m.id) AS n
@@ -224,15 +261,53 @@ FROM recent r, settings s
 UNION ALL
 SELECT 'failure_share',
 	CASE WHEN f.total = 0 OR f.total < s.min_count THEN 'ok'
-		 WHEN f.failed::numeric / f.total > 2 * s.fail THEN 'critical'
-		 WHEN f.failed::numeric / f.total > s.fail THEN 'warning'
+		 WHEN (f.dead + f.undelivered + f.failed)::numeric / f.total > 2 * s.fail THEN 'critical'
+		 WHEN (f.dead + f.undelivered + f.failed)::numeric / f.total > s.fail THEN 'warning'
 		 ELSE 'ok' END,
-	pg_catalog.round(coalesce(f.failed::numeric / NULLIF(f.total, 0), 0), 4)::text
-		|| pg_catalog.format(' (%s of %s)', f.failed, f.total),
+	pg_catalog.round(coalesce((f.dead + f.undelivered + f.failed)::numeric / NULLIF(f.total, 0), 0), 4)::text
+		|| pg_catalog.format(' (%s of %s: %s dead, %s undelivered, %s failed)',
+			f.dead + f.undelivered + f.failed, f.total, f.dead, f.undelivered, f.failed),
 	s.fail::text || pg_catalog.format(' of at least %s messages', s.min_count),
-	CASE WHEN f.total > 0 AND f.total >= s.min_count AND f.failed::numeric / f.total > s.fail
-		 THEN 'Too many messages finished dead, undelivered or failed in the last hour: see twilio_outbox.dead_letter_queue, and messages in state undelivered or failed.' END
+	CASE WHEN f.total > 0 AND f.total >= s.min_count AND (f.dead + f.undelivered + f.failed)::numeric / f.total > s.fail
+		 THEN pg_catalog.format('In the last hour %s of %s finished messages failed: %s dead (refused or given up before Twilio took them: twilio_outbox.dead_letter_queue), %s undelivered and %s failed (delivery errors from status callbacks)',
+			f.dead + f.undelivered + f.failed, f.total, f.dead, f.undelivered, f.failed)
+			|| coalesce('; most frequent codes: ' || (
+				SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s)', c.code, c.n), ', ' ORDER BY c.n DESC, c.code)
+				FROM (SELECT coalesce(m.last_error_code::text, 'no code') AS code, pg_catalog.count(*) AS n
+					  FROM twilio_outbox.messages m
+					  WHERE m.finished_at >= pg_catalog.now() - interval '1 hour'
+						AND m.state = ANY (ARRAY['dead', 'undelivered', 'failed']::twilio_outbox.message_state[])
+					  GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3) c), '')
+			|| '. By state and code: SELECT state, last_error_code, count(*) FROM twilio_outbox.messages WHERE finished_at > now() - interval ''1 hour'' AND state IN (''dead'', ''undelivered'', ''failed'') GROUP BY 1, 2 ORDER BY 3 DESC;' END
 FROM finished f, settings s
+UNION ALL
+SELECT 'no_final_status',
+	CASE WHEN s.final_after <= interval '0' OR u.total = 0 OR u.total < s.min_count THEN 'ok'
+		 WHEN u.waiting::numeric / u.total > 2 * s.fail THEN 'critical'
+		 WHEN u.waiting::numeric / u.total > s.fail THEN 'warning'
+		 ELSE 'ok' END,
+	CASE WHEN s.final_after <= interval '0' THEN 'off'
+		 ELSE pg_catalog.round(coalesce(u.waiting::numeric / NULLIF(u.total, 0), 0), 4)::text
+			|| pg_catalog.format(' (%s of %s)', u.waiting, u.total) END,
+	CASE WHEN s.final_after <= interval '0' THEN 'off (twilio_outbox.health_final_status_after = 0)'
+		 ELSE s.fail::text || pg_catalog.format(' of at least %s messages, %s after sending', s.min_count, s.final_after) END,
+	CASE WHEN s.final_after > interval '0' AND u.total > 0 AND u.total >= s.min_count AND u.waiting::numeric / u.total > s.fail
+		 THEN pg_catalog.format('%s of the %s messages sent between %s and %s ago with the account''s status_callback_url have no final status yet (still sent, the oldest since %s): their status callbacks did not arrive. Does status_callback_url reach the endpoint from the internet, does the endpoint call twilio_outbox.receive_status (see the webhooks_refused check), is the receiver running? Some carriers never confirm delivery: then raise twilio_outbox.health_final_status_after, or set it to 0 to turn this check off. The messages: SELECT id, account, twilio_sid, sent_at FROM twilio_outbox.messages WHERE state = ''sent'' AND sent_at < now() - interval %L ORDER BY sent_at LIMIT 20;',
+			u.waiting, u.total, s.final_after + interval '1 hour', s.final_after,
+			pg_catalog.date_trunc('second', u.oldest), s.final_after::text) END
+FROM unconfirmed u, settings s
+UNION ALL
+SELECT 'webhooks_refused',
+	CASE WHEN h.refused > 0 AND h.last_refused_at > pg_catalog.now() - interval '1 hour' THEN 'warning'
+		 ELSE 'ok' END,
+	CASE WHEN h.n = 0 THEN 'no counters (twilio_outbox is not in shared_preload_libraries)'
+		 ELSE pg_catalog.format('%s refused (%s), %s accepted since the server started', h.refused, h.which, h.accepted)
+			|| coalesce(', the last refusal at ' || pg_catalog.date_trunc('second', h.last_refused_at)::text, '') END,
+	'none refused in the last hour',
+	CASE WHEN h.refused > 0 AND h.last_refused_at > pg_catalog.now() - interval '1 hour'
+		 THEN pg_catalog.format('Webhooks were refused, the last at %s (%s; counted for the whole server since it started, nothing else of them is recorded). bad_signature: the URL passed to receive_status is not the one Twilio signed (a proxy changed the scheme, host, port or query: pass the public URL), the account''s auth token is not the one Twilio signs with (account_credentials.auth_token_env or auth_token_file for an API-key account), or someone else posts to the endpoint. unknown_account: no account has the callback''s AccountSid. no_auth_token: the account has no token to check with, or it cannot be read (server log). malformed: not a Twilio form (the endpoint''s log). The counters: SELECT * FROM twilio_outbox.webhook_counters();',
+			pg_catalog.date_trunc('second', h.last_refused_at), h.which) END
+FROM hooks h
 UNION ALL
 SELECT 'queue_growing',
 	CASE WHEN g.n[1] < g.n[2] AND g.n[2] < g.n[3] THEN 'warning' ELSE 'ok' END,
@@ -280,3 +355,172 @@ SELECT 'library_version',
 		w.library_version, v.extversion) END
 FROM w LEFT JOIN version v ON true;
 COMMENT ON VIEW twilio_outbox.health IS 'One row per health check (check_name): status ok, warning or critical, the value, its threshold and a hint';
+
+/*
+ * stats gains what status callbacks report: per window, the messages whose
+ * delivery (delivered, or read with no delivered before it), undelivered
+ * or failed status a callback applied in it, and the time from sent_at
+ * (when the 201 was recorded, or the first callback if it came first) to
+ * the arrival of the delivered callback.  Columns are only added at the
+ * end: CREATE OR REPLACE keeps the view's grants and the 0.1 columns.
+ */
+CREATE OR REPLACE VIEW twilio_outbox.stats AS
+WITH w(name, span) AS (
+	VALUES ('1 min', interval '1 minute'), ('5 min', interval '5 minutes'), ('1 hour', interval '1 hour')
+), outcome AS (
+	SELECT e.received_at,
+		   CASE WHEN e.message_status = 'read' THEN 'delivered' ELSE e.message_status END AS status,
+		   GREATEST(pg_catalog.date_part('epoch', e.received_at - m.sent_at), 0) AS after_s
+	FROM twilio_outbox.status_events e
+	LEFT JOIN twilio_outbox.messages m ON m.id = e.message_id
+	WHERE e.received_at >= pg_catalog.now() - interval '1 hour'
+	  AND e.verdict = 'applied'
+	  AND e.message_status = ANY (ARRAY['delivered', 'undelivered', 'failed', 'read'])
+	  AND NOT (e.message_status = 'read' AND EXISTS (
+			SELECT FROM twilio_outbox.status_events d
+			WHERE d.message_sid = e.message_sid AND d.message_status = 'delivered' AND d.verdict = 'applied'))
+)
+SELECT w.name AS "window",
+	pg_catalog.count(a.id) AS attempts,
+	pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'sent') AS sent,
+	pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'retry') AS retries,
+	(SELECT pg_catalog.count(*) FROM twilio_outbox.dead_letters d
+	 WHERE d.dead_at >= pg_catalog.now() - w.span) AS dead_letters,
+	pg_catalog.count(a.id) FILTER (WHERE a.http_status = 429) AS rate_limited,
+	pg_catalog.round(coalesce(pg_catalog.count(a.id) FILTER (WHERE a.http_status = 429)::numeric
+		/ NULLIF(pg_catalog.count(a.id), 0), 0), 4) AS rate_limited_share,
+	pg_catalog.round(coalesce(pg_catalog.count(a.id) FILTER (WHERE a.http_status >= 500)::numeric
+		/ NULLIF(pg_catalog.count(a.id), 0), 0), 4) AS server_error_share,
+	pg_catalog.round(pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'sent')::numeric
+		/ pg_catalog.date_part('epoch', w.span)::numeric, 3) AS sent_per_second,
+	pg_catalog.round((pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY a.request_duration)
+		* 1000)::numeric, 1) AS p50_twilio_ms,
+	pg_catalog.round((pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY a.request_duration)
+		* 1000)::numeric, 1) AS p95_twilio_ms,
+	pg_catalog.round((pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms))::numeric, 1) AS p95_round_trip_ms,
+	(SELECT pg_catalog.count(*) FROM outcome o
+	 WHERE o.status = 'delivered' AND o.received_at >= pg_catalog.now() - w.span) AS delivered,
+	(SELECT pg_catalog.count(*) FROM outcome o
+	 WHERE o.status = 'undelivered' AND o.received_at >= pg_catalog.now() - w.span) AS undelivered,
+	(SELECT pg_catalog.count(*) FROM outcome o
+	 WHERE o.status = 'failed' AND o.received_at >= pg_catalog.now() - w.span) AS failed,
+	(SELECT pg_catalog.round(pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY o.after_s)::numeric, 3)
+	 FROM outcome o
+	 WHERE o.status = 'delivered' AND o.received_at >= pg_catalog.now() - w.span) AS p50_delivery_s,
+	(SELECT pg_catalog.round(pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY o.after_s)::numeric, 3)
+	 FROM outcome o
+	 WHERE o.status = 'delivered' AND o.received_at >= pg_catalog.now() - w.span) AS p95_delivery_s
+FROM w
+LEFT JOIN twilio_outbox.attempts a ON a.started_at >= pg_catalog.now() - w.span
+GROUP BY w.name, w.span
+ORDER BY w.span;
+COMMENT ON VIEW twilio_outbox.stats IS 'Over 1 min, 5 min, 1 hour: attempts, sends, retries, dead letters, 429 and 5xx shares, rate and Twilio latency; from status callbacks, messages delivered, undelivered and failed, and p50/p95 seconds from sent to the delivered callback';
+
+/*
+ * The outbox's figures for Prometheus, one row per sample: metric (a
+ * Prometheus name: twilio_outbox_..., units in the name, counters end in
+ * _total), labels (a JSON object of label names and values) and value.
+ * Every branch names its metric as a literal, so a query for some metrics
+ * (WHERE metric = ... / IN (...), as contrib/prometheus/queries.yaml does)
+ * is planned without the others: their views are never run.
+ */
+CREATE VIEW twilio_outbox.metrics AS
+WITH b AS (
+	SELECT * FROM twilio_outbox.backlog
+), st AS (
+	SELECT CASE s."window" WHEN '1 min' THEN '1m' WHEN '5 min' THEN '5m' ELSE '1h' END AS win, s.*
+	FROM twilio_outbox.stats s
+), w AS (
+	SELECT * FROM twilio_outbox.worker_status()
+)
+/* backlog, per account and sender: what waits, by state */
+SELECT 'twilio_outbox_backlog_messages'::text AS metric,
+	pg_catalog.jsonb_build_object('account', b.account, 'sender', coalesce(b.sender, ''), 'state', x.state) AS labels,
+	x.n::float8 AS value
+FROM b CROSS JOIN LATERAL (VALUES ('due', b.due_now), ('scheduled', b.scheduled), ('retrying', b.retrying),
+	('in_flight', b.in_flight), ('ambiguous', b.ambiguous)) AS x(state, n)
+UNION ALL
+SELECT 'twilio_outbox_backlog_oldest_due_age_seconds',
+	pg_catalog.jsonb_build_object('account', b.account, 'sender', coalesce(b.sender, '')),
+	pg_catalog.date_part('epoch', b.oldest_due_age)
+FROM b WHERE b.oldest_due_age IS NOT NULL
+UNION ALL
+/* over all senders: how long the longest-waiting due message has waited (0: none due) */
+SELECT 'twilio_outbox_oldest_due_age_seconds', '{}'::jsonb,
+	coalesce(pg_catalog.date_part('epoch', pg_catalog.now() - pg_catalog.min(m.next_attempt_at)), 0)
+FROM twilio_outbox.messages m
+WHERE m.state = 'queued' AND m.next_attempt_at <= pg_catalog.now()
+UNION ALL
+SELECT 'twilio_outbox_dead_letters_open', '{}'::jsonb, pg_catalog.count(*)::float8
+FROM twilio_outbox.dead_letters d WHERE d.requeued_at IS NULL
+UNION ALL
+/* the dispatcher: sent and dead count since started_at (a restart starts them at 0) */
+SELECT 'twilio_outbox_worker_up', '{}'::jsonb, CASE WHEN w.running THEN 1 ELSE 0 END FROM w
+UNION ALL
+SELECT 'twilio_outbox_worker_in_flight_requests', '{}'::jsonb, coalesce(w.in_flight, 0) FROM w
+UNION ALL
+SELECT 'twilio_outbox_worker_sent_total', '{}'::jsonb, coalesce(w.sent, 0) FROM w
+UNION ALL
+SELECT 'twilio_outbox_worker_dead_total', '{}'::jsonb, coalesce(w.dead, 0) FROM w
+UNION ALL
+/* stats, per window (1m, 5m, 1h) */
+SELECT 'twilio_outbox_stats_attempts', pg_catalog.jsonb_build_object('window', st.win), st.attempts FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_sent', pg_catalog.jsonb_build_object('window', st.win), st.sent FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_retries', pg_catalog.jsonb_build_object('window', st.win), st.retries FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_dead_letters', pg_catalog.jsonb_build_object('window', st.win), st.dead_letters FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_rate_limited', pg_catalog.jsonb_build_object('window', st.win), st.rate_limited FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_rate_limited_ratio', pg_catalog.jsonb_build_object('window', st.win), st.rate_limited_share FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_server_error_ratio', pg_catalog.jsonb_build_object('window', st.win), st.server_error_share FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_sent_per_second', pg_catalog.jsonb_build_object('window', st.win), st.sent_per_second FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_delivered', pg_catalog.jsonb_build_object('window', st.win), st.delivered FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_undelivered', pg_catalog.jsonb_build_object('window', st.win), st.undelivered FROM st
+UNION ALL
+SELECT 'twilio_outbox_stats_failed', pg_catalog.jsonb_build_object('window', st.win), st.failed FROM st
+UNION ALL
+/* latencies, per window and quantile; none when the window has no sample */
+SELECT 'twilio_outbox_stats_twilio_duration_seconds',
+	pg_catalog.jsonb_build_object('window', st.win, 'quantile', x.q), x.ms / 1000
+FROM st CROSS JOIN LATERAL (VALUES ('0.5', st.p50_twilio_ms), ('0.95', st.p95_twilio_ms)) AS x(q, ms)
+WHERE x.ms IS NOT NULL
+UNION ALL
+SELECT 'twilio_outbox_stats_round_trip_seconds',
+	pg_catalog.jsonb_build_object('window', st.win, 'quantile', '0.95'), st.p95_round_trip_ms / 1000
+FROM st WHERE st.p95_round_trip_ms IS NOT NULL
+UNION ALL
+SELECT 'twilio_outbox_stats_delivery_seconds',
+	pg_catalog.jsonb_build_object('window', st.win, 'quantile', x.q), x.s
+FROM st CROSS JOIN LATERAL (VALUES ('0.5', st.p50_delivery_s), ('0.95', st.p95_delivery_s)) AS x(q, s)
+WHERE x.s IS NOT NULL
+UNION ALL
+/* health, per check: 0 ok, 1 warning, 2 critical */
+SELECT 'twilio_outbox_health_status', pg_catalog.jsonb_build_object('check', h.check_name),
+	CASE h.status WHEN 'ok' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END
+FROM twilio_outbox.health h
+UNION ALL
+/* webhooks by verdict, whole server since it started (none without the preload) */
+SELECT 'twilio_outbox_webhooks_total', pg_catalog.jsonb_build_object('verdict', c.verdict), c.webhooks
+FROM twilio_outbox.webhook_counters() c;
+COMMENT ON VIEW twilio_outbox.metrics IS 'The figures of backlog, stats, health, worker and webhook counters as Prometheus samples: metric name, labels (jsonb), value; see contrib/prometheus/queries.yaml';
+
+/*
+ * twilio_outbox_metrics: what a metrics exporter logs in as (a member of
+ * it), reading the metrics view and nothing else: no phone number, no
+ * error text, no table.  twilio_outbox_monitor is a member of it.
+ */
+DO $role$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'twilio_outbox_metrics') THEN
+		CREATE ROLE twilio_outbox_metrics NOLOGIN;
+	END IF;
+END
+$role$;
+GRANT twilio_outbox_metrics TO twilio_outbox_monitor;

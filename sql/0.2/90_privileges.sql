@@ -96,3 +96,16 @@ REVOKE ALL ON twilio_outbox.lookups FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.lookups TO twilio_outbox_monitor;
 GRANT SELECT (polls, next_lookup_at, lookup_error, deleted_at_twilio)
 	ON twilio_outbox.messages TO twilio_outbox_monitor;
+
+/*
+ * H2: the metrics view, for twilio_outbox_metrics (and through it the
+ * monitoring role).  Functions a view calls are checked against the
+ * caller: the exporter's role may run those the view runs, all read-only.
+ */
+REVOKE ALL ON twilio_outbox.metrics FROM PUBLIC;
+GRANT USAGE ON SCHEMA twilio_outbox TO twilio_outbox_metrics;
+GRANT SELECT ON twilio_outbox.metrics TO twilio_outbox_metrics;
+GRANT EXECUTE ON FUNCTION twilio_outbox.worker_status(), twilio_outbox.worker_accounts(),
+	twilio_outbox.webhook_counters(), twilio_outbox.supervisor_last_run(),
+	twilio_outbox.cron_database_name()
+	TO twilio_outbox_metrics;

@@ -1,6 +1,6 @@
 -- The schema's shape and the security model, as pgTAP assertions.
 BEGIN;
-SELECT plan(38);
+SELECT plan(43);
 
 SELECT has_schema('twilio_outbox');
 SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
@@ -127,6 +127,18 @@ SELECT table_privs_are('twilio_outbox', 'error_policy', 'twilio_outbox_monitor',
 SELECT table_privs_are('twilio_outbox', 'error_policy', 'twilio_outbox_admin',
 	ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']);
 SELECT is_member_of('twilio_outbox_monitor', 'twilio_outbox_admin');
+-- The metrics exporter's role: the metrics view, no table (0.2).
+SELECT has_role('twilio_outbox_metrics');
+SELECT is_member_of('twilio_outbox_metrics', 'twilio_outbox_monitor');
+SELECT table_privs_are('twilio_outbox', 'metrics', 'twilio_outbox_metrics', ARRAY['SELECT']);
+SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
+		   WHERE c.relnamespace = 'twilio_outbox'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+			 AND has_table_privilege('twilio_outbox_metrics', c.oid, 'SELECT')
+			 AND NOT pg_has_role('twilio_outbox_metrics', 'twilio_outbox_monitor', 'USAGE')
+		   ORDER BY 1),
+	ARRAY['metrics'], 'the metrics role reads the metrics view and no other relation');
+SELECT column_privs_are('twilio_outbox', 'messages', 'to_number', 'twilio_outbox_metrics',
+	ARRAY[]::text[], 'the metrics role cannot read phone numbers');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -21,6 +21,7 @@ INSERT INTO twilio_outbox.senders (id, account, from_number, messaging_service_s
 -- No account paused by an earlier test.
 UPDATE twilio_outbox.accounts SET paused_until = NULL, pause_reason = NULL;
 DROP ROLE IF EXISTS mon_viewer;
+DROP ROLE IF EXISTS mon_scraper;
 RESET client_min_messages;
 
 -- A message as the dispatcher leaves it, by id, in a given state; returns the id.
@@ -143,13 +144,48 @@ SELECT "window", attempts, sent, retries, dead_letters, rate_limited, rate_limit
 	server_error_share, sent_per_second, p50_twilio_ms, p95_twilio_ms, p95_round_trip_ms
 FROM twilio_outbox.stats;
 ROLLBACK;
+-- stats from status callbacks: the delivered, undelivered and failed
+-- statuses a callback applied in each window (a read with no delivered
+-- before it counts as delivered; a stale or unmatched one does not), and
+-- p50/p95 seconds from the message's sent_at to its delivered callback.
+BEGIN;
+SELECT count(pg_temp.msg(n, 901, 'delivered', 1, finished_at => now())) AS messages
+FROM generate_series(1, 8) n;
+UPDATE twilio_outbox.messages SET sent_at = now() - interval '20 minutes',
+	twilio_sid = 'SM' || lpad(id::text, 32, '0');
+INSERT INTO twilio_outbox.status_events (message_sid, message_status, account, message_id, verdict, received_at)
+SELECT 'SM' || lpad(m::text, 32, '0'), st, 'mon', m, v, now() - ago
+FROM (VALUES
+	(1, 'delivered', 'applied', interval '30 seconds'),	-- 19.5 min after sent
+	(1, 'read', 'applied', interval '20 seconds'),		-- after delivered: not again
+	(2, 'read', 'applied', interval '3 minutes'),		-- no delivered: delivered, 17 min
+	(2, 'delivered', 'stale', interval '2 minutes'),
+	(3, 'delivered', 'applied', interval '10 minutes'),	-- 10 min
+	(4, 'delivered', 'applied', interval '2 hours'),		-- in no window
+	(5, 'undelivered', 'applied', interval '30 seconds'),
+	(6, 'failed', 'applied', interval '4 minutes'),
+	(7, 'failed', 'stale', interval '30 seconds'),
+	(8, 'sent', 'applied', interval '30 seconds'),
+	(9, 'delivered', 'unmatched', interval '30 seconds')
+) AS t(m, st, v, ago);
+-- 1 min: 1 delivered (19.5 min), 1 undelivered.  5 min: 2 delivered (17
+-- and 19.5 min), 1 undelivered, 1 failed.  1 hour: 3 delivered.
+SELECT "window", delivered, undelivered, failed, p50_delivery_s, p95_delivery_s
+FROM twilio_outbox.stats;
+-- Its columns: those of 0.1, then the delivery ones.
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'twilio_outbox' AND table_name = 'stats'
+ORDER BY ordinal_position;
+ROLLBACK;
 -- No attempts: zeros, and no latency rather than a made-up one.
 SELECT "window", attempts, sent, rate_limited_share, sent_per_second, p50_twilio_ms
 FROM twilio_outbox.stats;
 
 -- health: one row per check.  With nothing going on, only the dispatcher
--- (none runs in this test) is a problem.
-SELECT check_name, status, value, threshold, hint FROM twilio_outbox.health;
+-- (none runs in this test) is a problem.  (webhooks_refused reads the
+-- server's counters, which other tests add to: its section below.)
+SELECT check_name, status, value, threshold, hint FROM twilio_outbox.health
+WHERE check_name <> 'webhooks_refused';
 -- Its columns: check_name, not "check" (a reserved word users had to quote).
 SELECT column_name FROM information_schema.columns
 WHERE table_schema = 'twilio_outbox' AND table_name = 'health'
@@ -213,6 +249,67 @@ VALUES (20, 1, 'mon', now() - interval '1 minute', 429, 'rate_limited');
 SELECT check_name, status, value, hint IS NOT NULL AS hinted FROM twilio_outbox.health
 WHERE check_name = 'rate_limited_share';
 ROLLBACK;
+
+-- failure_share's hint when it alarms: the split, the most frequent codes
+-- and the query to look with.
+BEGIN;
+SELECT count(pg_temp.msg(n, 901, 'sent', 1, finished_at => now() - interval '10 minutes')) AS sent
+FROM generate_series(1, 20) n;
+UPDATE twilio_outbox.messages SET state = 'undelivered', last_error_code = 30003 WHERE id IN (1, 2);
+UPDATE twilio_outbox.messages SET state = 'failed', last_error_code = 30008 WHERE id = 3;
+UPDATE twilio_outbox.messages SET state = 'dead', last_error_code = 21211 WHERE id = 4;
+SELECT status, value, hint FROM twilio_outbox.health WHERE check_name = 'failure_share';
+ROLLBACK;
+
+-- no_final_status: of the messages sent between 2 hours and 1 hour ago
+-- (health_final_status_after) with the account's status_callback_url and
+-- no status_callback of their own, those still 'sent'.  Messages sent
+-- less than an hour ago, or more than two, and those with their own
+-- callback URL or of an account without one, do not count.
+BEGIN;
+UPDATE twilio_outbox.accounts SET status_callback_url = 'https://hooks.example.com/status' WHERE name = 'mon';
+SELECT count(pg_temp.msg(n, 901, 'delivered', 1, finished_at => now() - interval '80 minutes')) AS delivered
+FROM generate_series(1, 50) n;
+UPDATE twilio_outbox.messages SET sent_at = now() - interval '90 minutes';
+SELECT count(pg_temp.msg(n + 50, 901, 'sent', 1, finished_at => now() - interval '30 minutes')) AS sent_recently,
+	count(pg_temp.msg(n + 100, 901, 'sent', 1, finished_at => now() - interval '3 hours')) AS sent_long_ago,
+	count(pg_temp.msg(n + 200, 903, 'sent', 1, finished_at => now() - interval '90 minutes')) AS other_account,
+	count(pg_temp.msg(n + 300, 902, 'sent', 1, finished_at => now() - interval '90 minutes')) AS own_callback
+FROM generate_series(1, 10) n;
+UPDATE twilio_outbox.messages SET sent_at = finished_at WHERE id > 50;
+UPDATE twilio_outbox.messages SET status_callback = 'https://app.example.com/cb' WHERE id > 300;
+SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE check_name = 'no_final_status';
+CREATE FUNCTION pg_temp.unconfirmed(k integer) RETURNS TABLE (status text, value text, hinted boolean)
+LANGUAGE sql AS $$
+	UPDATE twilio_outbox.messages SET state = CASE WHEN id <= k THEN 'sent' ELSE 'delivered' END::twilio_outbox.message_state
+	WHERE id <= 50;
+	SELECT status, value, hint IS NOT NULL FROM twilio_outbox.health WHERE check_name = 'no_final_status';
+$$;
+-- Of 50: above 2 % (1) warns, above 4 % (2) is critical.
+SELECT s.k AS still_sent, h.* FROM (VALUES (0), (1), (2), (3), (50)) s(k), pg_temp.unconfirmed(s.k) h ORDER BY s.k;
+SELECT replace(hint, date_trunc('second', now() - interval '90 minutes')::text, '<90 minutes ago>') AS hint
+FROM twilio_outbox.health WHERE check_name = 'no_final_status';
+ROLLBACK;
+-- 0 turns it off.
+ALTER SYSTEM SET twilio_outbox.health_final_status_after = 0;
+SELECT pg_reload_conf();
+SELECT 1 AS waited FROM pg_sleep(0.5);
+SELECT 1 AS waited FROM pg_sleep(CASE WHEN current_setting('twilio_outbox.health_final_status_after') = '0' THEN 0 ELSE 3 END);
+SELECT status, value, threshold, hint FROM twilio_outbox.health WHERE check_name = 'no_final_status';
+ALTER SYSTEM RESET twilio_outbox.health_final_status_after;
+SELECT pg_reload_conf();
+SELECT 1 AS waited FROM pg_sleep(0.5);
+SELECT 1 AS waited FROM pg_sleep(CASE WHEN current_setting('twilio_outbox.health_final_status_after') = '1h' THEN 0 ELSE 3 END);
+SELECT threshold FROM twilio_outbox.health WHERE check_name = 'no_final_status';
+
+-- webhooks_refused: the server's webhook counters (other tests add to
+-- them, so only their form is shown).  A refusal in the last hour warns.
+SELECT try($$SELECT twilio_outbox.receive_status('https://hooks.example.com/status',
+	'AccountSid=AC000000000000000000000000000000ff&MessageSid=SM00000000000000000000000000000001&MessageStatus=delivered',
+	'bm90IGEgc2lnbmF0dXJl')$$) AS refused;
+SELECT status, value ~ '^[1-9][0-9]* refused \(bad_signature [0-9]+, unknown_account [1-9][0-9]*, no_auth_token [0-9]+, malformed [0-9]+\), [0-9]+ accepted since the server started, the last refusal at ' AS value_form,
+	threshold, hint ~ '^Webhooks were refused, the last at .*bad_signature: the URL passed to receive_status' AS hint_form
+FROM twilio_outbox.health WHERE check_name = 'webhooks_refused';
 
 -- queue_growing: the queue's depth 5 minutes ago, 2.5 minutes ago and now,
 -- from when messages were created and finished.  Strictly growing warns.
@@ -313,6 +410,58 @@ ORDER BY ordinal_position;
 SELECT check_name, status, value, threshold, hint IS NOT NULL AS hinted FROM twilio_outbox.health
 WHERE check_name IN ('worker_running', 'accounts_unusable', 'library_version') ORDER BY check_name;
 
+-- metrics: the same figures as Prometheus samples (metric, labels, value).
+BEGIN;
+SELECT pg_temp.msg(1, 901, 'queued', next_attempt_at => now() - interval '10 minutes'),
+	pg_temp.msg(2, 901, 'queued', next_attempt_at => now() + interval '1 hour'),
+	pg_temp.msg(3, 902, 'queued', 2, now() + interval '20 seconds'),
+	pg_temp.msg(4, 903, 'sending', 1),
+	pg_temp.msg(5, 903, 'ambiguous', 1);
+INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number, reason, attempts, dead_at, requeued_at) VALUES
+	(6, 'mon', '+14155550106', 'rejected', 1, now() - interval '1 minute', NULL),
+	(7, 'mon', '+14155550107', 'rejected', 1, now() - interval '2 hours', NULL),
+	(8, 'mon', '+14155550108', 'rejected', 1, now() - interval '3 hours', now());
+SELECT metric, labels, value FROM twilio_outbox.metrics
+WHERE metric NOT LIKE 'twilio_outbox_health%' AND metric NOT LIKE 'twilio_outbox_webhooks%'
+ORDER BY metric, labels::text;
+-- One sample per health check, 0 ok, 1 warning, 2 critical, as the view says.
+SELECT m.labels ->> 'check' AS check_name, m.value, h.status
+FROM twilio_outbox.metrics m JOIN twilio_outbox.health h ON h.check_name = m.labels ->> 'check'
+WHERE m.metric = 'twilio_outbox_health_status' AND m.labels ->> 'check' <> 'webhooks_refused' ORDER BY 1;
+ROLLBACK;
+-- A webhook counter per verdict, counting since the server started.
+SELECT labels, value >= 0 AS counted FROM twilio_outbox.metrics
+WHERE metric = 'twilio_outbox_webhooks_total' ORDER BY labels::text;
+-- Names as Prometheus wants them: the prefix, lower case, counters (and
+-- only they) end in _total, and no sample without a value.
+SELECT DISTINCT metric FROM twilio_outbox.metrics
+WHERE metric !~ '^twilio_outbox_[a-z0-9_]+$' OR value IS NULL OR labels IS NULL;
+-- A query for some metrics runs only the views behind them (the exporter
+-- asks for one set of labels at a time): whether its plan scans a table or
+-- function at run time (the other metrics' parts are never executed).
+CREATE FUNCTION pg_temp.reads(q text, rel text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+	line text;
+BEGIN
+	FOR line IN EXECUTE 'EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ' || q LOOP
+		IF line !~ 'never executed' AND line ~ ('Scan( using \S+)? on ' || rel || '( |$)') THEN
+			RETURN true;
+		END IF;
+	END LOOP;
+	RETURN false;
+END
+$$;
+SELECT q, pg_temp.reads(q, 'attempts') AS attempts, pg_temp.reads(q, 'messages') AS messages,
+	pg_temp.reads(q, 'dead_letters') AS dead_letters, pg_temp.reads(q, 'worker_status') AS worker_status,
+	pg_temp.reads(q, 'webhook_counters') AS webhook_counters
+FROM (VALUES
+	($$SELECT * FROM twilio_outbox.metrics WHERE metric = 'twilio_outbox_webhooks_total'$$),
+	($$SELECT * FROM twilio_outbox.metrics WHERE metric = 'twilio_outbox_backlog_messages'$$),
+	($$SELECT * FROM twilio_outbox.metrics WHERE metric IN ('twilio_outbox_worker_up', 'twilio_outbox_dead_letters_open')$$),
+	($$SELECT * FROM twilio_outbox.metrics WHERE metric LIKE 'twilio_outbox_stats%'$$),
+	($$SELECT * FROM twilio_outbox.metrics$$)
+) AS t(q);
+
 -- The monitoring role reads every view, but no message content, no
 -- credential, and changes nothing.
 CREATE ROLE mon_viewer LOGIN IN ROLE twilio_outbox_monitor;
@@ -326,6 +475,7 @@ SELECT try(sql) AS mon_viewer, sql FROM (VALUES
 	($$SELECT count(*) FROM twilio_outbox.worker$$),
 	($$SELECT count(*) FROM twilio_outbox.worker_accounts$$),
 	($$SELECT count(*) FROM twilio_outbox.worker_status()$$),
+	($$SELECT count(*) FROM twilio_outbox.metrics$$),
 	($$SELECT twilio_outbox.stop_worker(hold => '1 hour')$$),
 	($$SELECT twilio_outbox.schedule_supervisor()$$),
 	($$SELECT twilio_outbox.schedule_supervisor_sql()$$),
@@ -342,6 +492,23 @@ SELECT try(sql) AS mon_viewer, sql FROM (VALUES
 	($$SELECT twilio_outbox.start_worker()$$)
 ) AS t(sql);
 RESET ROLE;
+-- The exporter's role (twilio_outbox_metrics) reads the metrics view and
+-- nothing else.
+CREATE ROLE mon_scraper LOGIN IN ROLE twilio_outbox_metrics;
+SET ROLE mon_scraper;
+SELECT try(sql) AS mon_scraper, sql FROM (VALUES
+	($$SELECT count(*) > 0 FROM twilio_outbox.metrics$$),
+	($$SELECT count(*) FROM twilio_outbox.health$$),
+	($$SELECT count(*) FROM twilio_outbox.stats$$),
+	($$SELECT count(*) FROM twilio_outbox.backlog$$),
+	($$SELECT to_number FROM twilio_outbox.messages$$),
+	($$SELECT count(*) FROM twilio_outbox.attempts$$),
+	($$SELECT count(*) FROM twilio_outbox.status_events$$),
+	($$SELECT name FROM twilio_outbox.accounts$$),
+	($$SELECT twilio_outbox.stop_worker()$$)
+) AS t(sql);
+RESET ROLE;
+DROP ROLE mon_scraper;
 -- No view has a column for a message body, a secret, template variables or
 -- request parameters, and every view of the schema is checked.
 SELECT count(*) AS views FROM information_schema.views WHERE table_schema = 'twilio_outbox';
