@@ -156,12 +156,14 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 	MemoryContext cxt;
 	MemoryContext old;
 
+	/* More than one dispatcher: each account's share left to this one (partition.c). */
+	outbox_partition_reserve(now);
 	/* Share the capacity over the accounts that may send. */
 	for (i = 0; i < naccounts; i++)
 	{
 		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor + i) % naccounts);
 
-		a->claim_room = Min(outbox_account_room(a, now), capacity);
+		a->claim_room = Min(Min(outbox_account_room(a, now), a->partition_room), capacity);
 		a->claim_counted = false;
 		capacity -= a->claim_room;
 	}
@@ -177,6 +179,9 @@ outbox_claim(int capacity, TimestampTz now, int *quota)
 		int			most;
 
 		if (a == NULL || a->claim_room <= 0 || !sender_open(snd, now))
+			continue;
+		/* another dispatcher's sender (partition.c) */
+		if (!outbox_sender_mine(snd))
 			continue;
 		outbox_bucket_refill(snd, now);
 		if (!snd->unlimited && snd->tokens < 1.0)
@@ -481,7 +486,9 @@ outbox_sweep_orphans(void)
 /*
  * Take back messages left in sending by a dispatcher that is gone: at start
  * (all) every one, later only those of another process whose lease ran out
- * (or that have none: a row written by hand).
+ * (or that have none: a row written by hand).  Never those of a dispatcher
+ * of this database that runs (more than one per database, partition.c):
+ * its requests may still be in flight, and it records them itself.
  * Their attempt is recorded as lost and ambiguous, not charged; the message
  * goes back to the queue with the same idempotency key, or is held when
  * twilio_outbox.on_ambiguous = hold.
@@ -490,8 +497,8 @@ int
 outbox_rescue(bool all)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[3] = {BOOLOID, INT4OID, TEXTOID};
-	Datum		values[3];
+	Oid			types[4] = {BOOLOID, INT4OID, TEXTOID, INT4ARRAYOID};
+	Datum		values[4];
 	int			rc;
 
 	outbox_prepare(&plan,
@@ -499,6 +506,7 @@ outbox_rescue(bool all)
 			"  WHERE state = 'sending'"
 			"  AND ($1 OR ((lease_until < now() OR lease_until IS NULL)"
 			"   AND worker_pid IS DISTINCT FROM $2))"
+			"  AND (worker_pid IS NULL OR worker_pid <> ALL ($4::int4[]))"
 			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET"
 			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"
@@ -511,11 +519,13 @@ outbox_rescue(bool all)
 			"  started_at, outcome, ambiguous, transport_error, worker_pid)"
 			" SELECT id, attempts, account, now(), 'lost', true,"
 			"  'the dispatcher stopped while the request was in flight', worker_pid FROM u",
-			3, types);
+			4, types);
 	values[0] = BoolGetDatum(all);
 	values[1] = Int32GetDatum(MyProcPid);
 	values[2] = CStringGetTextDatum(outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_HOLD ?
 									"ambiguous" : "queued");
+	/* the other dispatchers of this database that run (at start, not this one: its pid may be reused) */
+	values[3] = outbox_live_dispatchers(!all);
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "lease rescue failed: %s", SPI_result_code_string(rc));
@@ -781,7 +791,7 @@ outbox_next_due(TimestampTz now)
 		OutboxAccount *a = snd->account;
 
 		if (a != NULL && snd->seen && a->seen && a->config_error == NULL &&
-			a->in_flight < a->cap)
+			a->in_flight < a->cap && outbox_sender_mine(snd))
 			ids[n++] = Int64GetDatum(snd->id);
 	}
 	if (n == 0)

@@ -77,3 +77,10 @@ REVOKE ALL ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors FROM PU
 REVOKE ALL ON SEQUENCE twilio_outbox.debugger_events_id_seq FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.debugger_events, twilio_outbox.twilio_errors TO twilio_outbox_monitor;
 GRANT DELETE ON twilio_outbox.debugger_events TO twilio_outbox_admin;
+
+
+/* H6: each dispatcher of the database, for the monitor. */
+REVOKE ALL ON FUNCTION twilio_outbox.worker_dispatchers() FROM PUBLIC;
+REVOKE ALL ON twilio_outbox.worker_dispatchers FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.worker_dispatchers() TO twilio_outbox_monitor;
+GRANT SELECT ON twilio_outbox.worker_dispatchers TO twilio_outbox_monitor;
