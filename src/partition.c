@@ -24,6 +24,11 @@
  * while dispatchers disagree about the shares (one saw a sender added, the
  * other not yet), the sum still never exceeds max_concurrency.
  *
+ * A 429 pauses its account in this process at once, and in the accounts
+ * table when recorded, which every dispatcher reads again within a second;
+ * so that the others stop sooner, the pause is also published beside the
+ * reservations and taken over by each one's next claim.
+ *
  * With N = 1 none of this runs: no lock is taken, every sender is ours.
  *
  *-------------------------------------------------------------------------
@@ -41,6 +46,13 @@
 /* This dispatcher's place among its database's, and how many there are. */
 int			outbox_dispatcher_index = 0;
 int			outbox_dispatcher_count = 1;
+
+/*
+ * When the accounts table was last read (before the snapshot it was read
+ * with): a pause another dispatcher published before that is in the table
+ * if it still holds; not there, an operator resumed the account.
+ */
+TimestampTz outbox_accounts_read_at = 0;
 
 /* Accounts beyond the shared table have been reported once. */
 static bool table_full_reported = false;
@@ -177,6 +189,16 @@ outbox_partition_reserve(TimestampTz now)
 		{
 			int			others = 0;
 
+			/* a 429 another dispatcher had: pause now, not at the next refresh */
+			if (slot->account_paused_until[idx] > a->paused_until &&
+				slot->account_paused_at[idx] > outbox_accounts_read_at)
+				a->paused_until = slot->account_paused_until[idx];
+			if (a->paused_until != 0 && a->paused_until > now)
+			{
+				mine->reserved[idx] = a->in_flight;
+				continue;
+			}
+
 			for (j = 0; j < outbox_dispatcher_count; j++)
 				if (j != outbox_dispatcher_index && slot->dispatchers[j].pid != 0)
 					others += slot->dispatchers[j].reserved[idx];
@@ -219,7 +241,15 @@ outbox_partition_settle(OutboxSlot *slot, OutboxDispatcherSlot *mine)
 
 		if (idx >= 0 && idx < slot->naccount_names &&
 			strcmp(slot->account_names[idx], a->name) == 0)
+		{
 			mine->reserved[idx] = a->in_flight;
+			/* its 429 pause, for the others' next claim */
+			if (a->paused_until > slot->account_paused_until[idx])
+			{
+				slot->account_paused_until[idx] = a->paused_until;
+				slot->account_paused_at[idx] = GetCurrentTimestamp();
+			}
+		}
 	}
 }
 

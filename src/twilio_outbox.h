@@ -156,6 +156,8 @@ typedef struct OutboxSlot
 	TimestampTz supervised_at;	/* the last start_worker(supervisor => true) */
 	int			naccount_names; /* used in account_names */
 	char		account_names[OUTBOX_SHARED_ACCOUNTS][64];	/* accounts whose concurrency is shared */
+	TimestampTz account_paused_until[OUTBOX_SHARED_ACCOUNTS];	/* the latest pause a dispatcher set */
+	TimestampTz account_paused_at[OUTBOX_SHARED_ACCOUNTS];	/* when it was published (recorded before) */
 	/* outbox_dispatchers_per_database of them */
 	OutboxDispatcherSlot dispatchers[FLEXIBLE_ARRAY_MEMBER];
 } OutboxSlot;
@@ -371,6 +373,7 @@ extern bool outbox_extension_present(void);
  */
 extern int	outbox_dispatcher_index;
 extern int	outbox_dispatcher_count;
+extern TimestampTz outbox_accounts_read_at;
 extern bool outbox_sender_mine(const OutboxSender *s);
 extern void outbox_partition_reserve(TimestampTz now);
 extern void outbox_partition_settle(OutboxSlot *slot, OutboxDispatcherSlot *mine);

@@ -412,6 +412,7 @@ database_phase(bool claim, int capacity)
 		if (refresh)
 		{
 			outbox_refresh_accounts(now);
+			outbox_accounts_read_at = now;	/* partition.c */
 			outbox_refresh_senders(now);
 			self->last_refresh = now;
 			self->refresh_pending = false;
