@@ -791,7 +791,8 @@ outbox_next_due(TimestampTz now)
 		OutboxAccount *a = snd->account;
 
 		if (a != NULL && snd->seen && a->seen && a->config_error == NULL &&
-			a->in_flight < a->cap && outbox_sender_mine(snd))
+			a->in_flight < a->cap && outbox_sender_mine(snd) &&
+			a->partition_room > 0)	/* its share left at the last claim (partition.c) */
 			ids[n++] = Int64GetDatum(snd->id);
 	}
 	if (n == 0)
