@@ -114,9 +114,29 @@ wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
 }
 
 /*
+ * Wait, interruptibly, until a started dispatcher has taken its place (or
+ * left without one, or timeout): only then is it known which place it has.
+ */
+static void
+wait_for_attach(Oid dboid, pid_t pid, long timeout_ms)
+{
+	TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;
+
+	while (!pid_running(dboid, pid) && kill(pid, 0) == 0 &&
+		   GetCurrentTimestamp() < deadline)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * start_worker(supervisor boolean DEFAULT false): start this database's
  * dispatchers (twilio_outbox.dispatchers_per_database of them) that do not
- * run, unless a start is under way; return the pid of the first that runs.
+ * run, unless a start is under way, and wait until they have taken their
+ * places; return the pid of the first that runs (the lowest place).
  * An operator's call ends a stop_worker(hold => ...); the supervisor's
  * (pg_cron's job) respects it, and is remembered for the health view.  NULL
  * while a hold or a DROP DATABASE holds the dispatchers off.  (The 0.1 SQL
@@ -131,6 +151,8 @@ start_worker(FunctionCallInfo fcinfo, bool v0_2)
 	pid_t		pid;
 	pid_t		first = 0;
 	bool		supervisor = false;
+	pid_t		started[OUTBOX_MAX_DISPATCHERS];
+	int			nstarted = 0;
 	int			missing;
 	int			i;
 
@@ -225,13 +247,18 @@ start_worker(FunctionCallInfo fcinfo, bool v0_2)
 					 errmsg("could not start the twilio_outbox dispatcher"),
 					 errhint("See the server log.")));
 		}
-		if (first == 0)
-			first = pid;
+		started[nstarted++] = pid;
 	}
+	for (i = 0; i < nstarted; i++)
+		wait_for_attach(MyDatabaseId, started[i], START_WAIT_MS);
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
 	slot->starting_at = 0;
 	LWLockRelease(outbox_shmem_lock());
-	PG_RETURN_INT32(first);
+	/* the first place's, whichever of them took it */
+	pid = current_pid(MyDatabaseId);
+	if (pid == 0)
+		pid = started[0];
+	PG_RETURN_INT32(pid);
 }
 
 /* Signal a database's dispatchers to stop and wait for them; false if none ran. */

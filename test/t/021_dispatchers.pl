@@ -1,7 +1,8 @@
 # Two dispatchers per database (twilio_outbox.dispatchers_per_database = 2):
 # each sends for its own senders (id modulo 2), every message goes out
 # exactly once, an account's max_concurrency holds across both (counted at
-# the stand-in, which answers slowly), a sender's rate holds, a dispatcher
+# the stand-in, which answers slowly), a sender's rate holds, a 429 pauses
+# the account for both, a dispatcher
 # that starts never takes back the rows another live one has in flight, and
 # after a kill -9 the rows left in flight are taken back as they always were.
 use strict;
@@ -175,6 +176,31 @@ my %keys;
 $keys{ $_->{headers}{'idempotency-key'} // '' }++ for @{ $standin->requests };
 is(join(',', sort values %keys), '2,2,2,2',
 	'each was requested again once, with its idempotency key');
+
+# ---------- a 429 pauses the account for both dispatchers ----------
+# (After the restart: a 429 halves the cap of the dispatcher that got it,
+# which the part above must not inherit.)  The 429 comes to a message of
+# sender 2 (dispatcher 0's); messages of
+# sender 3 (dispatcher 1's) enqueued once the pause is published wait for
+# Retry-After too.
+$standin->reset;
+$standin->script('+14155550500', { status => 429, retry_after => '3' });
+OutboxTest::query($node,
+	q{SELECT twilio_enqueue('+14155550500', 'limited', from_number => '+15005550012')});
+OutboxTest::wait_until($node,
+	q{SELECT paused_until IS NOT NULL FROM twilio_outbox.worker_accounts WHERE account = 'main'},
+	'the 429 paused account main in dispatcher 0');
+my $paused_at = $standin->requests(to => '+14155550500')->[0]{t};
+OutboxTest::query($node, q{
+	SELECT count(twilio_enqueue('+141555506' || i, 'paused', from_number => '+15005550013'))
+	FROM generate_series(10, 12) i});
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 56 FROM twilio_outbox.messages WHERE state = 'sent'},
+	'all sent after the pause');
+my @other = map { $_->{t} } grep { $_->{form}{From}[0] eq '+15005550013' } @{ $standin->requests };
+is(scalar @other, 3, 'dispatcher 1 sent its three');
+is(scalar(grep { $_ - $paused_at < 3 } @other), 0,
+	'dispatcher 1 sent nothing for the paused account before Retry-After');
 
 # ---------- stop_worker stops both ----------
 is(OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()'), 't', 'stop_worker()');
