@@ -15,6 +15,7 @@ OBJS = \
 	src/params.o \
 	src/shmem.o \
 	src/worker.o \
+	src/partition.o \
 	src/control.o \
 	src/spi_plan.o \
 	src/registry.o \

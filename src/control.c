@@ -2,7 +2,7 @@
  *
  * control.c
  *		The SQL functions that control and show the dispatchers (start, stop,
- *		pid, wake, status, accounts, library version), with an entry point
+ *		pid, wake, status, each dispatcher, accounts, library version), with an entry point
  *		per SQL signature (0.1 and _0_2), the utility hook that stops a
  *		dispatcher before DROP DATABASE and wakes it on DROP and ALTER
  *		EXTENSION, and the registration of the dispatchers of
@@ -40,6 +40,7 @@ PG_FUNCTION_INFO_V1(twilio_outbox_worker_status_0_2);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts);
 PG_FUNCTION_INFO_V1(twilio_outbox_worker_accounts_0_2);
 PG_FUNCTION_INFO_V1(twilio_outbox_library_version);
+PG_FUNCTION_INFO_V1(twilio_outbox_worker_dispatchers_0_2);
 
 #define START_WAIT_MS		10000
 
@@ -55,28 +56,52 @@ require_shmem(void)
 				 errhint("Add twilio_outbox to shared_preload_libraries and restart the server.")));
 }
 
-/* The pid of a database's dispatcher, 0 when none runs. */
+/*
+ * The pid of a database's dispatcher, the first that runs (the lowest
+ * place), 0 when none runs.
+ */
 static pid_t
 current_pid(Oid dboid)
 {
 	OutboxSlot *slot;
 	pid_t		pid = 0;
+	int			i;
 
 	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
 	slot = outbox_slot_find(dboid, false);
-	if (slot != NULL)
-		pid = slot->pid;
+	for (i = 0; slot != NULL && pid == 0 && i < outbox_dispatchers_per_database; i++)
+		pid = slot->dispatchers[i].pid;
 	LWLockRelease(outbox_shmem_lock());
 	return pid;
 }
 
-/* Wait, interruptibly, until the database's dispatcher is not pid (or timeout). */
+/* Whether pid is one of the database's dispatchers. */
+static bool
+pid_running(Oid dboid, pid_t pid)
+{
+	OutboxSlot *slot;
+	bool		found = false;
+	int			i;
+
+	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
+	slot = outbox_slot_find(dboid, false);
+	for (i = 0; slot != NULL && i < outbox_dispatchers_per_database; i++)
+		if (slot->dispatchers[i].pid == pid)
+			found = true;
+	LWLockRelease(outbox_shmem_lock());
+	return found;
+}
+
+/*
+ * Wait, interruptibly, until pid is none of the database's dispatchers
+ * (pid 0: until one runs), or timeout.
+ */
 static bool
 wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
 {
 	TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;
 
-	while (current_pid(dboid) == pid)
+	while (pid == 0 ? current_pid(dboid) == 0 : pid_running(dboid, pid))
 	{
 		if (GetCurrentTimestamp() >= deadline)
 			return false;
@@ -89,23 +114,47 @@ wait_for_exit(Oid dboid, pid_t pid, long timeout_ms)
 }
 
 /*
+ * Wait, interruptibly, until a started dispatcher has taken its place (or
+ * left without one, or timeout): only then is it known which place it has.
+ */
+static void
+wait_for_attach(Oid dboid, pid_t pid, long timeout_ms)
+{
+	TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;
+
+	while (!pid_running(dboid, pid) && kill(pid, 0) == 0 &&
+		   GetCurrentTimestamp() < deadline)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * start_worker(supervisor boolean DEFAULT false): start this database's
- * dispatcher unless one runs or is starting; return its pid.  An operator's
- * call ends a stop_worker(hold => ...); the supervisor's (pg_cron's job)
- * respects it, and is remembered for the health view.  NULL while a hold or
- * a DROP DATABASE holds the dispatcher off.  (The 0.1 SQL declares no
- * argument, !v0_2: an operator's call.)
+ * dispatchers (twilio_outbox.dispatchers_per_database of them) that do not
+ * run, unless a start is under way, and wait until they have taken their
+ * places; return the pid of the first that runs (the lowest place).
+ * An operator's call ends a stop_worker(hold => ...); the supervisor's
+ * (pg_cron's job) respects it, and is remembered for the health view.  NULL
+ * while a hold or a DROP DATABASE holds the dispatchers off.  (The 0.1 SQL
+ * declares no argument, !v0_2: an operator's call.)
  */
 static Datum
 start_worker(FunctionCallInfo fcinfo, bool v0_2)
 {
 	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
 	OutboxSlot *slot;
 	TimestampTz now = GetCurrentTimestamp();
 	pid_t		pid;
-	BgwHandleStatus status;
+	pid_t		first = 0;
 	bool		supervisor = false;
+	pid_t		started[OUTBOX_MAX_DISPATCHERS];
+	int			nstarted = 0;
+	int			missing;
+	int			i;
 
 	if (v0_2)
 	{
@@ -131,20 +180,24 @@ start_worker(FunctionCallInfo fcinfo, bool v0_2)
 		slot->supervised_at = now;
 	else
 		slot->held_until = 0;
-	if (slot->pid != 0)
+	missing = outbox_dispatchers_per_database - outbox_slot_running(slot);
+	for (i = 0; first == 0 && i < outbox_dispatchers_per_database; i++)
+		first = slot->dispatchers[i].pid;
+	if (missing == 0)
 	{
-		pid = slot->pid;
 		LWLockRelease(outbox_shmem_lock());
-		PG_RETURN_INT32(pid);
+		PG_RETURN_INT32(first);
 	}
 	if (slot->hold_until > now || slot->held_until > now)
 	{
 		LWLockRelease(outbox_shmem_lock());
+		if (first != 0)
+			PG_RETURN_INT32(first);
 		PG_RETURN_NULL();
 	}
 	if (slot->starting_at != 0 && now - slot->starting_at < START_WAIT_MS * 1000L)
 	{
-		/* Another session is starting it: wait for it to show up. */
+		/* Another session is starting them: wait for one to show up. */
 		LWLockRelease(outbox_shmem_lock());
 		wait_for_exit(MyDatabaseId, 0, START_WAIT_MS);
 		pid = current_pid(MyDatabaseId);
@@ -167,55 +220,78 @@ start_worker(FunctionCallInfo fcinfo, bool v0_2)
 	worker.bgw_main_arg = ObjectIdGetDatum(MyDatabaseId);
 	worker.bgw_notify_pid = MyProcPid;
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	/* each new one takes the first free place (and its senders) when it attaches */
+	for (i = 0; i < missing; i++)
 	{
-		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-		slot->starting_at = 0;
-		LWLockRelease(outbox_shmem_lock());
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not register the twilio_outbox dispatcher"),
-				 errhint("Raise max_worker_processes.")));
+		BackgroundWorkerHandle *handle;
+		BgwHandleStatus status;
+
+		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		{
+			LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+			slot->starting_at = 0;
+			LWLockRelease(outbox_shmem_lock());
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("could not register the twilio_outbox dispatcher"),
+					 errhint("Raise max_worker_processes.")));
+		}
+		status = WaitForBackgroundWorkerStartup(handle, &pid);
+		if (status != BGWH_STARTED)
+		{
+			LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+			slot->starting_at = 0;
+			LWLockRelease(outbox_shmem_lock());
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("could not start the twilio_outbox dispatcher"),
+					 errhint("See the server log.")));
+		}
+		started[nstarted++] = pid;
 	}
-	status = WaitForBackgroundWorkerStartup(handle, &pid);
-	if (status != BGWH_STARTED)
-	{
-		LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-		slot->starting_at = 0;
-		LWLockRelease(outbox_shmem_lock());
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("could not start the twilio_outbox dispatcher"),
-				 errhint("See the server log.")));
-	}
+	for (i = 0; i < nstarted; i++)
+		wait_for_attach(MyDatabaseId, started[i], START_WAIT_MS);
+	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
+	slot->starting_at = 0;
+	LWLockRelease(outbox_shmem_lock());
+	/* the first place's, whichever of them took it */
+	pid = current_pid(MyDatabaseId);
+	if (pid == 0)
+		pid = started[0];
 	PG_RETURN_INT32(pid);
 }
 
-/* Signal a database's dispatcher to stop and wait for it; false if none ran. */
+/* Signal a database's dispatchers to stop and wait for them; false if none ran. */
 static bool
 stop_dispatcher(Oid dboid, long hold_ms)
 {
 	OutboxSlot *slot;
-	pid_t		pid = 0;
+	pid_t		pids[OUTBOX_MAX_DISPATCHERS];
+	int			n = 0;
+	int			signalled = 0;
+	int			i;
 
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
 	slot = outbox_slot_find(dboid, false);
 	if (slot != NULL)
 	{
-		pid = slot->pid;
+		for (i = 0; i < outbox_dispatchers_per_database; i++)
+			if (slot->dispatchers[i].pid != 0)
+				pids[n++] = slot->dispatchers[i].pid;
 		if (hold_ms > 0)
 			slot->hold_until = GetCurrentTimestamp() + hold_ms * 1000;
 	}
 	LWLockRelease(outbox_shmem_lock());
-	if (pid == 0)
-		return false;
-	if (kill(pid, SIGTERM) != 0)
-		return false;
-	if (!wait_for_exit(dboid, pid, outbox_request_timeout_ms + 10000L))
-		ereport(WARNING,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("twilio_outbox dispatcher (pid %d) has not stopped yet", (int) pid)));
-	return true;
+	/* all at once: each finishes its requests in flight, in parallel */
+	for (i = 0; i < n; i++)
+		if (kill(pids[i], SIGTERM) == 0)
+			pids[signalled++] = pids[i];
+	for (i = 0; i < signalled; i++)
+		if (!wait_for_exit(dboid, pids[i], outbox_request_timeout_ms + 10000L))
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("twilio_outbox dispatcher (pid %d) has not stopped yet", (int) pids[i])));
+	return signalled > 0;
 }
 
 /*
@@ -293,9 +369,48 @@ twilio_outbox_library_version(PG_FUNCTION_ARGS)
 }
 
 /*
- * worker_status(): always one row: whether this database's dispatcher runs,
- * and what it published, of the running dispatcher or, when none runs, of
- * the last one since the server started (counters NULL when none ran).
+ * A copy of the database's slot and of its dispatchers' figures (without
+ * their published accounts unless with_accounts), palloc'd; NULL when the
+ * database has no slot.  Takes the lock shared.
+ */
+static OutboxDispatcherSlot *
+copy_dispatchers(OutboxSlot *copy, bool with_accounts)
+{
+	OutboxDispatcherSlot *d = NULL;
+	Size		size = with_accounts ? sizeof(OutboxDispatcherSlot) :
+		offsetof(OutboxDispatcherSlot, accounts);
+	int			i;
+
+	memset(copy, 0, sizeof(OutboxSlot));
+	if (!outbox_shmem_ready())
+		return NULL;
+	d = palloc0(sizeof(OutboxDispatcherSlot) * outbox_dispatchers_per_database);
+	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
+	{
+		OutboxSlot *slot = outbox_slot_find(MyDatabaseId, false);
+
+		if (slot == NULL)
+		{
+			pfree(d);
+			d = NULL;
+		}
+		else
+		{
+			memcpy(copy, slot, offsetof(OutboxSlot, naccount_names));
+			for (i = 0; i < outbox_dispatchers_per_database; i++)
+				memcpy(&d[i], &slot->dispatchers[i], size);
+		}
+	}
+	LWLockRelease(outbox_shmem_lock());
+	return d;
+}
+
+/*
+ * worker_status(): always one row: whether this database's dispatchers run
+ * (all twilio_outbox.dispatchers_per_database of them), and what they
+ * published, summed: of the running ones or, for one that does not run,
+ * of its last run since the server started (counters NULL when none ever
+ * ran).  pid is the first one's that runs (worker_dispatchers() shows each).
  * The 0.1 SQL declared seven columns (pid NULL when none runs, no row when
  * none ever ran): a new library under the old SQL answers in that shape.
  */
@@ -304,42 +419,71 @@ worker_status(FunctionCallInfo fcinfo, bool v0_2)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	OutboxSlot	copy;
-	bool		found = false;
-	Datum		values[14];
-	bool		nulls[14];
+	OutboxDispatcherSlot *d;
+	Datum		values[16];
+	bool		nulls[16];
+	pid_t		pid = 0;
+	int			running = 0;
+	int			first_ran = -1;
+	TimestampTz started_at = 0;
+	TimestampTz stopped_at = 0;
+	TimestampTz last_error_at = 0;
+	const char *last_error = NULL;
+	int			in_flight = 0;
+	int64		sent = 0;
+	int64		failed = 0;
+	int			accounts = 0;
+	int			unusable = 0;
 	int			i;
 
 	InitMaterializedSRF(fcinfo, 0);
-	memset(&copy, 0, sizeof(copy));
-	if (outbox_shmem_ready())
+	d = copy_dispatchers(&copy, false);
+	for (i = 0; d != NULL && i < outbox_dispatchers_per_database; i++)
 	{
-		OutboxSlot *slot;
-
-		LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
-		slot = outbox_slot_find(MyDatabaseId, false);
-		if (slot != NULL)
+		if (d[i].pid != 0)
 		{
-			memcpy(&copy, slot, offsetof(OutboxSlot, accounts));
-			found = true;
+			running++;
+			if (pid == 0)
+				pid = d[i].pid;
 		}
-		LWLockRelease(outbox_shmem_lock());
+		else if (d[i].stopped_at > stopped_at)
+			stopped_at = d[i].stopped_at;
+		if (d[i].started_at == 0)
+			continue;
+		if (first_ran < 0)
+			first_ran = i;
+		in_flight += d[i].in_flight;
+		sent += d[i].sent;
+		failed += d[i].failed;
+		accounts = Max(accounts, d[i].accounts_total);
+		unusable = Max(unusable, d[i].accounts_unusable);
+		if (d[i].last_error[0] != '\0' && d[i].last_error_at >= last_error_at)
+		{
+			last_error_at = d[i].last_error_at;
+			last_error = d[i].last_error;
+		}
 	}
+	/* the earliest start of those that run; when none runs, the last run's */
+	for (i = 0; d != NULL && i < outbox_dispatchers_per_database; i++)
+		if (running > 0 ? d[i].pid != 0 && (started_at == 0 || d[i].started_at < started_at)
+			: d[i].started_at > started_at)
+			started_at = d[i].started_at;
 	if (!v0_2)
 	{
-		if (!found)
+		if (d == NULL)
 			PG_RETURN_VOID();
 		memset(nulls, 0, sizeof(nulls));
-		values[0] = Int32GetDatum(copy.pid);
-		nulls[0] = copy.pid == 0;
-		values[1] = TimestampTzGetDatum(copy.started_at);
-		nulls[1] = copy.started_at == 0;
-		values[2] = Int32GetDatum(copy.in_flight);
-		values[3] = Int64GetDatum(copy.sent);
-		values[4] = Int64GetDatum(copy.failed);
-		values[5] = CStringGetTextDatum(copy.last_error);
-		nulls[5] = copy.last_error[0] == '\0';
-		values[6] = TimestampTzGetDatum(copy.last_error_at);
-		nulls[6] = copy.last_error_at == 0;
+		values[0] = Int32GetDatum(pid);
+		nulls[0] = pid == 0;
+		values[1] = TimestampTzGetDatum(started_at);
+		nulls[1] = started_at == 0;
+		values[2] = Int32GetDatum(in_flight);
+		values[3] = Int64GetDatum(sent);
+		values[4] = Int64GetDatum(failed);
+		values[5] = CStringGetTextDatum(last_error ? last_error : "");
+		nulls[5] = last_error == NULL;
+		values[6] = TimestampTzGetDatum(last_error_at);
+		nulls[6] = last_error == NULL;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		PG_RETURN_VOID();
 	}
@@ -347,33 +491,33 @@ worker_status(FunctionCallInfo fcinfo, bool v0_2)
 	/*
 	 * running, pid, library_version, started_at, stopped_at, held_until,
 	 * supervised_at, in_flight, sent, dead, last_error, last_error_at,
-	 * accounts, accounts_unusable
+	 * accounts, accounts_unusable, dispatchers, dispatchers_running
 	 */
-	for (i = 0; i < 14; i++)
+	for (i = 0; i < 16; i++)
 		nulls[i] = true;
-	values[0] = BoolGetDatum(copy.pid != 0);
+	values[0] = BoolGetDatum(running == outbox_dispatchers_per_database);
 	nulls[0] = false;
-	if (copy.pid != 0)
+	if (pid != 0)
 	{
-		values[1] = Int32GetDatum(copy.pid);
+		values[1] = Int32GetDatum(pid);
 		nulls[1] = false;
 	}
-	if (copy.started_at != 0)
+	if (first_ran >= 0)
 	{
-		/* a dispatcher ran since the server started: its figures */
-		values[2] = CStringGetTextDatum(copy.library_version);
-		values[3] = TimestampTzGetDatum(copy.started_at);
-		values[7] = Int32GetDatum(copy.in_flight);
-		values[8] = Int64GetDatum(copy.sent);
-		values[9] = Int64GetDatum(copy.failed);
-		values[12] = Int32GetDatum(copy.accounts_total);
-		values[13] = Int32GetDatum(copy.accounts_unusable);
+		/* a dispatcher ran since the server started: the figures */
+		values[2] = CStringGetTextDatum(d[first_ran].library_version);
+		values[3] = TimestampTzGetDatum(started_at);
+		values[7] = Int32GetDatum(in_flight);
+		values[8] = Int64GetDatum(sent);
+		values[9] = Int64GetDatum(failed);
+		values[12] = Int32GetDatum(accounts);
+		values[13] = Int32GetDatum(unusable);
 		nulls[2] = nulls[3] = nulls[7] = nulls[8] = nulls[9] = false;
 		nulls[12] = nulls[13] = false;
 	}
-	if (copy.stopped_at != 0)
+	if (stopped_at != 0 && running < outbox_dispatchers_per_database)
 	{
-		values[4] = TimestampTzGetDatum(copy.stopped_at);
+		values[4] = TimestampTzGetDatum(stopped_at);
 		nulls[4] = false;
 	}
 	if (copy.held_until > GetCurrentTimestamp())
@@ -386,43 +530,136 @@ worker_status(FunctionCallInfo fcinfo, bool v0_2)
 		values[6] = TimestampTzGetDatum(copy.supervised_at);
 		nulls[6] = false;
 	}
-	if (copy.last_error[0] != '\0')
+	if (last_error != NULL)
 	{
-		values[10] = CStringGetTextDatum(copy.last_error);
-		values[11] = TimestampTzGetDatum(copy.last_error_at);
+		values[10] = CStringGetTextDatum(last_error);
+		values[11] = TimestampTzGetDatum(last_error_at);
 		nulls[10] = nulls[11] = false;
 	}
+	values[14] = Int32GetDatum(outbox_shmem_ready() ? outbox_dispatchers_per_database : 0);
+	values[15] = Int32GetDatum(running);
+	nulls[14] = nulls[15] = false;
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	PG_RETURN_VOID();
 }
 
 /*
- * worker_accounts(): per account, the concurrency cap the dispatcher uses
- * now (below max_concurrency after 429s), requests in flight, the pause,
- * and why it cannot use the account (NULL when it can).  No rows when no
- * dispatcher runs.  The 0.1 SQL declared the first five columns only.
+ * worker_dispatchers(): one row per dispatcher place of this database
+ * (twilio_outbox.dispatchers_per_database), whether it runs and what it
+ * published, of the running one or of the last run in that place (NULL
+ * when none ran there); senders: how many of the senders it claims for.
+ * No rows without the library preloaded.
  */
-static Datum
-worker_accounts(FunctionCallInfo fcinfo, bool v0_2)
+Datum
+twilio_outbox_worker_dispatchers_0_2(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	OutboxSlot *slot;
-	OutboxAccountState *states;
-	int			n = 0;
+	OutboxSlot	copy;
+	OutboxDispatcherSlot *d;
 	int			i;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (!outbox_shmem_ready())
 		PG_RETURN_VOID();
-	states = palloc(sizeof(OutboxAccountState) * OUTBOX_PUBLISHED_ACCOUNTS);
-	LWLockAcquire(outbox_shmem_lock(), LW_SHARED);
-	slot = outbox_slot_find(MyDatabaseId, false);
-	if (slot != NULL && slot->pid != 0)
+	d = copy_dispatchers(&copy, false);
+	for (i = 0; i < outbox_dispatchers_per_database; i++)
 	{
-		n = slot->naccounts;
-		memcpy(states, slot->accounts, sizeof(OutboxAccountState) * n);
+		/*
+		 * dispatcher, running, pid, library_version, started_at,
+		 * stopped_at, senders, in_flight, sent, dead, last_error,
+		 * last_error_at
+		 */
+		Datum		values[12];
+		bool		nulls[12];
+		int			j;
+
+		for (j = 0; j < 12; j++)
+			nulls[j] = true;
+		values[0] = Int32GetDatum(i);
+		values[1] = BoolGetDatum(d != NULL && d[i].pid != 0);
+		nulls[0] = nulls[1] = false;
+		if (d != NULL && d[i].pid != 0)
+		{
+			values[2] = Int32GetDatum(d[i].pid);
+			nulls[2] = false;
+		}
+		if (d != NULL && d[i].started_at != 0)
+		{
+			values[3] = CStringGetTextDatum(d[i].library_version);
+			values[4] = TimestampTzGetDatum(d[i].started_at);
+			values[6] = Int32GetDatum(d[i].nsenders);
+			values[7] = Int32GetDatum(d[i].in_flight);
+			values[8] = Int64GetDatum(d[i].sent);
+			values[9] = Int64GetDatum(d[i].failed);
+			nulls[3] = nulls[4] = nulls[6] = nulls[7] = nulls[8] = nulls[9] = false;
+		}
+		if (d != NULL && d[i].pid == 0 && d[i].stopped_at != 0)
+		{
+			values[5] = TimestampTzGetDatum(d[i].stopped_at);
+			nulls[5] = false;
+		}
+		if (d != NULL && d[i].last_error[0] != '\0')
+		{
+			values[10] = CStringGetTextDatum(d[i].last_error);
+			values[11] = TimestampTzGetDatum(d[i].last_error_at);
+			nulls[10] = nulls[11] = false;
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	LWLockRelease(outbox_shmem_lock());
+	PG_RETURN_VOID();
+}
+
+/*
+ * worker_accounts(): per account, the concurrency cap the dispatchers use
+ * now (below max_concurrency after 429s; with more than one dispatcher the
+ * sum of theirs, each within its share), requests in flight (summed), the
+ * pause, and why they cannot use the account (NULL when they can).  No rows
+ * when no dispatcher runs.  The 0.1 SQL declared the first five columns
+ * only.
+ */
+static Datum
+worker_accounts(FunctionCallInfo fcinfo, bool v0_2)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	OutboxSlot	copy;
+	OutboxDispatcherSlot *d;
+	OutboxAccountState *states;
+	int			n = 0;
+	int			i;
+	int			k;
+
+	InitMaterializedSRF(fcinfo, 0);
+	d = copy_dispatchers(&copy, true);
+	if (d == NULL)
+		PG_RETURN_VOID();
+	states = palloc(sizeof(OutboxAccountState) * OUTBOX_PUBLISHED_ACCOUNTS);
+	/* merged by name over the running dispatchers, in the first one's order */
+	for (k = 0; k < outbox_dispatchers_per_database; k++)
+	{
+		if (d[k].pid == 0)
+			continue;
+		for (i = 0; i < d[k].naccounts; i++)
+		{
+			OutboxAccountState *st = &d[k].accounts[i];
+			int			j;
+
+			for (j = 0; j < n; j++)
+				if (strcmp(states[j].name, st->name) == 0)
+					break;
+			if (j == n)
+			{
+				if (n == OUTBOX_PUBLISHED_ACCOUNTS)
+					continue;
+				states[n++] = *st;
+				continue;
+			}
+			states[j].cap += st->cap;
+			states[j].in_flight += st->in_flight;
+			states[j].paused_until = Max(states[j].paused_until, st->paused_until);
+			if (states[j].problem[0] == '\0')
+				strlcpy(states[j].problem, st->problem, sizeof(states[j].problem));
+		}
+	}
 
 	for (i = 0; i < n; i++)
 	{
@@ -431,7 +668,8 @@ worker_accounts(FunctionCallInfo fcinfo, bool v0_2)
 
 		values[0] = CStringGetTextDatum(states[i].name);
 		values[1] = Int32GetDatum(states[i].max_concurrency);
-		values[2] = Int32GetDatum(states[i].cap);
+		/* each dispatcher's cap is the whole max_concurrency: not above it in sum */
+		values[2] = Int32GetDatum(Min(states[i].cap, states[i].max_concurrency));
 		values[3] = Int32GetDatum(states[i].in_flight);
 		values[4] = TimestampTzGetDatum(states[i].paused_until);
 		nulls[4] = states[i].paused_until == 0 || states[i].paused_until <= GetCurrentTimestamp();
@@ -552,6 +790,7 @@ register_static_workers(void)
 	char	   *names = pstrdup(outbox_databases);
 	List	   *dbs;
 	ListCell   *lc;
+	int			i;
 
 	if (!SplitGUCList(names, ',', &dbs))
 		ereport(ERROR,
@@ -576,7 +815,9 @@ register_static_workers(void)
 		strlcpy(worker.bgw_type, "twilio_outbox dispatcher", BGW_MAXLEN);
 		worker.bgw_main_arg = ObjectIdGetDatum(InvalidOid);
 		strlcpy(worker.bgw_extra, db, BGW_EXTRALEN);
-		RegisterBackgroundWorker(&worker);
+		/* each takes a free place (and its senders) when it attaches */
+		for (i = 0; i < outbox_dispatchers_per_database; i++)
+			RegisterBackgroundWorker(&worker);
 	}
 }
 

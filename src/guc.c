@@ -29,6 +29,7 @@ char	   *outbox_idempotency_header = NULL;
 bool		outbox_allow_insecure_http = false;
 int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RETRY;
 int			outbox_max_databases = 16;
+int			outbox_dispatchers_per_database = 1;
 char	   *outbox_secrets_dir = NULL;
 char	   *outbox_databases = NULL;
 char	   *outbox_allowed_hosts = NULL;
@@ -238,6 +239,16 @@ outbox_guc_init(void)
 		DefineCustomIntVariable("twilio_outbox.max_databases",
 								"Most databases that can run a dispatcher at once.",
 								NULL, &outbox_max_databases, 16, 1, 1024,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/*
+	 * Also sizes shared memory, and twilio_outbox.databases registers that
+	 * many dispatchers per database at server start: a restart to change.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("twilio_outbox.dispatchers_per_database",
+								"Dispatchers per database, each sending for its own share of the senders.",
+								"Dispatcher k of N claims the senders whose id modulo N is k; an account's max_concurrency is shared among them.",
+								&outbox_dispatchers_per_database, 1, 1, OUTBOX_MAX_DISPATCHERS,
 								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomStringVariable("twilio_outbox.databases",

@@ -310,12 +310,14 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 	List	   *claimed = NIL;
 
 	*more = false;
+	/* More than one dispatcher: each account's share left to this one (partition.c). */
+	outbox_partition_reserve(now);
 	/* Share the capacity over the accounts that may send. */
 	for (i = 0; i < naccounts; i++)
 	{
 		OutboxAccount *a = list_nth(outbox_accounts, (claim_rotor + i) % naccounts);
 
-		a->claim_room = Min(outbox_account_room(a, now), capacity);
+		a->claim_room = Min(Min(outbox_account_room(a, now), a->partition_room), capacity);
 		a->claim_senders = NIL;
 		capacity -= a->claim_room;
 	}
@@ -331,6 +333,9 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 
 		if (a == NULL || a->claim_room <= 0 || !sender_open(snd, now) ||
 			snd->dry_epoch == dry_epoch)
+			continue;
+		/* another dispatcher's sender (partition.c) */
+		if (!outbox_sender_mine(snd))
 			continue;
 		outbox_bucket_refill(snd, now);
 		if (!snd->unlimited && snd->tokens < 1.0)
@@ -671,9 +676,11 @@ outbox_sweep_orphans(void)
 /*
  * Take back messages left in sending by a dispatcher that is gone: at start
  * (all) every one, later only those of another process whose lease ran out
- * (or that have none: a row written by hand).  One statement per account
- * with messages in flight (found by a skip scan, so an account that no
- * longer exists is included).
+ * (or that have none: a row written by hand).  Never those of a dispatcher
+ * of this database that runs (more than one per database, partition.c):
+ * its requests may still be in flight, and it records them itself.  One
+ * statement per account with messages in flight (found by a skip scan, so
+ * an account that no longer exists is included).
  * Their attempt is recorded as lost and ambiguous, not charged; the message
  * goes back to the queue with the same idempotency key, or is held when
  * twilio_outbox.on_ambiguous = hold.
@@ -682,8 +689,8 @@ int
 outbox_rescue(bool all)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[4] = {BOOLOID, INT4OID, TEXTOID, TEXTOID};
-	Datum		values[4];
+	Oid			types[5] = {BOOLOID, INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID};
+	Datum		values[5];
 	List	   *names = accounts_in_flight();
 	ListCell   *lc;
 	int			total = 0;
@@ -696,6 +703,7 @@ outbox_rescue(bool all)
 			"  WHERE state = 'sending' AND account = $4"
 			"  AND ($1 OR ((lease_until < now() OR lease_until IS NULL)"
 			"   AND worker_pid IS DISTINCT FROM $2))"
+			"  AND (worker_pid IS NULL OR worker_pid <> ALL ($5::int4[]))"
 			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET"
 			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"
@@ -708,11 +716,13 @@ outbox_rescue(bool all)
 			"  started_at, outcome, ambiguous, transport_error, worker_pid)"
 			" SELECT id, attempts, account, now(), 'lost', true,"
 			"  'the dispatcher stopped while the request was in flight', worker_pid FROM u",
-			4, types);
+			5, types);
 	values[0] = BoolGetDatum(all);
 	values[1] = Int32GetDatum(MyProcPid);
 	values[2] = CStringGetTextDatum(outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_HOLD ?
 									"ambiguous" : "queued");
+	/* the other dispatchers of this database that run (at start, not this one: its pid may be reused) */
+	values[4] = outbox_live_dispatchers(!all);
 	foreach(lc, names)
 	{
 		values[3] = CStringGetTextDatum((char *) lfirst(lc));
@@ -1023,7 +1033,8 @@ outbox_next_due(TimestampTz now)
 		OutboxAccount *a = snd->account;
 
 		if (a != NULL && snd->seen && a->seen && a->config_error == NULL &&
-			a->in_flight < a->cap)
+			a->in_flight < a->cap && outbox_sender_mine(snd) &&
+			a->partition_room > 0)	/* its share left at the last claim (partition.c) */
 		{
 			ids[n] = Int64GetDatum(snd->id);
 			names[n++] = CStringGetTextDatum(a->name);

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.c
- *		Shared memory: one slot per database that runs a dispatcher, and the
- *		wake-up of that dispatcher when an enqueueing transaction commits.
+ *		Shared memory: one slot per database that runs dispatchers (with room
+ *		for twilio_outbox.dispatchers_per_database of them), and the wake-up
+ *		of those dispatchers when an enqueueing transaction commits.
  *
  * The slots exist only when the library is in shared_preload_libraries.
  * Without it twilio_enqueue() still works, the dispatcher cannot run, and
@@ -24,7 +25,8 @@ typedef struct OutboxShared
 {
 	LWLock	   *lock;
 	int			nslots;
-	OutboxSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+	Size		slot_size;		/* a slot with its dispatchers */
+	char		slots[FLEXIBLE_ARRAY_MEMBER];	/* nslots of slot_size bytes */
 } OutboxShared;
 
 static OutboxShared *shared = NULL;
@@ -35,11 +37,39 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_pending = false;
 static bool xact_callback_registered = false;
 
+/* A database's slot with room for its dispatchers, MAXALIGNed for the next one. */
+static Size
+slot_size(void)
+{
+	return MAXALIGN(add_size(offsetof(OutboxSlot, dispatchers),
+							 mul_size(outbox_dispatchers_per_database,
+									  sizeof(OutboxDispatcherSlot))));
+}
+
 static Size
 shared_size(void)
 {
 	return add_size(offsetof(OutboxShared, slots),
-					mul_size(outbox_max_databases, sizeof(OutboxSlot)));
+					mul_size(outbox_max_databases, slot_size()));
+}
+
+static OutboxSlot *
+slot_at(int i)
+{
+	return (OutboxSlot *) (shared->slots + i * shared->slot_size);
+}
+
+/* How many dispatchers of the database run.  The caller holds the lock. */
+int
+outbox_slot_running(const OutboxSlot *slot)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < outbox_dispatchers_per_database; i++)
+		if (slot->dispatchers[i].pid != 0)
+			n++;
+	return n;
 }
 
 static void
@@ -66,6 +96,7 @@ outbox_shmem_startup(void)
 		memset(shared, 0, shared_size());
 		shared->lock = &(GetNamedLWLockTranche("twilio_outbox"))->lock;
 		shared->nslots = outbox_max_databases;
+		shared->slot_size = slot_size();
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -109,39 +140,45 @@ outbox_slot_find(Oid dboid, bool create)
 
 	for (i = 0; i < shared->nslots; i++)
 	{
-		OutboxSlot *slot = &shared->slots[i];
+		OutboxSlot *slot = slot_at(i);
 
 		if (slot->dboid == dboid)
 			return slot;
 		/* a held database keeps its slot: the hold lives in it */
 		if (create && spare == NULL && (slot->dboid == InvalidOid ||
-							  (slot->pid == 0 && slot->starting_at == 0 &&
+							  (outbox_slot_running(slot) == 0 && slot->starting_at == 0 &&
 							   slot->held_until <= GetCurrentTimestamp())))
 			spare = slot;
 	}
 	if (spare == NULL)
 		return NULL;
-	memset(spare, 0, sizeof(OutboxSlot));
+	memset(spare, 0, shared->slot_size);
 	spare->dboid = dboid;
 	return spare;
 }
 
-/* Set the latch of a database's dispatcher, if one runs. */
+/*
+ * Set the latches of a database's dispatchers that run: each claims only
+ * its own senders, and which of them the new rows are for is not known here.
+ */
 void
 outbox_wake(Oid dboid)
 {
 	OutboxSlot *slot;
-	int			procno = -1;
+	int			procnos[OUTBOX_MAX_DISPATCHERS];
+	int			n = 0;
+	int			i;
 
 	if (shared == NULL)
 		return;
 	LWLockAcquire(shared->lock, LW_SHARED);
 	slot = outbox_slot_find(dboid, false);
-	if (slot != NULL && slot->pid != 0)
-		procno = slot->pgprocno;
+	for (i = 0; slot != NULL && i < outbox_dispatchers_per_database; i++)
+		if (slot->dispatchers[i].pid != 0)
+			procnos[n++] = slot->dispatchers[i].pgprocno;
 	LWLockRelease(shared->lock);
-	if (procno >= 0)
-		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	for (i = 0; i < n; i++)
+		SetLatch(&ProcGlobal->allProcs[procnos[i]].procLatch);
 }
 
 /*
@@ -188,27 +225,45 @@ outbox_wake_at_commit(void)
 
 /* ---------- the slot a dispatcher holds ---------- */
 
+/* This process's dispatcher slot and its database's, or NULL.  The caller holds the lock. */
+OutboxDispatcherSlot *
+outbox_my_slot(OutboxSlot **database)
+{
+	OutboxSlot *slot = outbox_slot_find(MyDatabaseId, false);
+
+	if (slot == NULL || outbox_dispatcher_index >= outbox_dispatchers_per_database ||
+		slot->dispatchers[outbox_dispatcher_index].pid != MyProcPid)
+		return NULL;
+	if (database)
+		*database = slot;
+	return &slot->dispatchers[outbox_dispatcher_index];
+}
+
 static void
 detach_slot(int code, Datum arg)
 {
-	OutboxSlot *slot;
+	OutboxDispatcherSlot *d;
 
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-	slot = outbox_slot_find(MyDatabaseId, false);
-	if (slot != NULL && slot->pid == MyProcPid)
+	d = outbox_my_slot(NULL);
+	if (d != NULL)
 	{
-		slot->pid = 0;
-		slot->in_flight = 0;
-		slot->stopped_at = GetCurrentTimestamp();
+		d->pid = 0;
+		d->in_flight = 0;
+		/* what it had in flight is over: none of it counts for the others */
+		memset(d->reserved, 0, sizeof(d->reserved));
+		d->stopped_at = GetCurrentTimestamp();
 	}
 	LWLockRelease(outbox_shmem_lock());
 }
 
 /*
- * Take this database's slot; false when another dispatcher holds it, or an
- * operator's stop_worker(hold => ...) holds this database (a dispatcher of
- * twilio_outbox.databases that failed is restarted by the postmaster, and
- * must not end the hold either).
+ * Take a free dispatcher place of this database (the lowest), and with it
+ * the partition of the senders that index stands for
+ * (outbox_dispatcher_index); false when all twilio_outbox.dispatchers_per_database
+ * places are taken, or an operator's stop_worker(hold => ...) holds this
+ * database (a dispatcher of twilio_outbox.databases that failed is restarted
+ * by the postmaster, and must not end the hold either).
  */
 bool
 outbox_slot_attach(bool *held)
@@ -216,33 +271,37 @@ outbox_slot_attach(bool *held)
 	OutboxSlot *slot;
 	TimestampTz now = GetCurrentTimestamp();
 	bool		ok = false;
+	int			i;
 
 	*held = false;
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
 	slot = outbox_slot_find(MyDatabaseId, true);
-	if (slot != NULL && slot->pid == 0 && slot->held_until > now)
+	if (slot != NULL && slot->held_until > now)
 	{
 		slot->starting_at = 0;
 		*held = true;
 	}
-	else if (slot != NULL && slot->pid == 0)
+	for (i = 0; slot != NULL && !*held && i < outbox_dispatchers_per_database; i++)
 	{
-		slot->pid = MyProcPid;
-		slot->pgprocno = GetNumberFromPGProc(MyProc);
-		slot->starting_at = 0;
-		slot->started_at = now;
-		slot->stopped_at = 0;
-		strlcpy(slot->library_version, OUTBOX_VERSION, sizeof(slot->library_version));
-		slot->sent = slot->failed = 0;
-		slot->in_flight = 0;
-		slot->last_error[0] = '\0';
-		slot->last_error_at = 0;
-		slot->naccounts = slot->accounts_total = slot->accounts_unusable = 0;
+		OutboxDispatcherSlot *d = &slot->dispatchers[i];
+
+		if (d->pid != 0)
+			continue;
+		memset(d, 0, sizeof(OutboxDispatcherSlot));
+		d->pid = MyProcPid;
+		d->pgprocno = GetNumberFromPGProc(MyProc);
+		d->started_at = now;
+		strlcpy(d->library_version, OUTBOX_VERSION, sizeof(d->library_version));
+		outbox_dispatcher_index = i;
+		outbox_dispatcher_count = outbox_dispatchers_per_database;
+		/* the last of those asked for is here */
+		if (outbox_slot_running(slot) == outbox_dispatchers_per_database)
+			slot->starting_at = 0;
 		ok = true;
+		break;
 	}
 	LWLockRelease(outbox_shmem_lock());
 	if (ok)
 		before_shmem_exit(detach_slot, (Datum) 0);
 	return ok;
 }
-

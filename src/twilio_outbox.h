@@ -55,6 +55,7 @@ extern char *outbox_idempotency_header;
 extern bool outbox_allow_insecure_http;
 extern int	outbox_ambiguous_policy;
 extern int	outbox_max_databases;
+extern int	outbox_dispatchers_per_database;
 extern char *outbox_secrets_dir;
 extern char *outbox_databases;
 extern char *outbox_allowed_hosts;
@@ -101,6 +102,8 @@ extern void outbox_check_params(Jsonb *params, TimestampTz earliest,
 
 /* shmem.c: one slot per database with a dispatcher */
 #define OUTBOX_PUBLISHED_ACCOUNTS 32
+#define OUTBOX_MAX_DISPATCHERS 8
+#define OUTBOX_SHARED_ACCOUNTS 64
 #define OUTBOX_PROBLEM_LEN 256
 
 /*
@@ -118,28 +121,45 @@ typedef struct OutboxAccountState
 	char		problem[OUTBOX_PROBLEM_LEN];	/* why it cannot be used; "" if it can */
 } OutboxAccountState;
 
-typedef struct OutboxSlot
+/*
+ * One dispatcher of a database (twilio_outbox.dispatchers_per_database of
+ * them): what it publishes for monitoring, kept after it exits, and what it
+ * has reserved of each shared account's max_concurrency (partition.c).
+ */
+typedef struct OutboxDispatcherSlot
 {
-	Oid			dboid;			/* InvalidOid: free */
 	pid_t		pid;			/* the running dispatcher, 0 if none */
 	int			pgprocno;		/* its PGPROC, for setting its latch */
-	TimestampTz starting_at;	/* a start was requested and not yet taken */
-	TimestampTz hold_until;		/* refuse starts before this (dropping) */
-	TimestampTz held_until;		/* stop_worker(hold): only start_worker() by an operator starts it before this */
-	TimestampTz supervised_at;	/* the last start_worker(supervisor => true) */
 	TimestampTz started_at;		/* of the running or the last dispatcher */
 	TimestampTz stopped_at;		/* when the last dispatcher exited; 0 while one runs */
-	/* figures the dispatcher publishes for monitoring, kept after it exits */
 	char		library_version[16];	/* OUTBOX_VERSION of the dispatcher's library */
 	int			in_flight;
 	int64		sent;
 	int64		failed;
 	TimestampTz last_error_at;
 	char		last_error[256];
+	int			nsenders;		/* senders of its partition, at its last refresh */
 	int			naccounts;		/* published in accounts[] */
 	int			accounts_total; /* accounts it knows, published or not */
 	int			accounts_unusable;	/* of which it cannot use, published or not */
+	int32		reserved[OUTBOX_SHARED_ACCOUNTS];	/* by account_names[]: in flight or claimed */
 	OutboxAccountState accounts[OUTBOX_PUBLISHED_ACCOUNTS];
+} OutboxDispatcherSlot;
+
+/* A database's dispatchers, their start, stop and hold. */
+typedef struct OutboxSlot
+{
+	Oid			dboid;			/* InvalidOid: free */
+	TimestampTz starting_at;	/* a start was requested and not yet taken */
+	TimestampTz hold_until;		/* refuse starts before this (dropping) */
+	TimestampTz held_until;		/* stop_worker(hold): only start_worker() by an operator starts it before this */
+	TimestampTz supervised_at;	/* the last start_worker(supervisor => true) */
+	int			naccount_names; /* used in account_names */
+	char		account_names[OUTBOX_SHARED_ACCOUNTS][64];	/* accounts whose concurrency is shared */
+	TimestampTz account_paused_until[OUTBOX_SHARED_ACCOUNTS];	/* the latest pause a dispatcher set */
+	TimestampTz account_paused_at[OUTBOX_SHARED_ACCOUNTS];	/* when it was published (recorded before) */
+	/* outbox_dispatchers_per_database of them */
+	OutboxDispatcherSlot dispatchers[FLEXIBLE_ARRAY_MEMBER];
 } OutboxSlot;
 
 extern bool outbox_shmem_ready(void);
@@ -149,6 +169,8 @@ extern OutboxSlot *outbox_slot_find(Oid dboid, bool create);
 extern void outbox_wake(Oid dboid);
 extern void outbox_wake_at_commit(void);
 extern bool outbox_slot_attach(bool *held);
+extern int	outbox_slot_running(const OutboxSlot *slot);
+extern OutboxDispatcherSlot *outbox_my_slot(OutboxSlot **database);
 
 /* worker.c: the dispatcher's loop */
 extern PGDLLEXPORT void outbox_worker_main(Datum arg);
@@ -176,6 +198,9 @@ typedef struct OutboxAccount
 	int			consecutive_429;
 	int			claim_room;		/* scratch for one claim */
 	List	   *claim_senders;	/* scratch: its senders that may send, in turn */
+	int			partition_room; /* partition.c: its share left to this dispatcher */
+	int			shared_index;	/* partition.c: in account_names, +1; 0 unknown */
+	int			partition_senders[OUTBOX_MAX_DISPATCHERS];	/* partition.c: scratch */
 	bool		seen;			/* still in the table at the last refresh */
 } OutboxAccount;
 
@@ -373,6 +398,18 @@ extern void outbox_lookup_aborted(void);
 extern void outbox_lookup_done(OutboxMessage *m);
 extern bool outbox_lookup_pending(void);
 extern TimestampTz outbox_lookup_wake_at(void);
+
+/*
+ * partition.c: more than one dispatcher per database, each on its own
+ * senders, sharing each account's max_concurrency through shared memory
+ */
+extern int	outbox_dispatcher_index;
+extern int	outbox_dispatcher_count;
+extern TimestampTz outbox_accounts_read_at;
+extern bool outbox_sender_mine(const OutboxSender *s);
+extern void outbox_partition_reserve(TimestampTz now);
+extern void outbox_partition_settle(OutboxSlot *slot, OutboxDispatcherSlot *mine);
+extern Datum outbox_live_dispatchers(bool include_self);
 
 /* callback.c: webhooks from Twilio (signature check, counters) */
 extern void outbox_callback_init(void);

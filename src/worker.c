@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *		The dispatcher: one background worker per database that claims due
- *		messages, sends them, and records what came of it: the loop alone
- *		(control.c starts, stops and shows it; shmem.c holds its slot).
+ *		The dispatcher: a background worker per database (or several, each on
+ *		its own senders: partition.c) that claims due messages, sends them,
+ *		and records what came of it: the loop alone (control.c starts, stops
+ *		and shows it; shmem.c holds its slot).
  *
  * The loop alternates two phases and never mixes them:
  *	 - a database phase, one short transaction: record finished attempts,
@@ -98,19 +99,28 @@ publish_account(OutboxAccountState *st, OutboxAccount *a)
 static void
 publish(const char *error)
 {
-	OutboxSlot *slot;
+	OutboxSlot *slot = NULL;
+	OutboxDispatcherSlot *d;
 
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
-	slot = outbox_slot_find(MyDatabaseId, false);
-	if (slot != NULL && slot->pid == MyProcPid)
+	d = outbox_my_slot(&slot);
+	if (d != NULL)
 	{
 		ListCell   *lc;
 		int			pass;
 
-		slot->in_flight = outbox_http_in_flight();
-		slot->sent = self->sent;
-		slot->failed = self->failed;
-		slot->naccounts = slot->accounts_total = slot->accounts_unusable = 0;
+		d->in_flight = outbox_http_in_flight();
+		d->sent = self->sent;
+		d->failed = self->failed;
+		d->nsenders = 0;
+		foreach(lc, outbox_senders)
+		{
+			OutboxSender *snd = lfirst(lc);
+
+			if (snd->seen && outbox_sender_mine(snd))
+				d->nsenders++;
+		}
+		d->naccounts = d->accounts_total = d->accounts_unusable = 0;
 		for (pass = 0; pass < 2; pass++)
 		{
 			foreach(lc, outbox_accounts)
@@ -120,17 +130,19 @@ publish(const char *error)
 
 				if (!a->seen || unusable != (pass == 0))
 					continue;
-				slot->accounts_total++;
+				d->accounts_total++;
 				if (unusable)
-					slot->accounts_unusable++;
-				if (slot->naccounts < OUTBOX_PUBLISHED_ACCOUNTS)
-					publish_account(&slot->accounts[slot->naccounts++], a);
+					d->accounts_unusable++;
+				if (d->naccounts < OUTBOX_PUBLISHED_ACCOUNTS)
+					publish_account(&d->accounts[d->naccounts++], a);
 			}
 		}
+		/* more than one dispatcher: reservations down to what is in flight */
+		outbox_partition_settle(slot, d);
 		if (error)
 		{
-			strlcpy(slot->last_error, error, sizeof(slot->last_error));
-			slot->last_error_at = GetCurrentTimestamp();
+			strlcpy(d->last_error, error, sizeof(d->last_error));
+			d->last_error_at = GetCurrentTimestamp();
 		}
 	}
 	LWLockRelease(outbox_shmem_lock());
@@ -392,8 +404,17 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 		if (housekeeping)
 		{
 			outbox_policy_refresh();
-			outbox_expire();
-			outbox_sweep_orphans();
+			/*
+			 * Database-wide: the first dispatcher alone (with more than
+			 * one, the others would only skip the rows it locked, and take
+			 * turns on the accounts' pauses).
+			 */
+			if (outbox_dispatcher_index == 0)
+			{
+				outbox_expire();
+				outbox_sweep_orphans();
+			}
+			/* every one: never a live dispatcher's rows (queue.c) */
 			outbox_rescue(false);
 			/* and every sender is asked again at least once a second */
 			outbox_claim_wake();
@@ -402,6 +423,7 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 		if (refresh)
 		{
 			outbox_refresh_accounts(now);
+			outbox_accounts_read_at = now;	/* partition.c */
 			outbox_refresh_senders(now);
 			self->last_refresh = now;
 			self->refresh_pending = false;
@@ -537,8 +559,8 @@ outbox_worker_main(Datum arg)
 							MyDatabaseId)));
 		else
 			ereport(DEBUG1,
-					(errmsg("twilio_outbox dispatcher not started: one already runs in database %u",
-							MyDatabaseId)));
+					(errmsg("twilio_outbox dispatcher not started: %d already run in database %u",
+							outbox_dispatchers_per_database, MyDatabaseId)));
 		leave();
 	}
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
@@ -575,9 +597,15 @@ outbox_worker_main(Datum arg)
 	begin_phase("taking back messages left in flight");
 	exit_if_dropped();
 	outbox_rescue(true);
-	ereport(LOG,
-			(errmsg("twilio_outbox dispatcher started in database \"%s\"",
-					get_database_name(MyDatabaseId))));
+	if (outbox_dispatcher_count > 1)
+		ereport(LOG,
+				(errmsg("twilio_outbox dispatcher %d of %d started in database \"%s\"",
+						outbox_dispatcher_index, outbox_dispatcher_count,
+						get_database_name(MyDatabaseId))));
+	else
+		ereport(LOG,
+				(errmsg("twilio_outbox dispatcher started in database \"%s\"",
+						get_database_name(MyDatabaseId))));
 	end_phase();
 
 	for (;;)

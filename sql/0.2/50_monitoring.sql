@@ -13,9 +13,11 @@ DROP FUNCTION twilio_outbox.worker_status();
 DROP FUNCTION twilio_outbox.worker_accounts();
 
 /*
- * Always one row: whether a dispatcher runs, and the figures of the
- * running one or, when none runs, of the last one since the server started
- * (NULL when none ran).
+ * Always one row: whether the database's dispatchers run (all
+ * twilio_outbox.dispatchers_per_database of them), and their figures
+ * summed, of the running ones or, for one that does not run, of its last
+ * run since the server started (NULL when none ran); pid is the first
+ * one's that runs.  worker_dispatchers() shows each.
  */
 CREATE FUNCTION twilio_outbox.worker_status(
 	OUT running boolean, OUT pid integer, OUT library_version text,
@@ -23,7 +25,8 @@ CREATE FUNCTION twilio_outbox.worker_status(
 	OUT held_until timestamptz, OUT supervised_at timestamptz,
 	OUT in_flight integer, OUT sent bigint, OUT dead bigint,
 	OUT last_error text, OUT last_error_at timestamptz,
-	OUT accounts integer, OUT accounts_unusable integer)
+	OUT accounts integer, OUT accounts_unusable integer,
+	OUT dispatchers integer, OUT dispatchers_running integer)
 RETURNS SETOF record
 LANGUAGE c VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'twilio_outbox_worker_status_0_2';
@@ -48,11 +51,35 @@ SELECT w.running, w.pid, w.library_version, e.extversion AS extension_version,
 	w.dead AS dead_since_start, w.last_error, w.last_error_at,
 	w.accounts, w.accounts_unusable,
 	(SELECT pg_catalog.string_agg(x.name || ' until ' || x.paused_until::text, '; ' ORDER BY x.name)
-	 FROM twilio_outbox.accounts x WHERE x.paused_until > pg_catalog.now()) AS paused_accounts
+	 FROM twilio_outbox.accounts x WHERE x.paused_until > pg_catalog.now()) AS paused_accounts,
+	w.dispatchers, w.dispatchers_running
 FROM twilio_outbox.worker_status() w
 LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = w.pid
 LEFT JOIN pg_catalog.pg_extension e ON e.extname = 'twilio_outbox';
-COMMENT ON VIEW twilio_outbox.worker IS 'The dispatcher, always one row: running, pid, the library version it runs beside the extension version installed, hold, the supervisor''s last call, requests in flight, sent and dead since started_at (of the last run when running is false), last error, accounts it cannot use';
+COMMENT ON VIEW twilio_outbox.worker IS 'The dispatchers of this database, always one row: running (all of twilio_outbox.dispatchers_per_database), pid (the first that runs), the library version beside the extension version installed, hold, the supervisor''s last call, requests in flight, sent and dead since started_at (summed over the dispatchers; of the last run when none runs), last error, accounts they cannot use, dispatchers configured and running (worker_dispatchers shows each)';
+
+/*
+ * One row per dispatcher place of the database
+ * (twilio_outbox.dispatchers_per_database): dispatcher k sends for the
+ * senders whose id modulo their number is k.
+ */
+CREATE FUNCTION twilio_outbox.worker_dispatchers(
+	OUT dispatcher integer, OUT running boolean, OUT pid integer,
+	OUT library_version text, OUT started_at timestamptz,
+	OUT stopped_at timestamptz, OUT senders integer, OUT in_flight integer,
+	OUT sent bigint, OUT dead bigint, OUT last_error text,
+	OUT last_error_at timestamptz)
+RETURNS SETOF record
+LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'twilio_outbox_worker_dispatchers_0_2';
+
+CREATE VIEW twilio_outbox.worker_dispatchers AS
+SELECT d.dispatcher, d.running, d.pid, d.library_version, d.started_at, d.stopped_at,
+	a.state, a.wait_event, d.senders, d.in_flight, d.sent AS sent_since_start,
+	d.dead AS dead_since_start, d.last_error, d.last_error_at
+FROM twilio_outbox.worker_dispatchers() d
+LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = d.pid;
+COMMENT ON VIEW twilio_outbox.worker_dispatchers IS 'Each dispatcher of this database (twilio_outbox.dispatchers_per_database; dispatcher k sends for the senders whose id modulo that number is k): running, pid, activity, how many senders it sends for, requests in flight, sent and dead since started_at, last error';
 
 /*
  * pg_cron's database (cron.database_name), NULL when pg_cron is not loaded.

@@ -109,3 +109,9 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.worker_status(), twilio_outbox.worker_ac
 	twilio_outbox.webhook_counters(), twilio_outbox.supervisor_last_run(),
 	twilio_outbox.cron_database_name()
 	TO twilio_outbox_metrics;
+
+/* H6: each dispatcher of the database, for the monitor. */
+REVOKE ALL ON FUNCTION twilio_outbox.worker_dispatchers() FROM PUBLIC;
+REVOKE ALL ON twilio_outbox.worker_dispatchers FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.worker_dispatchers() TO twilio_outbox_monitor;
+GRANT SELECT ON twilio_outbox.worker_dispatchers TO twilio_outbox_monitor;

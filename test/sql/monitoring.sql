@@ -397,6 +397,16 @@ FROM twilio_outbox.worker;
 SELECT column_name FROM information_schema.columns
 WHERE table_schema = 'twilio_outbox' AND table_name = 'worker'
 ORDER BY ordinal_position;
+-- How many dispatchers this database has (twilio_outbox.dispatchers_per_database,
+-- 1 here) and how many run; worker_dispatchers: a row for each, here none
+-- ever ran (two dispatchers: TAP test 021).
+SELECT dispatchers, dispatchers_running FROM twilio_outbox.worker;
+SELECT dispatcher, running, pid, library_version, started_at, stopped_at, senders,
+	in_flight, sent_since_start, last_error
+FROM twilio_outbox.worker_dispatchers;
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = 'twilio_outbox' AND table_name = 'worker_dispatchers'
+ORDER BY ordinal_position;
 -- The library this session runs (a dispatcher started now runs the same).
 SELECT twilio_outbox.library_version();
 -- worker_accounts: per account caps in use and why the dispatcher cannot
