@@ -16,7 +16,7 @@ top=$(cd "$here/.." && pwd)
 quick=${BENCH_QUICK:-0}
 q() { [ "$quick" = 1 ] && echo "$1" || echo "$2"; }
 runs=${BENCH_RUNS:-$(q 1 3)}
-only=${BENCH_ONLY:-enqueue dispatch latency rate claim}
+only=${BENCH_ONLY:-enqueue instructions dispatch latency rate claim}
 record=${BENCH_RECORD:-$(q 0 1)}
 # a profiled drain is slower: not for the record unless asked
 [ "${BENCH_PERF:-0}" = 1 ] && record=${BENCH_RECORD:-0}
@@ -31,6 +31,8 @@ latency_pause=${BENCH_LATENCY_PAUSE_MS:-30}
 rate_window=${BENCH_RATE_WINDOW:-$(q 10 30)}
 rate_settle=${BENCH_RATE_SETTLE:-2}
 history=${BENCH_HISTORY:-$(q 100000 1000000)}
+instr_tx=${BENCH_INSTRUCTIONS_TRANSACTIONS:-$(q 300 2000)}
+instr_messages=${BENCH_INSTRUCTIONS_MESSAGES:-$(q 1000 5000)}
 
 bench_prepare
 results=$(mktemp -d /tmp/twilio_outbox_bench_results.XXXXXX)
@@ -47,7 +49,7 @@ trap 'rm -rf "$results"' EXIT
 	commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	dirty=$(git -C "$top" status --porcelain -- src sql Makefile 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
 	echo "commit: $commit${dirty:+ with uncommitted changes to ${dirty% }}"
-	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim history $history"
+	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim history $history; instructions $instr_tx transactions, $instr_messages messages"
 } >"$results/facts"
 sed 's/^/  /' "$results/facts"
 
@@ -59,7 +61,8 @@ for bench in $only; do
 	latency) cmd=("$here/latency.sh" "$latency_n" "$latency_pause") ;;
 	rate) cmd=("$here/rate.sh" "$rate_window" "$rate_settle") ;;
 	claim) cmd=("$here/claim.sh" "$history") ;;
-	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue dispatch latency rate claim)" >&2; exit 2 ;;
+	instructions) cmd=("$here/instructions.sh" "$instr_tx" "$instr_messages") ;;
+	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue instructions dispatch latency rate claim)" >&2; exit 2 ;;
 	esac
 	for run in $(seq "$runs"); do
 		echo "== $bench, run $run of $runs"
