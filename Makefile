@@ -12,6 +12,7 @@ OBJS = \
 	src/guc.o \
 	src/message.o \
 	src/enqueue.o \
+	src/enqueue_lookup.o \
 	src/params.o \
 	src/shmem.o \
 	src/worker.o \
@@ -58,7 +59,7 @@ EXTRA_CLEAN = $(RECEIVER)
 REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks upgrade_0_1
 REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
-ISOLATION = dedupe account_roles
+ISOLATION = dedupe account_roles enqueue_lookup
 ISOLATION_OPTS = --encoding=UTF8 --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
 TAP_TESTS = 1

@@ -36,7 +36,8 @@ Sizes (environment variables; defaults in brackets):
 | `BENCH_QUICK=1` | a quick check: one run of each, small sizes (below), not recorded here unless `BENCH_RECORD=1` |
 | `BENCH_RUNS` | runs of each benchmark [3; quick 1; claim and memory 1 unless `BENCH_RUNS` is set] |
 | `BENCH_RUNS_<NAME>` | runs of one benchmark, e.g. `BENCH_RUNS_CLAIM=3` |
-| `BENCH_ONLY` | the benchmarks to run, of `enqueue dispatch batch latency rate claim memory` [all] |
+| `BENCH_ONLY` | the benchmarks to run, of `enqueue instructions dispatch batch latency rate claim memory` [all] |
+| `BENCH_INSTRUCTIONS_TRANSACTIONS`, `BENCH_INSTRUCTIONS_MESSAGES` | instructions: measured transactions per variant, messages the dispatcher drains [2000, 5000; quick 300, 1000] |
 | `BENCH_ENQUEUE_SECONDS`, `BENCH_ENQUEUE_WARMUP` | pgbench measurement and warm-up per variant [20, 5; quick 3, 1] |
 | `BENCH_MESSAGES`, `BENCH_ACCOUNTS`, `BENCH_SENDERS` | dispatch: messages, accounts, senders per account [50000, 4, 5; quick 5000] |
 | `BENCH_WRK_SECONDS` | dispatch: the wrk run against nginx alone [10; quick 3] |
@@ -73,6 +74,17 @@ What each measures:
    application pays: each commit waits for its WAL flush) and off (the
    statements' own cost, which the flush hides). Target: enqueue within 1.3x
    of the INSERT.
+1b. **Instructions** (`bench/instructions.sh`): the same two statements,
+   and the INSERT into a copy that also has the messages table's foreign key
+   to accounts, counted by callgrind (every server process under
+   `valgrind --tool=callgrind`; one pgbench connection per variant, `-M
+   prepared`, 200 warm-up transactions, then 2,000 counted between two
+   marker calls that zero and dump the backend's counts), so that the
+   figures do not move with the machine's load: instructions per
+   transaction and their ratios. And the dispatcher's instructions per
+   message: its whole life draining 5,000 messages to nginx, less its life
+   idle for as long, over the messages. Target: enqueue within 1.3x of the
+   INSERT.
 2. **Dispatch throughput** (`bench/drain.sh`): 50,000 messages over 4
    accounts (`max_concurrency` 100) x 5 senders (rate `'Infinity'`), drained
    by the dispatcher against nginx on 127.0.0.1 answering every POST with a
@@ -158,6 +170,16 @@ FIGURES = [
         ("insert_latency_ms", "INSERT latency (ms), sync on", "median", None),
         ("enqueue_tps_async", "enqueue TPS, sync off", "median", None),
         ("insert_tps_async", "INSERT TPS, sync off", "median", None),
+    ]),
+    ("instructions", "1b. Instructions (callgrind)", [
+        ("enqueue_insert_instructions_ratio", "enqueue / plain INSERT, instructions per transaction", "median", ("<=", 1.3)),
+        ("enqueue_insert_fk_instructions_ratio", "enqueue / plain INSERT with the foreign key to accounts", "median", ("<=", 1.3)),
+        ("enqueue_nofk_insert_instructions_ratio", "enqueue without the messages table's foreign key / plain INSERT", "median", None),
+        ("enqueue_instructions", "enqueue, instructions per transaction", "median", None),
+        ("enqueue_nofk_instructions", "enqueue without the foreign key, instructions per transaction", "median", None),
+        ("insert_instructions", "plain INSERT, instructions per transaction", "median", None),
+        ("insert_fk_instructions", "plain INSERT with the foreign key, instructions per transaction", "median", None),
+        ("dispatcher_instructions_per_message", "dispatcher, instructions per message sent to nginx", "median", None),
     ]),
     ("dispatch", "2. Dispatch throughput", [
         ("drain_msgs_per_s", "messages/s, start_worker() to last outcome", "median", (">=", 20000)),

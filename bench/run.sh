@@ -17,7 +17,7 @@ top=$(cd "$here/.." && pwd)
 quick=${BENCH_QUICK:-0}
 q() { [ "$quick" = 1 ] && echo "$1" || echo "$2"; }
 runs=${BENCH_RUNS:-$(q 1 3)}
-only=${BENCH_ONLY:-enqueue dispatch batch latency rate claim memory}
+only=${BENCH_ONLY:-enqueue instructions dispatch batch latency rate claim memory}
 record=${BENCH_RECORD:-$(q 0 1)}
 # a profiled drain is slower: not for the record unless asked
 [ "${BENCH_PERF:-0}" = 1 ] && record=${BENCH_RECORD:-0}
@@ -49,6 +49,8 @@ runs_of()
 	case $1 in claim | memory) [ -n "${BENCH_RUNS:-}" ] || def=1 ;; esac
 	echo "${!var:-$def}"
 }
+instr_tx=${BENCH_INSTRUCTIONS_TRANSACTIONS:-$(q 300 2000)}
+instr_messages=${BENCH_INSTRUCTIONS_MESSAGES:-$(q 1000 5000)}
 
 bench_prepare
 results=$(mktemp -d /tmp/twilio_outbox_bench_results.XXXXXX)
@@ -65,7 +67,7 @@ trap 'rm -rf "$results"' EXIT
 	commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	dirty=$(git -C "$top" status --porcelain -- src sql Makefile 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
 	echo "commit: $commit${dirty:+ with uncommitted changes to ${dirty% }}"
-	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; pgbench ceiling $BENCH_CEILING_ROWS messages; batch $batch_messages messages at claim_batch $batches; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim $claim_due due messages, $claim_senders senders, history $history (runs $(runs_of claim)); memory $memory_messages messages in chunks of $memory_chunk (runs $(runs_of memory))"
+	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; pgbench ceiling $BENCH_CEILING_ROWS messages; batch $batch_messages messages at claim_batch $batches; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim $claim_due due messages, $claim_senders senders, history $history (runs $(runs_of claim)); memory $memory_messages messages in chunks of $memory_chunk (runs $(runs_of memory)); instructions $instr_tx transactions, $instr_messages messages"
 } >"$results/facts"
 sed 's/^/  /' "$results/facts"
 
@@ -79,7 +81,8 @@ for bench in $only; do
 	batch) cmd=("$here/batch.sh" "$batch_messages" $batches) ;;
 	claim) cmd=("$here/claim.sh" "$history" "$claim_due" "$claim_senders") ;;
 	memory) cmd=("$here/memory.sh" "$memory_messages" "$memory_chunk") ;;
-	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue dispatch batch latency rate claim memory)" >&2; exit 2 ;;
+	instructions) cmd=("$here/instructions.sh" "$instr_tx" "$instr_messages") ;;
+	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue instructions dispatch batch latency rate claim memory)" >&2; exit 2 ;;
 	esac
 	n_runs=$(runs_of "$bench")
 	for run in $(seq "$n_runs"); do

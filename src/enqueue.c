@@ -8,10 +8,12 @@
  * Everything that can be checked without the database is checked before the
  * first query, so bad input costs nothing and leaves nothing behind.  The
  * function is SECURITY DEFINER: the application role needs EXECUTE on it and
- * nothing else.  Queries go through plans prepared once per backend, under
- * a search path of pg_catalog alone, pushed for the duration of the call.
- * Errors quote user input through outbox_clip: never more than a short
- * prefix, whatever the caller passed.
+ * nothing else.  The account, sender, account_roles and suppression are
+ * read by index probes (enqueue_lookup.c), then one plain INSERT writes the
+ * message, both under one snapshot.  Queries go through plans prepared once
+ * per backend, under a search path of pg_catalog alone, pushed for the
+ * duration of the call.  Errors quote user input through outbox_clip: never
+ * more than a short prefix, whatever the caller passed.
  *
  *-------------------------------------------------------------------------
  */
@@ -19,6 +21,7 @@
 
 #include <ctype.h>
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -35,6 +38,7 @@
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
+#include "utils/snapmgr.h"
 #include "utils/uuid.h"
 
 PG_FUNCTION_INFO_V1(twilio_enqueue);
@@ -77,7 +81,7 @@ typedef enum SenderLookup
 	NUM_LOOKUPS
 } SenderLookup;
 
-/* Plans by sender lookup and by whether account_roles exists. */
+/* Plans by sender lookup and by whether account_roles exists (the fallback). */
 static SPIPlanPtr lookup_plans[NUM_LOOKUPS][2];
 static SPIPlanPtr find_dedupe_plan;
 
@@ -92,18 +96,6 @@ static SPIPlanPtr find_dedupe_plan;
 	"COALESCE((SELECT pg_catalog.bool_or(pg_catalog.pg_has_role(" param "," \
 	" x.role::pg_catalog.oid, 'MEMBER')) FROM twilio_outbox.account_roles x" \
 	" WHERE x.account OPERATOR(pg_catalog.=) a.name), true)"
-
-/* What the lookup found: the account and the sender resolved for it. */
-typedef struct ResolvedSender
-{
-	char	   *account;
-	bool		has_sender;
-	int64		sender_id;
-	char	   *from_number;
-	char	   *service_sid;
-	bool		suppressed;
-	bool		allowed;
-} ResolvedSender;
 
 /*
  * A text argument as a C string, or NULL when SQL NULL.  An empty string is
@@ -424,14 +416,14 @@ twilio_outbox_account_roles_changed(PG_FUNCTION_ARGS)
 /*
  * Find the account (the named one, or the default) and the sender the
  * message names (by from-number or Messaging Service SID, or the account's
- * default), and whether the recipient is suppressed there.  Runs only when
- * the insert found nothing to insert, to say why; the first thing it says
- * is whether the caller may use the account at all, so that a role of
- * another account learns nothing of its senders, suppressions or keys.
+ * default), and whether the recipient is suppressed there, through SQL
+ * under snap: the fallback for when enqueue_lookup.c cannot probe the
+ * indexes (one missing, or of another shape).  Sets *found_account.
  */
 static void
-resolve_sender(const char *account, const char *from, const char *service,
-			   const char *to, bool roles, ResolvedSender *out)
+resolve_sender_sql(const char *account, const char *from, const char *service,
+				   const char *to, bool roles, Snapshot snap, bool *found_account,
+				   OutboxResolvedSender *out)
 {
 	static const char *const sender_match[NUM_LOOKUPS] = {
 		"s.from_number OPERATOR(pg_catalog.=) $2",
@@ -474,22 +466,14 @@ resolve_sender(const char *account, const char *from, const char *service,
 	values[2] = CStringGetTextDatum(to);
 	values[3] = ObjectIdGetDatum(GetOuterUserId());
 
-	rc = SPI_execute_plan(plan, values, nulls, false, 1);
+	rc = SPI_execute_snapshot(plan, values, nulls, snap, InvalidSnapshot, true, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "account lookup failed: %s", SPI_result_code_string(rc));
 
-	if (SPI_processed == 0)
-	{
-		if (account)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("account \"%s\" does not exist", outbox_clip(account))));
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("no default account is configured"),
-				 errhint("Pass account, or set is_default on one row of twilio_outbox.accounts.")));
-	}
-
+	memset(out, 0, sizeof(*out));
+	*found_account = SPI_processed > 0;
+	if (!*found_account)
+		return;
 	out->account = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	out->sender_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 												 SPI_tuptable->tupdesc, 2, &isnull));
@@ -500,7 +484,29 @@ resolve_sender(const char *account, const char *from, const char *service,
 												 SPI_tuptable->tupdesc, 5, &isnull));
 	out->allowed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											  SPI_tuptable->tupdesc, 6, &isnull)) && !isnull;
+}
 
+/*
+ * What was found, or the error that says why the message cannot go: the
+ * first thing said is whether the caller may use the account at all, so
+ * that a role of another account learns nothing of its senders,
+ * suppressions or keys.
+ */
+static void
+check_sender(const char *account, const char *from, const char *service, const char *to,
+			 bool found_account, const OutboxResolvedSender *out)
+{
+	if (!found_account)
+	{
+		if (account)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("account \"%s\" does not exist", outbox_clip(account))));
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no default account is configured"),
+				 errhint("Pass account, or set is_default on one row of twilio_outbox.accounts.")));
+	}
 	if (!out->allowed)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -539,14 +545,14 @@ resolve_sender(const char *account, const char *from, const char *service,
  * Nothing is done after the error but raising ours; the transaction aborts.
  */
 static int
-insert_quietly(SPIPlanPtr plan, Datum *values, const char *nulls)
+insert_quietly(SPIPlanPtr plan, Datum *values, const char *nulls, Snapshot snap)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile int rc = 0;
 
 	PG_TRY();
 	{
-		rc = SPI_execute_plan(plan, values, nulls, false, 1);
+		rc = SPI_execute_snapshot(plan, values, nulls, snap, InvalidSnapshot, false, true, 1);
 	}
 	PG_CATCH();
 	{
@@ -571,59 +577,48 @@ insert_quietly(SPIPlanPtr plan, Datum *values, const char *nulls)
 }
 
 /*
- * The insert, resolving the account and sender and checking permission,
- * suppression, channel and scheduling in the same statement: one round
- * through the executor for a message that is fine.  Returns false when no
- * row went in (a check failed, or the dedupe key exists); the caller finds
- * out which.
+ * The insert, of what the caller resolved and checked, under the snapshot
+ * the lookups used.  The one statement that writes a message: a change of
+ * the messages table's columns changes it and MSG_* below, nothing else.
+ * Without a dedupe key a plain INSERT; with one, ON CONFLICT DO NOTHING on
+ * the dedupe index (the speculative insertion costs a WAL record more, so
+ * only then).  Returns false when the key exists: the caller finds the
+ * message it names.
  */
-static bool
-try_insert(SenderLookup which, bool roles, Datum *values, const char *nulls, int64 *id)
+enum
 {
-	static SPIPlanPtr plans[NUM_LOOKUPS][2];
-	static const char *const sender_match[NUM_LOOKUPS] = {
-		"s.from_number OPERATOR(pg_catalog.=) $2",
-		"s.messaging_service_sid OPERATOR(pg_catalog.=) $2",
-		"s.is_default AND $2::text IS NULL",
-	};
-	static Oid	argtypes[] = {
-		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, JSONBOID,
-		TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, NAMEOID, TEXTOID, BOOLOID, OIDOID
+	MSG_ACCOUNT, MSG_SENDER_ID, MSG_TO, MSG_FROM, MSG_SERVICE, MSG_BODY, MSG_MEDIA,
+	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
+	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
+	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY, MSG_NCOLUMNS
+};
+
+static bool
+insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int64 *id)
+{
+	static SPIPlanPtr plans[2];
+	static Oid	argtypes[MSG_NCOLUMNS] = {
+		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID
 	};
 	bool		isnull;
 	int			rc;
 
-	if (plans[which][roles] == NULL)
-		outbox_prepare(&plans[which][roles],
+	if (plans[dedupe] == NULL)
+		outbox_prepare(&plans[dedupe],
 					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
 								" expires_at, next_attempt_at, enqueued_by)"
-								" SELECT a.name, s.id, $3, s.from_number, s.messaging_service_sid,"
-								" $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-								" GREATEST($14, pg_catalog.now()), $16"
-								" FROM twilio_outbox.accounts a"
-								" JOIN twilio_outbox.senders s"
-								"  ON s.account OPERATOR(pg_catalog.=) a.name AND %s"
-								" WHERE CASE WHEN $1 IS NULL THEN a.is_default"
-								"  ELSE a.name OPERATOR(pg_catalog.=) $1 END"
-								" AND %s AND $19 IS NOT NULL"
-								" AND NOT EXISTS (SELECT 1 FROM twilio_outbox.suppressed_recipients r"
-								"  WHERE r.account OPERATOR(pg_catalog.=) a.name"
-								"  AND r.to_number OPERATOR(pg_catalog.=) $3)"
-								" AND (s.from_number IS NULL OR COALESCE("
-								"  pg_catalog.substring(s.from_number, '^([a-z]+):'), '')"
-								"  OPERATOR(pg_catalog.=) $17)"
-								" AND (NOT $18 OR s.messaging_service_sid IS NOT NULL)"
-								" ON CONFLICT (account, dedupe_key) WHERE dedupe_key IS NOT NULL"
-								" DO NOTHING RETURNING id",
-								sender_match[which],
-								roles ? ACCOUNT_ALLOWED("$19") : "true"),
-					   lengthof(argtypes), argtypes);
+								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+								" $14, $15, $16, $17, $18, $19)%s RETURNING id",
+								dedupe ? " ON CONFLICT (account, dedupe_key)"
+								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
+					   MSG_NCOLUMNS, argtypes);
 
-	rc = insert_quietly(plans[which][roles], values, nulls);
+	rc = insert_quietly(plans[dedupe], values, nulls, snap);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -673,12 +668,12 @@ find_dedupe(const char *account, const char *dedupe_key, int64 sender_id,
 	args[1] = CStringGetTextDatum(dedupe_key);
 	args[3] = Int64GetDatum(sender_id);
 	/* to, body, media, content_sid, variables, callback, params */
-	args[2] = values[2];
-	argnulls[2] = nulls[2];
-	for (i = 3; i <= 8; i++)
+	args[2] = values[MSG_TO];
+	argnulls[2] = nulls[MSG_TO];
+	for (i = 0; i < 6; i++)
 	{
-		args[i + 1] = values[i];
-		argnulls[i + 1] = nulls[i];
+		args[4 + i] = values[MSG_BODY + i];
+		argnulls[4 + i] = nulls[MSG_BODY + i];
 	}
 	rc = SPI_execute_plan(find_dedupe_plan, args, argnulls, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
@@ -728,10 +723,12 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	bool		roles;
 	TimestampTz now = GetCurrentTimestamp();
 	OutboxSegments seg;
-	ResolvedSender sender;
+	OutboxResolvedSender sender;
+	bool		found_account;
+	Snapshot	snap;
 	int			nmedia;
-	Datum		values[19];
-	char		nulls[19];
+	Datum		values[MSG_NCOLUMNS];
+	char		nulls[MSG_NCOLUMNS];
 	int64		id;
 	OutboxPinnedPath pinned;
 
@@ -828,78 +825,88 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("Twilio parameters ScheduleType and SendAt go together")));
 
-	/* Only now the database: one statement when all is well. */
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = account ? CStringGetTextDatum(account) : (Datum) 0;
-	nulls[0] = account ? ' ' : 'n';
-	values[1] = from ? CStringGetTextDatum(from) :
-		service ? CStringGetTextDatum(service) : (Datum) 0;
-	nulls[1] = (from || service) ? ' ' : 'n';
-	values[2] = CStringGetTextDatum(to);
-	values[3] = body ? CStringGetTextDatum(body) : (Datum) 0;
-	nulls[3] = body ? ' ' : 'n';
-	values[4] = nmedia > 0 ? PG_GETARG_DATUM(ARG_MEDIA) : (Datum) 0;
-	nulls[4] = nmedia > 0 ? ' ' : 'n';
-	values[5] = content_sid ? CStringGetTextDatum(content_sid) : (Datum) 0;
-	nulls[5] = content_sid ? ' ' : 'n';
-	values[6] = has_vars ? PG_GETARG_DATUM(ARG_CONTENT_VARS) : (Datum) 0;
-	nulls[6] = has_vars ? ' ' : 'n';
-	values[7] = callback ? CStringGetTextDatum(callback) : (Datum) 0;
-	nulls[7] = callback ? ' ' : 'n';
-	values[8] = has_params ? PG_GETARG_DATUM(ARG_PARAMS) : (Datum) 0;
-	nulls[8] = has_params ? ' ' : 'n';
-	values[9] = CStringGetTextDatum(outbox_encoding_name(seg.encoding));
-	values[10] = Int32GetDatum(seg.segments);
-	values[11] = random_uuid();
-	values[12] = dedupe_key ? CStringGetTextDatum(dedupe_key) : (Datum) 0;
-	nulls[12] = dedupe_key ? ' ' : 'n';
-	values[13] = PG_GETARG_DATUM(ARG_SEND_AFTER);
-	nulls[13] = PG_ARGISNULL(ARG_SEND_AFTER) ? 'n' : ' ';
-	values[14] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
-	nulls[14] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
-	/* the role that called us, not the definer we run as */
-	values[15] = DirectFunctionCall1(namein,
-									 CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
-	values[16] = CStringGetTextDatum(outbox_channel_of(to) ? outbox_channel_of(to) : "");
-	values[17] = BoolGetDatum(service_param != NULL);
-	values[18] = ObjectIdGetDatum(GetOuterUserId());
-
 	/*
-	 * Our queries resolve names in pg_catalog only, whatever the caller's
-	 * search_path (we run as the owner: a caller's schema must never supply
-	 * an operator or a function), and the saved plans are never re-planned
-	 * for a caller's path.  On 15 cheaper than a SET clause (no GUC work
-	 * per call; 17 and later: src/compat.h).  An error pops it with the
-	 * (sub)transaction.
+	 * Only now the database.  Our queries resolve names in pg_catalog only,
+	 * whatever the caller's search_path (we run as the owner: a caller's
+	 * schema must never supply an operator or a function), and the saved
+	 * plans are never re-planned for a caller's path.  On 15 cheaper than a
+	 * SET clause (no GUC work per call; 17 and later: src/compat.h).  An
+	 * error pops it with the (sub)transaction, and the snapshot too.
+	 *
+	 * One snapshot for the lookups and the insert, taken as SPI would for
+	 * the insert (our own earlier changes visible, and in READ COMMITTED
+	 * whatever committed before the call): the message goes in with the
+	 * account and sender as that snapshot sees them, as when one INSERT ...
+	 * SELECT did both.
 	 */
 	OUTBOX_PIN_SEARCH_PATH(pinned);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	roles = account_roles_in_use();
-	if (!try_insert(from ? LOOKUP_BY_FROM : service ? LOOKUP_BY_SERVICE : LOOKUP_DEFAULT,
-					roles, values, nulls, &id))
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	snap = GetActiveSnapshot();
+	if (!outbox_lookup_sender(account, from, service, to, roles, GetOuterUserId(), snap,
+							  &found_account, &sender))
+		resolve_sender_sql(account, from, service, to, roles, snap, &found_account, &sender);
+	check_sender(account, from, service, to, found_account, &sender);
+	if (service_param && sender.service_sid == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("Twilio parameter \"%s\" requires a Messaging Service sender",
+						service_param),
+				 errhint("Pass messaging_service_sid.")));
+	if (sender.from_number &&
+		outbox_channel_of(sender.from_number) != outbox_channel_of(to))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("sender \"%s\" cannot send to \"%s\"", sender.from_number, to),
+				 errdetail("Sender and recipient must use the same channel.")));
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[MSG_ACCOUNT] = CStringGetTextDatum(sender.account);
+	values[MSG_SENDER_ID] = Int64GetDatum(sender.sender_id);
+	values[MSG_TO] = CStringGetTextDatum(to);
+	values[MSG_FROM] = sender.from_number ? CStringGetTextDatum(sender.from_number) : (Datum) 0;
+	nulls[MSG_FROM] = sender.from_number ? ' ' : 'n';
+	values[MSG_SERVICE] = sender.service_sid ? CStringGetTextDatum(sender.service_sid) : (Datum) 0;
+	nulls[MSG_SERVICE] = sender.service_sid ? ' ' : 'n';
+	values[MSG_BODY] = body ? CStringGetTextDatum(body) : (Datum) 0;
+	nulls[MSG_BODY] = body ? ' ' : 'n';
+	values[MSG_MEDIA] = nmedia > 0 ? PG_GETARG_DATUM(ARG_MEDIA) : (Datum) 0;
+	nulls[MSG_MEDIA] = nmedia > 0 ? ' ' : 'n';
+	values[MSG_CONTENT_SID] = content_sid ? CStringGetTextDatum(content_sid) : (Datum) 0;
+	nulls[MSG_CONTENT_SID] = content_sid ? ' ' : 'n';
+	values[MSG_CONTENT_VARS] = has_vars ? PG_GETARG_DATUM(ARG_CONTENT_VARS) : (Datum) 0;
+	nulls[MSG_CONTENT_VARS] = has_vars ? ' ' : 'n';
+	values[MSG_CALLBACK] = callback ? CStringGetTextDatum(callback) : (Datum) 0;
+	nulls[MSG_CALLBACK] = callback ? ' ' : 'n';
+	values[MSG_PARAMS] = has_params ? PG_GETARG_DATUM(ARG_PARAMS) : (Datum) 0;
+	nulls[MSG_PARAMS] = has_params ? ' ' : 'n';
+	values[MSG_ENCODING] = CStringGetTextDatum(outbox_encoding_name(seg.encoding));
+	values[MSG_SEGMENTS] = Int32GetDatum(seg.segments);
+	values[MSG_IDEMPOTENCY_KEY] = random_uuid();
+	values[MSG_DEDUPE_KEY] = dedupe_key ? CStringGetTextDatum(dedupe_key) : (Datum) 0;
+	nulls[MSG_DEDUPE_KEY] = dedupe_key ? ' ' : 'n';
+	values[MSG_SEND_AFTER] = PG_GETARG_DATUM(ARG_SEND_AFTER);
+	nulls[MSG_SEND_AFTER] = PG_ARGISNULL(ARG_SEND_AFTER) ? 'n' : ' ';
+	values[MSG_EXPIRES_AT] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
+	nulls[MSG_EXPIRES_AT] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
+	/* GREATEST(send_after, now()): now() is the transaction's start */
+	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(
+		!PG_ARGISNULL(ARG_SEND_AFTER) &&
+		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) > GetCurrentTransactionStartTimestamp() ?
+		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : GetCurrentTransactionStartTimestamp());
+	/* the role that called us, not the definer we run as */
+	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
+												  CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
+
+	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
 	{
-		/* Nothing went in: say why, or it was a dedupe key seen before. */
-		resolve_sender(account, from, service, to, roles, &sender);
-		if (service_param && sender.service_sid == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("Twilio parameter \"%s\" requires a Messaging Service sender",
-							service_param),
-					 errhint("Pass messaging_service_sid.")));
-		if (sender.from_number &&
-			outbox_channel_of(sender.from_number) != outbox_channel_of(to))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("sender \"%s\" cannot send to \"%s\"", sender.from_number, to),
-					 errdetail("Sender and recipient must use the same channel.")));
-		if (dedupe_key == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not enqueue the message: its account or sender changed meanwhile"),
-					 errhint("Retry the transaction.")));
+		/* the key exists: the message it names, if it is this one */
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);
 	}
+	PopActiveSnapshot();
 	SPI_finish();
 	OUTBOX_UNPIN_SEARCH_PATH(pinned);
 

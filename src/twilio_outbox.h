@@ -360,6 +360,24 @@ extern void outbox_concurrency_after(OutboxAccount *a, bool rate_limited);
 extern void outbox_concurrency_configure(OutboxAccount *a, int max_concurrency);
 extern void outbox_account_apply(OutboxAccount *a, const OutboxMessage *m);
 
+/* enqueue_lookup.c: the account and sender of a message, by index probes */
+typedef struct OutboxResolvedSender
+{
+	char	   *account;		/* its name as stored */
+	bool		allowed;		/* the caller may use it (account_roles) */
+	bool		has_sender;
+	int64		sender_id;
+	char	   *from_number;	/* NULL for a Messaging Service */
+	char	   *service_sid;	/* NULL for a from-number */
+	bool		suppressed;		/* the recipient, in this account */
+} OutboxResolvedSender;
+
+struct SnapshotData;
+extern bool outbox_lookup_sender(const char *account, const char *from,
+								 const char *service, const char *to, bool roles,
+								 Oid user, struct SnapshotData *snap,
+								 bool *found_account, OutboxResolvedSender *out);
+
 /* spi_plan.c: plans prepared once per backend */
 struct _SPI_plan;
 extern struct _SPI_plan *outbox_prepare(struct _SPI_plan **slot, const char *sql,
