@@ -408,21 +408,6 @@ claim(TimestampTz now, int capacity, List *sends)
 
 /* ---------- record ---------- */
 
-/* Build a one-dimensional array of n values of elemtype (NULL where nulls[i]). */
-static Datum
-make_array(Datum *values, bool *nulls, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
-											  elemtype, typlen, typbyval, typalign));
-}
-
 /*
  * Apply the statuses polls brought back, each through apply_status() as a
  * status callback would be, in message id order (the order row locks are
@@ -468,10 +453,10 @@ record_statuses(List *polled)
 		msgs[i] = msgs_null[i] ? (Datum) 0 : CStringGetTextDatum(l->m.resp.twilio_message);
 		i++;
 	}
-	values[0] = make_array(ids, NULL, n, INT8OID);
-	values[1] = make_array(sts, NULL, n, TEXTOID);
-	values[2] = make_array(codes, codes_null, n, INT4OID);
-	values[3] = make_array(msgs, msgs_null, n, TEXTOID);
+	values[0] = outbox_make_array(ids, NULL, n, INT8OID);
+	values[1] = outbox_make_array(sts, NULL, n, TEXTOID);
+	values[2] = outbox_make_array(codes, codes_null, n, INT4OID);
+	values[3] = outbox_make_array(msgs, msgs_null, n, TEXTOID);
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "recording polled statuses failed: %s", SPI_result_code_string(rc));
@@ -544,11 +529,11 @@ record(List *finished)
 				   " FROM r, twilio_outbox.accounts a"
 				   " WHERE m.id = r.id AND m.id = ANY ($1) AND a.name = m.account AND m.polls = r.polls",
 				   5, types);
-	values[0] = make_array(ids, NULL, n, INT8OID);
-	values[1] = make_array(actions, NULL, n, TEXTOID);
-	values[2] = make_array(untils, untils_null, n, TIMESTAMPTZOID);
-	values[3] = make_array(errors, errors_null, n, TEXTOID);
-	values[4] = make_array(polls, NULL, n, INT4OID);
+	values[0] = outbox_make_array(ids, NULL, n, INT8OID);
+	values[1] = outbox_make_array(actions, NULL, n, TEXTOID);
+	values[2] = outbox_make_array(untils, untils_null, n, TIMESTAMPTZOID);
+	values[3] = outbox_make_array(errors, errors_null, n, TEXTOID);
+	values[4] = outbox_make_array(polls, NULL, n, INT4OID);
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "recording lookups failed: %s", SPI_result_code_string(rc));

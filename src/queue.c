@@ -101,21 +101,6 @@ sender_open(OutboxSender *snd, TimestampTz now)
 	return snd->seen && (snd->paused_until == 0 || snd->paused_until <= now);
 }
 
-/* Build a one-dimensional array from values (NULL where nulls[i]). */
-static Datum
-make_array(Datum *values, bool *nulls, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
-											  elemtype, typlen, typbyval, typalign));
-}
-
 /* How soon a message claimed in the middle of a change is tried again. */
 #define REFRESH_AGAIN_MS	1000
 
@@ -438,12 +423,12 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			asked_for += most;
 			n++;
 		}
-		values[0] = make_array(ids, NULL, n, INT8OID);
-		values[1] = make_array(accounts, NULL, n, TEXTOID);
-		values[2] = make_array(max_n, NULL, n, INT4OID);
-		values[3] = make_array(budget, NULL, n, FLOAT8OID);
-		values[4] = make_array(full, NULL, n, BOOLOID);
-		values[5] = make_array(room, NULL, n, INT4OID);
+		values[0] = outbox_make_array(ids, NULL, n, INT8OID);
+		values[1] = outbox_make_array(accounts, NULL, n, TEXTOID);
+		values[2] = outbox_make_array(max_n, NULL, n, INT4OID);
+		values[3] = outbox_make_array(budget, NULL, n, FLOAT8OID);
+		values[4] = outbox_make_array(full, NULL, n, BOOLOID);
+		values[5] = outbox_make_array(room, NULL, n, INT4OID);
 		values[6] = Int32GetDatum(Max(outbox_lease_s, 2 * outbox_request_timeout_ms / 1000 + 10));
 		values[7] = Int32GetDatum(MyProcPid);
 		values[8] = CStringGetTextDatum(a->name);
@@ -976,7 +961,7 @@ outbox_record(List *done)
 			n++;
 		}
 		for (i = 0; i < NUM_COLS; i++)
-			values[i] = make_array(c.v[i], c.null[i], n, col_types[i]);
+			values[i] = outbox_make_array(c.v[i], c.null[i], n, col_types[i]);
 		values[NUM_COLS] = Int32GetDatum(MyProcPid);
 		values[NUM_COLS + 1] = CStringGetTextDatum(account);
 		values[NUM_COLS + 2] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
@@ -1050,8 +1035,8 @@ outbox_next_due(TimestampTz now)
 			"  WHERE m.state = 'queued' AND m.account = s.account AND m.sender_id = s.sender_id"
 			"  ORDER BY m.next_attempt_at LIMIT 1) n",
 			2, types);
-	values[0] = make_array(ids, NULL, n, INT8OID);
-	values[1] = make_array(names, NULL, n, TEXTOID);
+	values[0] = outbox_make_array(ids, NULL, n, INT8OID);
+	values[1] = outbox_make_array(names, NULL, n, TEXTOID);
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "next-due lookup failed: %s", SPI_result_code_string(rc));

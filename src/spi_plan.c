@@ -9,6 +9,8 @@
 #include "twilio_outbox.h"
 
 #include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 
 /*
  * A plan prepared on first use and kept for the life of the backend (the
@@ -28,4 +30,23 @@ outbox_prepare(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 		*slot = plan;
 	}
 	return *slot;
+}
+
+/*
+ * A one-dimensional array of n values of elemtype (NULL where nulls[i]; no
+ * NULL when nulls is NULL), for the array parameters of the batched
+ * statements.
+ */
+Datum
+outbox_make_array(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
 }

@@ -382,6 +382,7 @@ extern bool outbox_lookup_sender(const char *account, const char *from,
 struct _SPI_plan;
 extern struct _SPI_plan *outbox_prepare(struct _SPI_plan **slot, const char *sql,
 										int nargs, Oid *types);
+extern Datum outbox_make_array(Datum *values, bool *nulls, int n, Oid elemtype);
 
 /* registry.c: accounts, credentials, senders, reloaded from the tables */
 extern List *outbox_accounts;
