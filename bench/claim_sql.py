@@ -25,6 +25,9 @@ def claim_sql(source):
         sys.exit("claim_sql.py: no function outbox_claim in queue.c")
     end = source.find("\n}\n", start)
     body = re.sub(r"/\*.*?\*/", " ", source[start:end], flags=re.S)
+    # queue.c's GUARD_STATE("s") macro, as the preprocessor expands it
+    body = re.sub(r'GUARD_STATE\("(\w+)"\)',
+                  lambda m: '"m.state = \'%s\'::text::twilio_outbox.message_state"' % m.group(1), body)
     call = re.search(r'prepare\(\s*&plan\s*,\s*((?:"(?:[^"\\]|\\.)*"\s*)+),\s*(\d+)\s*,\s*types\s*\)', body)
     if call is None:
         sys.exit("claim_sql.py: no prepare(&plan, \"...\", n, types) call in outbox_claim")

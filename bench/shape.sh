@@ -107,7 +107,8 @@ SQL
 # clients never wait for each other), then the record (a BATCH-row UPDATE
 # ... FROM unnest of what the claim returned, guarded by state and attempt
 # number like the dispatcher's, to sent with a SID and a 201, plus the
-# attempt rows).  Each message is one row claimed and recorded, so rows/s
+# attempt rows).  Each statement names the account and guards the state
+# with a cast the planner cannot fold, as src/queue.c does.  Each message is one row claimed and recorded, so rows/s
 # compares with the dispatcher's messages/s.
 ceiling_script()
 {
@@ -115,33 +116,34 @@ ceiling_script()
 	[ "$SHAPE_FIRST_SUCCESS_ATTEMPT_ROW" = 1 ] || attempts_where=false
 	cat >"$file" <<SQL
 WITH k AS (SELECT m.id FROM twilio_outbox.messages m
-		WHERE m.state = 'queued' AND m.next_attempt_at <= now()
+		WHERE m.state = 'queued' AND m.account = 'acct1' AND m.next_attempt_at <= now()
 		AND m.sender_id = (SELECT id FROM twilio_outbox.senders WHERE account = 'acct1'
 			ORDER BY id OFFSET :client_id LIMIT 1)
 		ORDER BY m.next_attempt_at, m.id LIMIT $batch FOR UPDATE SKIP LOCKED),
 c AS (UPDATE twilio_outbox.messages m SET state = 'sending', attempts = m.attempts + 1,
 		lease_until = now() + interval '300 s', worker_pid = pg_backend_pid(), updated_at = now()
-	FROM k WHERE m.id = k.id AND m.state = 'queued'
+	FROM k WHERE m.id = k.id AND m.account = 'acct1'
+		AND m.state = 'queued'::text::twilio_outbox.message_state
 	RETURNING m.id, m.attempts, m.account)
 SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempts), '{}') AS atts,
 	coalesce(array_agg(account), '{}') AS accts,
 	coalesce(array_agg('SM' || lpad(to_hex(id), 32, '0')), '{}') AS sids FROM c
 \gset
-WITH r AS (SELECT * FROM unnest(:ids::int8[], :atts::int4[], :accts::text[], :sids::text[])
-		AS r(id, attempt, account, sid)),
-u AS (UPDATE twilio_outbox.messages m SET state = 'sent',
+WITH u AS (UPDATE twilio_outbox.messages m SET state = 'sent',
 		lease_until = NULL, worker_pid = NULL, twilio_sid = r.sid, twilio_status = 'queued',
 		twilio_segments = 1, last_http_status = 201, last_error_code = NULL,
 		last_error_message = NULL, updated_at = now(), sent_at = now(), finished_at = now()
-	FROM r WHERE m.id = r.id AND m.id = ANY (:ids::int8[])
-		AND m.state = 'sending' AND m.attempts = r.attempt
+	FROM unnest(:ids::int8[], :atts::int4[], :accts::text[], :sids::text[]) AS r(id, attempt, account, sid)
+	WHERE m.id = r.id AND m.account = 'acct1'
+		AND m.state = 'sending'::text::twilio_outbox.message_state AND m.attempts = r.attempt
 	RETURNING m.id),
 a AS (INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at,
 		duration_ms, http_status, outcome, twilio_sid, request_id, concurrent_requests,
 		request_duration, worker_pid)
 	SELECT id, attempt, account, now(), 1.5, 201, 'sent', sid,
 		'RQ00000000000000000000000000000000', 1, 0.001, pg_backend_pid()
-	FROM r WHERE $attempts_where)
+	FROM unnest(:ids::int8[], :atts::int4[], :accts::text[], :sids::text[]) AS r(id, attempt, account, sid)
+	WHERE $attempts_where)
 SELECT count(*) FROM u;
 SQL
 }
