@@ -43,12 +43,6 @@ note()
 
 calc() { python3 -c "print($1)"; }
 
-# A TCP port nobody listens on now, on 127.0.0.1.
-free_port()
-{
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # The working directory of this run, removed on exit with what runs in it.
 BENCH_PIDS=()
 bench_workdir()
