@@ -43,3 +43,36 @@ AS $$
 		'[[:cntrl:]]', '?', 'g')
 $$;
 COMMENT ON FUNCTION twilio_outbox.clip_input(text) IS 'User input fit to quote in an error: at most 64 characters and "...", control characters as ?';
+
+/*
+ * 0.2's twilio_enqueue: the 0.1 parameters, in the same order with the same
+ * names and defaults (every 0.1 call, positional or by name, still
+ * resolves), then, by name: priority, traffic_class, campaign and time_zone
+ * (bulk sending, issue 12) and fallback (fallback chains, issue 13).
+ */
+DROP FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb);
+CREATE FUNCTION @extschema@.twilio_enqueue(
+	to_number			text,
+	body				text DEFAULT NULL,
+	from_number			text DEFAULT NULL,
+	messaging_service_sid text DEFAULT NULL,
+	media_urls			text[] DEFAULT NULL,
+	status_callback		text DEFAULT NULL,
+	send_after			timestamptz DEFAULT NULL,
+	expires_at			timestamptz DEFAULT NULL,
+	dedupe_key			text DEFAULT NULL,
+	account				text DEFAULT NULL,
+	content_sid			text DEFAULT NULL,
+	content_variables	jsonb DEFAULT NULL,
+	params				jsonb DEFAULT NULL,
+	priority			text DEFAULT NULL,
+	traffic_class		text DEFAULT NULL,
+	campaign			text DEFAULT NULL,
+	time_zone			text DEFAULT NULL,
+	fallback			jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'twilio_enqueue';
+/* No SET search_path clause: the C function pins its own (pg_catalog only) for its queries. */
+COMMENT ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, text, text, text, text, jsonb)
+	IS 'Queue a Twilio message in the caller''s transaction; returns the message id';

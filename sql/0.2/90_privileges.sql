@@ -115,3 +115,8 @@ REVOKE ALL ON FUNCTION twilio_outbox.worker_dispatchers() FROM PUBLIC;
 REVOKE ALL ON twilio_outbox.worker_dispatchers FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION twilio_outbox.worker_dispatchers() TO twilio_outbox_monitor;
 GRANT SELECT ON twilio_outbox.worker_dispatchers TO twilio_outbox_monitor;
+
+/* twilio_enqueue was replaced (20_enqueue.sql): its grants again */
+REVOKE ALL ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, text, text, text, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, text, text, text, text, jsonb)
+	TO twilio_outbox_enqueue, twilio_outbox_admin;

@@ -9,7 +9,8 @@ SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'sen
 SELECT has_function('public', 'twilio_enqueue', 'twilio_enqueue is in the extension''s schema');
 SELECT is_definer('public', 'twilio_enqueue',
 	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
-		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb'],
+		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb',
+		  'text', 'text', 'text', 'text', 'jsonb'],
 	'twilio_enqueue runs as its owner');
 -- search_path: every function and procedure of the extension written in SQL
 -- or PL/pgSQL pins it, and so does every SECURITY DEFINER object.  The C
@@ -35,7 +36,7 @@ SELECT is(ARRAY(
 		WHERE p.prosecdef
 		  AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)
 		ORDER BY 1),
-	ARRAY['twilio_enqueue(text,text,text,text,text[],text,timestamp with time zone,timestamp with time zone,text,text,text,jsonb,jsonb)'],
+	ARRAY['twilio_enqueue(text,text,text,text,text[],text,timestamp with time zone,timestamp with time zone,text,text,text,jsonb,jsonb,text,text,text,text,jsonb)'],
 	'every SECURITY DEFINER object pins its search_path but twilio_enqueue, which pins it in C');
 SELECT is(ARRAY(
 		SELECT p.oid::regprocedure::text FROM pg_proc p
@@ -105,7 +106,8 @@ SELECT has_role('twilio_outbox_monitor');
 SELECT has_role('twilio_outbox_admin');
 SELECT function_privs_are('public', 'twilio_enqueue',
 	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
-		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb'],
+		  'timestamp with time zone', 'text', 'text', 'text', 'jsonb', 'jsonb',
+		  'text', 'text', 'text', 'text', 'jsonb'],
 	'twilio_outbox_enqueue', ARRAY['EXECUTE']);
 SELECT schema_privs_are('twilio_outbox', 'twilio_outbox_enqueue', ARRAY[]::text[],
 	'the enqueueing role cannot even look into the schema');
