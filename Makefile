@@ -3,6 +3,7 @@
 #   make demo    the whole product on a throwaway cluster (see README.md)
 #   make test    every test suite, from a fresh machine (see README.md)
 #   make bench   benchmarks (never part of make test)
+#   make soak    ambiguous sends under faults and kills (never part of make test)
 #   make test-versions   make test on PostgreSQL 15, 17 and 18 (see README.md)
 
 EXTENSION = twilio_outbox
@@ -75,11 +76,11 @@ override with_llvm = no
 PGXS := $(shell command -v $(PG_CONFIG) >/dev/null 2>&1 && $(PG_CONFIG) --pgxs)
 ifneq ($(PGXS),)
 include $(PGXS)
-else ifneq ($(filter-out demo test test-versions bench,$(or $(MAKECMDGOALS),all)),)
+else ifneq ($(filter-out demo test test-versions bench soak,$(or $(MAKECMDGOALS),all)),)
 $(error $(PG_CONFIG) not found: apt-get install postgresql-server-dev-15 (or -17, -18; make demo and make test do), or set PG_CONFIG)
 endif
 
-.PHONY: test test-versions demo bench check-released
+.PHONY: test test-versions demo bench soak check-released
 test:
 	bash test/run_all.sh
 
@@ -93,6 +94,11 @@ demo:
 
 bench:
 	bash bench/run.sh
+
+# Ambiguous sends under faults and kill -9 (never part of make test):
+# make soak SOAK_POLICY=reconcile SOAK_FAULT_RATE=0.3 (see test/soak/reconcile.sh).
+soak:
+	bash test/soak/reconcile.sh
 
 sql/twilio_outbox--0.1--0.2.sql: $(SQL_0_2)
 	cat $^ > $@
