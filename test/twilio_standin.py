@@ -92,9 +92,10 @@ Control endpoints (JSON in and out):
                     FIFO answers for the next list requests
     GET  /_lists    recorded list requests: {"t", "account_sid", "query", "auth_user",
                     "status", "count"}
-    GET  /_created  {"total": n, "by_key": {idempotency key: n}, "by_outbox_id": {id: n}}:
-                    messages created, per Idempotency-Key header (--idempotency-header)
-                    and per outbox_id of the StatusCallback URL
+    GET  /_created  {"total": n, "by_key": {idempotency key: n}, "by_outbox_id": {id: n},
+                     "sids_by_key": {key: [sid, ...]}, "sids_by_outbox_id": {id: [sid, ...]}}:
+                    messages created (deleted ones too), per Idempotency-Key header
+                    (--idempotency-header) and per outbox_id of the StatusCallback URL
     POST /_faults   {"rate": r, "mix": {mode: weight} | "create_500:2,...", "hang": s, "seed": n}
     GET  /_faults   that configuration and {"injected": {mode: n}} (scripted faults too)
     POST /_reset    clear scripts, requests, rates, the steady action, messages,
@@ -457,6 +458,8 @@ class LookupStore:
         self.created_by_key = collections.Counter()
         self.created_by_outbox_id = collections.Counter()
         self.created_total = 0
+        self.sids_by_key = collections.defaultdict(list)
+        self.sids_by_outbox_id = collections.defaultdict(list)
         self.requests = []
         self.script = collections.deque()
         self.delay = 0.0
@@ -473,15 +476,19 @@ class LookupStore:
             self.created_total += 1
             if key:
                 self.created_by_key[key] += 1
+                self.sids_by_key[key].append(resource["sid"])
             if outbox_id:
                 self.created_by_outbox_id[outbox_id] += 1
+                self.sids_by_outbox_id[outbox_id].append(resource["sid"])
 
     def created(self):
         """GET /_created: how many messages were created, per idempotency key and outbox id."""
         with self.lock:
             return {"total": self.created_total,
                     "by_key": dict(self.created_by_key),
-                    "by_outbox_id": dict(self.created_by_outbox_id)}
+                    "by_outbox_id": dict(self.created_by_outbox_id),
+                    "sids_by_key": {k: list(v) for k, v in self.sids_by_key.items()},
+                    "sids_by_outbox_id": {k: list(v) for k, v in self.sids_by_outbox_id.items()}}
 
     def listed(self, account_sid, to, sender):
         """The account's messages passing the To/From filters, newest first (date_created, sid)."""

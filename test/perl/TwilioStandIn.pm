@@ -181,7 +181,8 @@ sub faults
 }
 
 # How many messages were created: { total, by_key => {key => n},
-# by_outbox_id => {id => n} }.
+# by_outbox_id => {id => n}, sids_by_key => {key => [sid, ...]},
+# sids_by_outbox_id => {id => [sid, ...]} }.
 sub created
 {
 	my ($self) = @_;
@@ -435,8 +436,9 @@ configuration and C<injected> counts per mode.
 
 =item C<< $s->created >>
 
-C<{total, by_key => {...}, by_outbox_id => {...}}>: messages created, per
-idempotency key and per outbox id (from the StatusCallback URL).
+C<{total, by_key => {...}, by_outbox_id => {...}, sids_by_key => {...},
+sids_by_outbox_id => {...}}>: messages created, per idempotency key and per
+outbox id (from the StatusCallback URL), and their SIDs in order of creation.
 
 =item C<< $s->list_script(@actions) >>, C<< $s->lists >>
 

@@ -12,7 +12,9 @@ use Digest::SHA;
 use File::Spec;
 use FindBin;
 use IO::Socket::INET;
+use HTTP::Tiny;
 use JSON::PP;
+use MIME::Base64 ();
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
 
@@ -317,4 +319,95 @@ is($code, 422, 'a MediaUrl that is not a URI: 422');
 
 $node->stop;
 stop_prism();
+
+# ---------- the stand-in's answers against Twilio's response schemas ----------
+# Issue 11's reconciliation reads the Messages list resource, and its tests
+# read it from test/twilio_standin.py: Prism in proxy mode (--errors) in
+# front of the stand-in checks each answer against the spec's response
+# schema.  One known disagreement is allowed: the spec gives the paging
+# fields (uri, first_page_uri, next_page_uri, previous_page_uri) format
+# "uri", an absolute URI, while Twilio answers paths relative to its host
+# (/2010-04-01/...), as the stand-in does and the outbox expects.
+{
+	require TwilioStandIn;
+	my $standin = TwilioStandIn->start;
+	my $ac = $OutboxTest::ACCOUNT_SID;
+	for my $day (1 .. 3)
+	{
+		$standin->create_message({ account_sid => $ac, to => '+14155550290',
+			from => $OutboxTest::FROM, body => "listed $day",
+			date_created => "2026-02-0${day}T08:00:00Z" });
+	}
+	# One created through the create endpoint, with its answer as the dispatcher gets it.
+	my $created = HTTP::Tiny->new->post_form($standin->base_url . "/2010-04-01/Accounts/$ac/Messages.json",
+		{ To => '+14155550290', MessagingServiceSid => $service, Body => 'via service' });
+	is($created->{status}, 201, 'stand-in: a create answers 201');
+	my $sid = $json->decode($created->{content})->{sid};
+
+	my $proxy_port = PostgreSQL::Test::Cluster::get_free_port();
+	my $proxy_log = "$PostgreSQL::Test::Utils::log_path/prism_proxy.log";
+	$prism_pid = fork();
+	die "fork: $!" unless defined $prism_pid;
+	if ($prism_pid == 0)
+	{
+		POSIX::setsid();
+		open(STDIN, '<', '/dev/null');
+		open(STDOUT, '>', $proxy_log) or POSIX::_exit(126);
+		open(STDERR, '>&', \*STDOUT);
+		$ENV{NO_COLOR} = '1';
+		$ENV{SCARF_ANALYTICS} = 'false';
+		exec($prism, 'proxy', $prism_spec, $standin->base_url, '-h', '127.0.0.1',
+			'-p', $proxy_port, '--errors') or POSIX::_exit(127);
+	}
+	my $up = 0;
+	my $t0 = time;
+	while (!$up && time - $t0 < 60 && waitpid($prism_pid, WNOHANG) == 0)
+	{
+		my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $proxy_port,
+			Proto => 'tcp', Timeout => 1);
+		$up = 1, close $sock if $sock;
+		sleep 0.25 unless $up;
+	}
+	ok($up, "Prism proxies to the stand-in on 127.0.0.1:$proxy_port") or diag(slurp_file($proxy_log));
+
+	my $http = HTTP::Tiny->new(timeout => 20);
+	my $auth = { headers => { Authorization => 'Basic '
+		  . MIME::Base64::encode_base64("$ac:$OutboxTest::AUTH_TOKEN", '') } };
+	my $proxied = "http://127.0.0.1:$proxy_port";
+	my $paging = qr/^(?:uri|first_page_uri|next_page_uri|previous_page_uri)$/;
+	# The violations Prism found in an answer other than the paging fields' format.
+	my $other_violations = sub {
+		my ($res) = @_;
+		return [] if $res->{status} == 200;
+		my $err = eval { $json->decode($res->{content}) } // {};
+		return [ "HTTP $res->{status}: $res->{content}" ] unless ref $err->{validation} eq 'ARRAY';
+		return [ map { "@{ $_->{location} }: $_->{message}" }
+			  grep { !($_->{code} eq 'format' && $_->{location}[0] eq 'response'
+					   && ($_->{location}[2] // '') =~ $paging && @{ $_->{location} } == 3) }
+			  @{ $err->{validation} } ];
+	};
+	for my $page ([ 'first page of 2', '?To=%2B14155550290&PageSize=2' ],
+		[ 'a whole list', '?PageSize=50' ],
+		[ 'filtered by DateSent', '?To=%2B14155550290&DateSent%3C=2026-02-02' ])
+	{
+		my $res = $http->get("$proxied/2010-04-01/Accounts/$ac/Messages.json$page->[1]", $auth);
+		my $bad = $other_violations->($res);
+		is(scalar @$bad, 0, "list, $page->[0]: the stand-in's answer matches Twilio's schema")
+		  or diag(join("\n", @$bad));
+	}
+	my $res = $http->get("$proxied/2010-04-01/Accounts/$ac/Messages/$sid.json", $auth);
+	is($res->{status}, 200, 'fetch of a message through Prism: 200, no violation')
+	  or diag($res->{content});
+	# Prism does check the answers: a create answered with a num_segments
+	# that is a number, where the schema says string, is a violation.
+	$standin->script('+14155550291', TwilioStandIn::raw(201, [ 'Content-Type: application/json' ],
+		'{"sid": "SM' . ('c' x 32) . '", "status": "queued", "num_segments": 1}'));
+	$res = $http->post_form("$proxied/2010-04-01/Accounts/$ac/Messages.json",
+		{ To => '+14155550291', From => $OutboxTest::FROM, Body => 'bad answer' }, $auth);
+	my $bad = $other_violations->($res);
+	ok(scalar(grep { /num_segments/ } @$bad), 'an answer against the schema is a violation')
+	  or diag("$res->{status} $res->{content}");
+	$standin->stop;
+	stop_prism();
+}
 done_testing();

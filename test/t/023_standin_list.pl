@@ -257,6 +257,9 @@ OutboxTest::wait_until($node, "SELECT state = 'sent' FROM twilio_outbox.messages
 my $key = OutboxTest::query($node, "SELECT idempotency_key FROM twilio_outbox.messages WHERE id = $id");
 is($standin->created->{by_outbox_id}{$id}, 2, 'created twice under its outbox id (retry after create_500)');
 is($standin->created->{by_key}{$key}, 2, 'and twice under its idempotency key');
+my $sids = $standin->created->{sids_by_outbox_id}{$id};
+is(OutboxTest::query($node, "SELECT twilio_sid FROM twilio_outbox.messages WHERE id = $id"), $sids->[1],
+	'the SID the outbox holds is the second one created');
 ($st, $p) = list(To => '+14155550250');
 is(scalar @{ $p->{messages} }, 2, 'both are in the list');
 
