@@ -1314,6 +1314,13 @@ class StandInServer(ThreadingHTTPServer):
     request_queue_size = 512
     block_on_close = False
 
+    def handle_error(self, request, client_address):
+        """A client that went away (a killed dispatcher's idle keep-alive
+        connections, say) is no error of the stand-in's: no traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def __init__(self, port, quiet, faults=None, idempotency_header="Idempotency-Key"):
         self.state = StandInState()
         self.callbacks = CallbackSender()
