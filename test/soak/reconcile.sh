@@ -144,10 +144,11 @@ psql_retry()
 	return 1
 }
 
-# The sender rate that makes the drain last about as long as the kill
-# schedule (a mean of 1.1 s per kill point, plus the restarts: a little
-# longer), at least 1 per second.
-rate=$(calc "max(1, round($messages / ($kills * 1.1) / ($accounts * $senders) * 0.9, 2))")
+# Sender rates that make the drain outlast the kill schedule (a mean of
+# 1.1 s per kill point, plus the restarts), so that every kill point finds
+# messages to send even with hold, where the held ones need no resend; at
+# least 1 per second.
+rate=$(calc "max(1, round($messages / ($kills * 1.1) / ($accounts * $senders) * 0.6, 2))")
 make_accounts "$standin" "$accounts" "$senders" "$rate" 20 >/dev/null
 # An outbox_id in every create's StatusCallback (nobody listens there: the
 # stand-in posts no callbacks unless told).
