@@ -53,6 +53,13 @@
 #define LOOKUP_IDLE_MS			1000
 /* How soon to ask again when sends left no room. */
 #define LOOKUP_NO_ROOM_MS		100
+/*
+ * An account with neither polling nor retention, with no message waiting
+ * for reconciliation, is asked again this late; the dispatcher's own
+ * ambiguous outcomes bring it forward (outbox_lookup_reconcile_soon), so
+ * this bounds only how late a row marked by someone else is seen.
+ */
+#define RECONCILE_IDLE_MS		60000
 /* Wrong credentials: sends pause the account; lookups look again this late. */
 #define LOOKUP_AUTH_PAUSE_MS	60000
 /* A deletion Twilio refused (not 404, not 429): tried again this late. */
@@ -446,8 +453,18 @@ claim(TimestampTz now, int capacity, List *sends)
 			outbox_bucket_take(&la->bucket, got);
 		capacity -= got;
 		/* all it asked for: more may be due as soon as the bucket allows */
-		la->next_claim_at = got < n ? now + LOOKUP_IDLE_MS * 1000L :
-			outbox_bucket_ready_at(&la->bucket, now, 1);
+		if (got >= n)
+			la->next_claim_at = outbox_bucket_ready_at(&la->bucket, now, 1);
+		else if (la->poll || la->retain)
+			la->next_claim_at = now + LOOKUP_IDLE_MS * 1000L;
+		else
+		{
+			/* only reconciliation: when its next message comes due */
+			TimestampTz due = outbox_reconcile_next_due(la->name);
+
+			la->next_claim_at = due == 0 ? now + RECONCILE_IDLE_MS * 1000L :
+				Max(due, now + LOOKUP_IDLE_MS * 1000L);
+		}
 	}
 	if (batch != NULL && batch->pending == 0)
 		MemoryContextDelete(batch->cxt);
@@ -860,6 +877,24 @@ outbox_lookup_done(OutboxMessage *m)
 	}
 	done = append(done, m);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A message was put up for reconciliation (an ambiguous outcome recorded,
+ * rows taken back), due at at: every account is asked again by then.
+ */
+void
+outbox_lookup_reconcile_soon(TimestampTz at)
+{
+	ListCell   *lc;
+
+	foreach(lc, lookup_accounts)
+	{
+		LookupAccount *la = lfirst(lc);
+
+		if (la->next_claim_at > at)
+			la->next_claim_at = at;
+	}
 }
 
 /* Whether finished lookups wait to be recorded. */

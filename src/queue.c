@@ -732,6 +732,8 @@ outbox_rescue(bool all)
 			elog(ERROR, "lease rescue failed: %s", SPI_result_code_string(rc));
 		total += (int) SPI_processed;
 	}
+	if (total > 0 && outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_RECONCILE)
+		outbox_lookup_reconcile_soon(GetCurrentTimestamp() + (int64) outbox_reconcile_grace_ms * 1000);
 	if (total > 0)
 		ereport(LOG,
 				(errmsg("twilio_outbox took back %d messages left in flight by a stopped dispatcher",
@@ -1007,6 +1009,9 @@ outbox_record(List *done)
 			pause_account(m);
 		if (m->suppress)
 			suppress_recipient(m);
+		/* looked up at Twilio after the grace (reconcile.c) */
+		if (m->outcome == OUTCOME_RECONCILE)
+			outbox_lookup_reconcile_soon(m->next_attempt_at);
 	}
 }
 

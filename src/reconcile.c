@@ -14,8 +14,9 @@
  * (newest first): the outbound-api messages to the same recipient, from
  * the same from-number or Messaging Service, created within
  * [ambiguous_since - reconcile_clock_skew, now + reconcile_clock_skew],
- * with the same body (with no body: as many media) are exact candidates;
- * those that differ only in the body are near ones.  next_page_uri is
+ * with the same body (with no body: as many media) are candidates; for a
+ * message whose body cannot be compared, every one of them is a near
+ * candidate.  next_page_uri is
  * followed (a path under the account's own Messages.json only) until a
  * page reaches before that window, at most RECONCILE_MAX_PAGES pages.
  * The verdict is recorded in the next database phase, where the SIDs
@@ -25,12 +26,12 @@
  *	 - none, and no near one: not created; queued again with the same
  *	   idempotency key (or dead-lettered attempts_exhausted when its
  *	   attempts had run out: never a resend then);
- *	 - none, but near ones (another message of ours to that recipient,
- *	   not reconciled yet, or a body Twilio rewrote): looked up again
- *	   later, and left for an operator after RECONCILE_MAX_LOOKUPS.
- * A message whose body Twilio may rewrite (ContentSid templates,
- * SmartEncoded, ShortenUrls) has only near candidates: found nothing at
- * all it is resent; anything in its window leaves it for an operator.
+ *	 - none, but near ones: looked up again later (another message of
+ *	   ours in the window may adopt its SID meanwhile), and left for an
+ *	   operator after RECONCILE_MAX_LOOKUPS.
+ * A message whose body Twilio may rewrite or shows rendered (ContentSid
+ * templates, SmartEncoded, ShortenUrls) has only near candidates: with
+ * nothing at all in its window it is resent; otherwise an operator decides.
  * An unreadable page or an error answer is never a reason to resend: the
  * message is looked up again later (backing off), and left for an operator
  * after RECONCILE_MAX_LOOKUPS.  Every change is guarded by state
@@ -260,11 +261,18 @@ judge_item(PageState *ps)
 		same(it->service, rec->service_sid);
 	if (!address)
 		return;
+	if (rec->unreliable)
+	{
+		/* its body cannot be compared: any message in its window may be it */
+		appendStringInfo(&rec->near, "%s%s", rec->near.len > 0 ? " " : "", it->sid);
+		return;
+	}
+	/* another message to the same recipient: not this one */
 	media = it->num_media ? atoi(it->num_media) : 0;
-	body = !rec->unreliable && strcmp(it->body ? it->body : "", rec->body) == 0 &&
+	body = strcmp(it->body ? it->body : "", rec->body) == 0 &&
 		(rec->media == 0 ? media == 0 : media == rec->media);
-	appendStringInfo(body ? &rec->exact : &rec->near, "%s%s",
-					 (body ? rec->exact.len : rec->near.len) > 0 ? " " : "", it->sid);
+	if (body)
+		appendStringInfo(&rec->exact, "%s%s", rec->exact.len > 0 ? " " : "", it->sid);
 }
 
 static OutboxJsonAction
@@ -591,4 +599,30 @@ outbox_reconcile_record(List *recs)
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "recording reconciliation failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * When the account's next message comes due for reconciliation (0: none
+ * waits), by the partial index messages_reconcile_due.  Inside the
+ * worker's transaction, SPI connected.
+ */
+TimestampTz
+outbox_reconcile_next_due(const char *account)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		value = CStringGetTextDatum(account);
+	bool		isnull;
+	Datum		d;
+	int			rc;
+
+	outbox_prepare(&plan,
+				   "SELECT min(m.reconcile_at) FROM twilio_outbox.messages m"
+				   " WHERE m.account = $1 AND m.state = 'ambiguous' AND m.reconcile_at IS NOT NULL",
+				   1, types);
+	rc = SPI_execute_plan(plan, &value, NULL, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reconcile due lookup failed: %s", SPI_result_code_string(rc));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetTimestampTz(d);
 }

@@ -425,6 +425,7 @@ extern void outbox_lookup_aborted(void);
 extern void outbox_lookup_done(OutboxMessage *m);
 extern bool outbox_lookup_pending(void);
 extern TimestampTz outbox_lookup_wake_at(void);
+extern void outbox_lookup_reconcile_soon(TimestampTz at);
 
 /*
  * reconcile.c: finding out at Twilio whether an ambiguous attempt created
@@ -460,7 +461,7 @@ typedef struct OutboxReconcile
 	TimestampTz since;			/* ambiguous_since (or created_at) */
 	int			pages;			/* read so far */
 	StringInfoData exact;		/* SIDs matching in full, space-separated */
-	StringInfoData near;		/* SIDs matching all but the body */
+	StringInfoData near;		/* unreliable: SIDs matching all but the body */
 	OutboxReconcileVerdict verdict;
 	TimestampTz until;			/* PAUSED */
 	char	   *error;			/* FAILED (and PAUSED): why */
@@ -471,6 +472,7 @@ extern char *outbox_reconcile_first_url(OutboxReconcile *rec, const char *messag
 extern OutboxReconcilePage outbox_reconcile_page(OutboxReconcile *rec, OutboxResponse *r,
 												 const char *messages_url, char **next_url);
 extern void outbox_reconcile_record(List *recs);
+extern TimestampTz outbox_reconcile_next_due(const char *account);
 
 /*
  * partition.c: more than one dispatcher per database, each on its own
