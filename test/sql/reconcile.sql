@@ -19,8 +19,10 @@ SHOW twilio_outbox.on_ambiguous;
 SHOW twilio_outbox.reconcile_grace;
 SHOW twilio_outbox.reconcile_clock_skew;
 SHOW twilio_outbox.health_reconcile_age;
-SELECT try($$SET twilio_outbox.on_ambiguous = 'maybe'$$) AS bad_policy;
-SELECT try($$SET twilio_outbox.reconcile_clock_skew = 0$$) AS skew_zero;
+-- (server-wide settings: ALTER SYSTEM checks the value, and refuses these)
+ALTER SYSTEM SET twilio_outbox.on_ambiguous = 'maybe';
+ALTER SYSTEM SET twilio_outbox.reconcile_clock_skew = 0;
+ALTER SYSTEM SET twilio_outbox.reconcile_grace = '2h';
 SELECT enumvals FROM pg_settings WHERE name = 'twilio_outbox.on_ambiguous';
 
 -- The attempt outcomes reconciliation writes.
@@ -35,12 +37,16 @@ CREATE FUNCTION cb(id bigint, sid text, status text) RETURNS text LANGUAGE sql A
 				 'AccountSid=AC11111111111111111111111111111111&From=%2B15005550101&MessageSid='
 				 || sid || '&MessageStatus=' || status || '&To=%2B14155550100' AS b) x $$;
 -- a message as the dispatcher leaves one after an ambiguous attempt
-CREATE FUNCTION make_ambiguous(lookup_in interval) RETURNS bigint LANGUAGE sql AS $$
-	WITH e AS (SELECT twilio_enqueue(to_number => '+14155550100', body => 'hello') AS id)
+CREATE FUNCTION make_ambiguous(lookup_in interval) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+	new_id bigint := twilio_enqueue(to_number => '+14155550100', body => 'hello');
+BEGIN
 	UPDATE twilio_outbox.messages m SET state = 'ambiguous', attempts = 1, failures = 1,
 		ambiguous_attempts = 1, ambiguous_since = now() - interval '1 minute',
 		reconcile_at = now() + lookup_in
-	FROM e WHERE m.id = e.id RETURNING m.id $$;
+	WHERE m.id = new_id;
+	RETURN new_id;
+END $$;
 
 -- A callback carrying our outbox_id adopts the SID of an ambiguous message:
 -- sent, reconcile columns cleared, an attempt row 'found'.
@@ -85,10 +91,11 @@ FROM twilio_outbox.ambiguous_messages ORDER BY id;
 -- 'reconcile' warns once a message waits longer than health_reconcile_age.
 SELECT check_name, status, value FROM twilio_outbox.health
 WHERE check_name IN ('ambiguous', 'reconcile') ORDER BY check_name;
-SET twilio_outbox.health_reconcile_age = '30s';
+UPDATE twilio_outbox.messages SET ambiguous_since = now() - interval '11 minutes' WHERE id = :a4;
 SELECT check_name, status, value, hint IS NOT NULL AS hinted FROM twilio_outbox.health
 WHERE check_name = 'reconcile';
-RESET twilio_outbox.health_reconcile_age;
+UPDATE twilio_outbox.messages SET ambiguous_since = now() - interval '21 minutes' WHERE id = :a4;
+SELECT check_name, status FROM twilio_outbox.health WHERE check_name = 'reconcile';
 
 -- resolve_ambiguous and requeue clear the reconcile columns.
 SELECT twilio_outbox.resolve_ambiguous(:a5, 'SM' || repeat('d', 32));
