@@ -133,6 +133,8 @@ outbox_reconcile_claim(const char *account, int n, MemoryContext cxt)
 		rec->since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
 		initStringInfo(&rec->exact);
 		initStringInfo(&rec->near);
+		/* listed only once every page was read: anything less is no answer */
+		rec->verdict = OUTBOX_RECONCILE_FAILED;
 		if (rec->to_number == NULL)
 		{
 			/* nothing to look for: never resent on that account */
@@ -493,6 +495,7 @@ outbox_reconcile_record(List *recs)
 	ListCell   *lc;
 	int			i = 0;
 	int			rc;
+	bool		isnull;
 
 	if (n == 0)
 		return;
@@ -566,7 +569,7 @@ outbox_reconcile_record(List *recs)
 				   "   ::twilio_outbox.attempt_outcome, false,"
 				   "  CASE WHEN decision = 'found' THEN ex[1] END, $12"
 				   "  FROM u WHERE decision IN ('found', 'resend', 'dead', 'operator'))"
-				   " SELECT count(*) FROM u",
+				   " SELECT count(*), count(*) FILTER (WHERE decision = 'resend') FROM u",
 				   12, types);
 
 	foreach(lc, recs)
@@ -597,8 +600,11 @@ outbox_reconcile_record(List *recs)
 	values[10] = Int32GetDatum(RECONCILE_MAX_BACKOFF_S);
 	values[11] = Int32GetDatum(MyProcPid);
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
-	if (rc != SPI_OK_SELECT)
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "recording reconciliation failed: %s", SPI_result_code_string(rc));
+	/* messages queued again: the claim must look for them now, not at the next poll */
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) > 0)
+		outbox_wake_at_commit();
 }
 
 /*

@@ -435,7 +435,7 @@ extern void outbox_lookup_reconcile_soon(TimestampTz at);
  */
 typedef enum OutboxReconcileVerdict
 {
-	OUTBOX_RECONCILE_LISTED,	/* every page read: the candidates decide */
+	OUTBOX_RECONCILE_LISTED,	/* every page read: the candidates decide (set on the last page only) */
 	OUTBOX_RECONCILE_PAUSED,	/* not processed (429, credentials): again at until */
 	OUTBOX_RECONCILE_FAILED		/* no readable answer: looked up again later */
 } OutboxReconcileVerdict;
