@@ -382,7 +382,7 @@ claim_reconcile(LookupAccount *la, OutboxAccount *a, int n, OutboxBatch *batch)
 		m->resp.request_duration = -1;
 		l->rec = rec;
 		/* decided at the claim: nothing to ask (reconcile.c said why) */
-		if (rec->verdict == OUTBOX_RECONCILE_FAILED)
+		if (rec->error != NULL)
 			m->decided = true;
 		else
 			m->request_url = outbox_reconcile_first_url(rec, a->messages_url);

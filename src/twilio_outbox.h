@@ -464,7 +464,7 @@ typedef struct OutboxReconcile
 	StringInfoData near;		/* unreliable: SIDs matching all but the body */
 	OutboxReconcileVerdict verdict;
 	TimestampTz until;			/* PAUSED */
-	char	   *error;			/* FAILED (and PAUSED): why */
+	char	   *error;			/* FAILED (and PAUSED): why; set at the claim: nothing to ask */
 } OutboxReconcile;
 
 extern List *outbox_reconcile_claim(const char *account, int n, MemoryContext cxt);
