@@ -496,6 +496,7 @@ outbox_reconcile_record(List *recs)
 	int			i = 0;
 	int			rc;
 	bool		isnull;
+	Datum		next;
 
 	if (n == 0)
 		return;
@@ -556,7 +557,7 @@ outbox_reconcile_record(List *recs)
 				   "  updated_at = now()"
 				   "  FROM d WHERE m.id = d.id AND m.account = d.account AND m.state = 'ambiguous'"
 				   "  AND m.reconcile_lookups = d.lookups"
-				   "  RETURNING m.id, m.account, m.to_number, m.attempts, d.decision, d.ex),"
+				   "  RETURNING m.id, m.account, m.to_number, m.attempts, d.decision, d.ex, m.reconcile_at),"
 				   " dl AS (INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number,"
 				   "  reason, error_message, attempts)"
 				   "  SELECT id, account, to_number, 'attempts_exhausted',"
@@ -569,7 +570,7 @@ outbox_reconcile_record(List *recs)
 				   "   ::twilio_outbox.attempt_outcome, false,"
 				   "  CASE WHEN decision = 'found' THEN ex[1] END, $12"
 				   "  FROM u WHERE decision IN ('found', 'resend', 'dead', 'operator'))"
-				   " SELECT count(*), count(*) FILTER (WHERE decision = 'resend') FROM u",
+				   " SELECT count(*), count(*) FILTER (WHERE decision = 'resend'), min(reconcile_at) FROM u",
 				   12, types);
 
 	foreach(lc, recs)
@@ -605,6 +606,10 @@ outbox_reconcile_record(List *recs)
 	/* messages queued again: the claim must look for them now, not at the next poll */
 	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) > 0)
 		outbox_wake_at_commit();
+	/* looked up again later (paused, failed, near candidates): ask by then */
+	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	if (!isnull)
+		outbox_lookup_reconcile_soon(DatumGetTimestampTz(next));
 }
 
 /*
