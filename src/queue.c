@@ -698,12 +698,20 @@ outbox_rescue(bool all)
 			"  AND (worker_pid IS NULL OR worker_pid <> ALL ($5::int4[]))"
 			"  LIMIT 10000 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET"
-			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"
+			/*
+			 * reconcile: a row whose account is gone cannot be looked up
+			 * (nor ever sent): queued, the claim dead-letters it
+			 */
+			"  state = CASE WHEN $6::interval IS NOT NULL AND NOT EXISTS (SELECT FROM"
+			"   twilio_outbox.accounts a WHERE a.name = m.account)"
+			"   THEN 'queued'::twilio_outbox.message_state"
+			"   ELSE $3::twilio_outbox.message_state END, next_attempt_at = now(),"
 			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + 1,"
 			"  lease_until = NULL, worker_pid = NULL, updated_at = now(),"
 			/* the claim set updated_at before the request went out (reconcile.c) */
 			"  ambiguous_since = least(m.ambiguous_since, m.updated_at),"
-			"  reconcile_at = now() + $6::interval,"
+			"  reconcile_at = CASE WHEN EXISTS (SELECT FROM twilio_outbox.accounts a"
+			"   WHERE a.name = m.account) THEN now() + $6::interval END,"
 			"  last_error_message = 'the dispatcher stopped while the request was in flight'"
 			"  FROM x WHERE m.id = x.id AND m.account = $4 AND " GUARD_STATE("sending")
 			"  RETURNING m.id, m.attempts, m.account, x.worker_pid)"
