@@ -83,7 +83,6 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 		{ARG_TRAFFIC_CLASS, "traffic_class"},
 		{ARG_CAMPAIGN, "campaign"},
 		{ARG_TIME_ZONE, "time_zone"},
-		{ARG_FALLBACK, "fallback"},
 	};
 
 	for (int i = 0; i < (int) lengthof(unbuilt); i++)
@@ -621,7 +620,9 @@ enum
 	MSG_ACCOUNT, MSG_SENDER_ID, MSG_TO, MSG_FROM, MSG_SERVICE, MSG_BODY, MSG_MEDIA,
 	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
 	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
-	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY, MSG_NCOLUMNS
+	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY,
+	MSG_CHANNEL, MSG_CHAIN_STEP, MSG_FALLBACK, MSG_FALLBACK_AT,	/* fallback chains */
+	MSG_NCOLUMNS
 };
 
 static bool
@@ -631,7 +632,8 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 	static Oid	argtypes[MSG_NCOLUMNS] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID,
+		TEXTOID, INT4OID, JSONBOID, TIMESTAMPTZOID
 	};
 	bool		isnull;
 	int			rc;
@@ -642,9 +644,10 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
-								" expires_at, next_attempt_at, enqueued_by)"
+								" expires_at, next_attempt_at, enqueued_by,"
+								" channel, chain_step, fallback, fallback_at)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-								" $14, $15, $16, $17, $18, $19)%s RETURNING id",
+								" $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)%s RETURNING id",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
 					   MSG_NCOLUMNS, argtypes);
@@ -656,6 +659,52 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 		return false;
 	*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return true;
+}
+
+/*
+ * fallback: checked and resolved by twilio_outbox.chain_check() (the steps'
+ * shapes, channels, times and senders, with its SQLSTATEs), once the
+ * head's account and sender are known.  Fills the chain's columns of the
+ * head: channel, step 0, the steps as stored, and its timer (the first
+ * step's after, counted from when the head is due).  SPI connected, under
+ * the pinned search path and snap.
+ */
+static void
+check_fallback(Jsonb *fallback, const OutboxResolvedSender *sender, const char *to,
+			   const char *body, Snapshot snap, Datum *values, char *nulls)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[6] = {TEXTOID, INT8OID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
+	Datum		args[6];
+	char		argnulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	Datum		d;
+	int			rc;
+
+	outbox_prepare(&plan,
+				   "SELECT s, $6 + (s OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'after')::pg_catalog.interval"
+				   " FROM twilio_outbox.chain_check($1, $2, $3, $4, $5) s",
+				   6, types);
+	args[0] = CStringGetTextDatum(sender->account);
+	args[1] = Int64GetDatum(sender->sender_id);
+	args[2] = CStringGetTextDatum(to);
+	args[3] = body ? CStringGetTextDatum(body) : (Datum) 0;
+	argnulls[3] = body ? ' ' : 'n';
+	args[4] = JsonbPGetDatum(fallback);
+	args[5] = values[MSG_NEXT_ATTEMPT_AT];
+	rc = SPI_execute_snapshot(plan, args, argnulls, snap, InvalidSnapshot, false, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not check fallback: %s", SPI_result_code_string(rc));
+	values[MSG_CHANNEL] = CStringGetTextDatum(outbox_channel_of(to) ? "whatsapp" : "sms");
+	nulls[MSG_CHANNEL] = ' ';
+	values[MSG_CHAIN_STEP] = Int32GetDatum(0);
+	nulls[MSG_CHAIN_STEP] = ' ';
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	values[MSG_FALLBACK] = SPI_datumTransfer(d, false, -1);
+	nulls[MSG_FALLBACK] = ' ';
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	values[MSG_FALLBACK_AT] = isnull ? (Datum) 0 : d;
+	nulls[MSG_FALLBACK_AT] = isnull ? 'n' : ' ';
 }
 
 /*
@@ -933,6 +982,10 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	/* the role that called us, not the definer we run as */
 	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
 												  CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
+	/* a plain message: no chain */
+	nulls[MSG_CHANNEL] = nulls[MSG_CHAIN_STEP] = nulls[MSG_FALLBACK] = nulls[MSG_FALLBACK_AT] = 'n';
+	if (PG_NARGS() > ARG_FALLBACK && !PG_ARGISNULL(ARG_FALLBACK))
+		check_fallback(PG_GETARG_JSONB_P(ARG_FALLBACK), &sender, to, body, snap, values, nulls);
 
 	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
 	{
