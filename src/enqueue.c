@@ -682,7 +682,8 @@ check_fallback(Jsonb *fallback, const OutboxResolvedSender *sender, const char *
 	int			rc;
 
 	outbox_prepare(&plan,
-				   "SELECT s, $6 + (s OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'after')::pg_catalog.interval"
+				   "SELECT s, $6 + pg_catalog.make_interval(secs => (s OPERATOR(pg_catalog.->) 0"
+				   " OPERATOR(pg_catalog.->>) 'after_seconds')::pg_catalog.float8)"
 				   " FROM twilio_outbox.chain_check($1, $2, $3, $4, $5) s",
 				   6, types);
 	args[0] = CStringGetTextDatum(sender->account);

@@ -462,9 +462,10 @@ outbox_parse_response(OutboxResponse *resp)
 	}
 	PG_END_TRY();
 
-	/* A sid that is not one is not kept. */
+	/* A sid that is not one is not kept (CA: a call, a voice step of a fallback chain). */
 	if (resp->twilio_sid != NULL &&
-		!outbox_is_sid(resp->twilio_sid, "SM") && !outbox_is_sid(resp->twilio_sid, "MM"))
+		!outbox_is_sid(resp->twilio_sid, "SM") && !outbox_is_sid(resp->twilio_sid, "MM") &&
+		!outbox_is_sid(resp->twilio_sid, "CA"))
 		resp->twilio_sid = NULL;
 	/* The lexer neither checks the encoding of what it unescapes nor bounds it. */
 	if (resp->twilio_message != NULL)

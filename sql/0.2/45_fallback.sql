@@ -81,7 +81,6 @@ DECLARE
 	frm text;
 	aft interval;
 	snd record;
-	head_from text;
 	n integer := 0;
 	out_steps jsonb := '[]';
 BEGIN
@@ -97,8 +96,6 @@ BEGIN
 				  DETAIL = pg_catalog.format('It has %s.', pg_catalog.jsonb_array_length(fallback)),
 				  HINT = 'Leave fallback out (NULL) for a message without fallback.';
 	END IF;
-	SELECT s.from_number INTO head_from FROM twilio_outbox.senders s
-	WHERE s.id OPERATOR(pg_catalog.=) chain_check.sender_id;
 
 	FOR step IN SELECT e FROM pg_catalog.jsonb_array_elements(fallback) e LOOP
 		n := n OPERATOR(pg_catalog.+) 1;
@@ -192,7 +189,7 @@ BEGIN
 		END IF;
 		out_steps := out_steps OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(pg_catalog.jsonb_strip_nulls(
 			pg_catalog.jsonb_build_object('channel', ch, 'sender_id', snd.id, 'from', snd.from_number,
-				'after', aft::text, 'voice', step OPERATOR(pg_catalog.->>) 'voice',
+				'after_seconds', pg_catalog.date_part('epoch', aft), 'voice', step OPERATOR(pg_catalog.->>) 'voice',
 				'language', step OPERATOR(pg_catalog.->>) 'language')));
 	END LOOP;
 	RETURN out_steps;
@@ -217,6 +214,7 @@ RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
 	m record;
 	h record;
@@ -284,11 +282,11 @@ BEGIN
 		RETURN NULL;
 	END IF;
 
-	next_after := (h.fallback OPERATOR(pg_catalog.->) nxt OPERATOR(pg_catalog.->>) 'after')::interval;
+	next_after := pg_catalog.make_interval(secs => (h.fallback OPERATOR(pg_catalog.->) nxt OPERATOR(pg_catalog.->>) 'after_seconds')::float8);
 	INSERT INTO twilio_outbox.messages (account, sender_id, to_number, from_number, body,
 		media_urls, content_sid, content_variables, status_callback, encoding, segments,
 		idempotency_key, expires_at, next_attempt_at, enqueued_by,
-		channel, voice_options, chain_head, chain_step, fallback_at)
+		channel, voice_options, chain_head, chain_step, fallback_at, next_lookup_at)
 	SELECT m.account, (step OPERATOR(pg_catalog.->>) 'sender_id')::bigint, target, step OPERATOR(pg_catalog.->>) 'from',
 		h.body,
 		CASE WHEN step OPERATOR(pg_catalog.->>) 'channel' OPERATOR(pg_catalog.<>) 'voice' THEN h.media_urls END,
@@ -301,7 +299,9 @@ BEGIN
 		CASE WHEN step OPERATOR(pg_catalog.->>) 'channel' OPERATOR(pg_catalog.=) 'voice' THEN
 			pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('voice', step OPERATOR(pg_catalog.->>) 'voice',
 				'language', step OPERATOR(pg_catalog.->>) 'language')) END,
-		head, nxt, pg_catalog.now() OPERATOR(pg_catalog.+) next_after
+		head, nxt, pg_catalog.now() OPERATOR(pg_catalog.+) next_after,
+		/* lookups (src/lookup.c) know Messages only: a call is never polled */
+		CASE WHEN step OPERATOR(pg_catalog.->>) 'channel' OPERATOR(pg_catalog.=) 'voice' THEN 'infinity'::timestamptz END
 	ON CONFLICT (account, (COALESCE(chain_head, id)), chain_step) WHERE chain_step IS NOT NULL DO NOTHING
 	RETURNING id INTO new_id;
 	IF new_id IS NOT NULL THEN
