@@ -625,10 +625,16 @@ enum
 	MSG_NCOLUMNS
 };
 
+/*
+ * A message of a fallback chain (chain) also writes the chain's columns
+ * (MSG_CHANNEL on); a plain one does not name them, so that this library
+ * still enqueues into a 0.1 schema, which has none of them.
+ */
 static bool
-insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int64 *id)
+insert_message(bool dedupe, bool chain, Datum *values, const char *nulls, Snapshot snap,
+			   int64 *id)
 {
-	static SPIPlanPtr plans[2];
+	static SPIPlanPtr plans[2][2];
 	static Oid	argtypes[MSG_NCOLUMNS] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
@@ -638,21 +644,22 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 	bool		isnull;
 	int			rc;
 
-	if (plans[dedupe] == NULL)
-		outbox_prepare(&plans[dedupe],
+	if (plans[dedupe][chain] == NULL)
+		outbox_prepare(&plans[dedupe][chain],
 					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
-								" expires_at, next_attempt_at, enqueued_by,"
-								" channel, chain_step, fallback, fallback_at)"
+								" expires_at, next_attempt_at, enqueued_by%s)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-								" $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)%s RETURNING id",
+								" $14, $15, $16, $17, $18, $19%s)%s RETURNING id",
+								chain ? ", channel, chain_step, fallback, fallback_at" : "",
+								chain ? ", $20, $21, $22, $23" : "",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
-					   MSG_NCOLUMNS, argtypes);
+					   chain ? MSG_NCOLUMNS : MSG_CHANNEL, argtypes);
 
-	rc = insert_quietly(plans[dedupe], values, nulls, snap);
+	rc = insert_quietly(plans[dedupe][chain], values, nulls, snap);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -988,7 +995,7 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	if (PG_NARGS() > ARG_FALLBACK && !PG_ARGISNULL(ARG_FALLBACK))
 		check_fallback(PG_GETARG_JSONB_P(ARG_FALLBACK), &sender, to, body, snap, values, nulls);
 
-	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
+	if (!insert_message(dedupe_key != NULL, nulls[MSG_CHANNEL] != 'n', values, nulls, snap, &id))
 	{
 		/* the key exists: the message it names, if it is this one */
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);
