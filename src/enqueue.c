@@ -83,7 +83,6 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 		{ARG_TRAFFIC_CLASS, "traffic_class"},
 		{ARG_CAMPAIGN, "campaign"},
 		{ARG_TIME_ZONE, "time_zone"},
-		{ARG_FALLBACK, "fallback"},
 	};
 
 	for (int i = 0; i < (int) lengthof(unbuilt); i++)
@@ -621,41 +620,99 @@ enum
 	MSG_ACCOUNT, MSG_SENDER_ID, MSG_TO, MSG_FROM, MSG_SERVICE, MSG_BODY, MSG_MEDIA,
 	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
 	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
-	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY, MSG_NCOLUMNS
+	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY,
+	MSG_CHANNEL, MSG_CHAIN_STEP, MSG_FALLBACK, MSG_FALLBACK_AT,	/* fallback chains */
+	MSG_NCOLUMNS
 };
 
+/*
+ * A message of a fallback chain (chain) also writes the chain's columns
+ * (MSG_CHANNEL on); a plain one does not name them, so that this library
+ * still enqueues into a 0.1 schema, which has none of them.
+ */
 static bool
-insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int64 *id)
+insert_message(bool dedupe, bool chain, Datum *values, const char *nulls, Snapshot snap,
+			   int64 *id)
 {
-	static SPIPlanPtr plans[2];
+	static SPIPlanPtr plans[2][2];
 	static Oid	argtypes[MSG_NCOLUMNS] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID,
+		TEXTOID, INT4OID, JSONBOID, TIMESTAMPTZOID
 	};
 	bool		isnull;
 	int			rc;
 
-	if (plans[dedupe] == NULL)
-		outbox_prepare(&plans[dedupe],
+	if (plans[dedupe][chain] == NULL)
+		outbox_prepare(&plans[dedupe][chain],
 					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
-								" expires_at, next_attempt_at, enqueued_by)"
+								" expires_at, next_attempt_at, enqueued_by%s)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-								" $14, $15, $16, $17, $18, $19)%s RETURNING id",
+								" $14, $15, $16, $17, $18, $19%s)%s RETURNING id",
+								chain ? ", channel, chain_step, fallback, fallback_at" : "",
+								chain ? ", $20, $21, $22, $23" : "",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
-					   MSG_NCOLUMNS, argtypes);
+					   chain ? MSG_NCOLUMNS : MSG_CHANNEL, argtypes);
 
-	rc = insert_quietly(plans[dedupe], values, nulls, snap);
+	rc = insert_quietly(plans[dedupe][chain], values, nulls, snap);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
 		return false;
 	*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return true;
+}
+
+/*
+ * fallback: checked and resolved by twilio_outbox.chain_check() (the steps'
+ * shapes, channels, times and senders, with its SQLSTATEs), once the
+ * head's account and sender are known.  Fills the chain's columns of the
+ * head: channel, step 0, the steps as stored, and its timer (the first
+ * step's after, counted from when the head is due).  SPI connected, under
+ * the pinned search path and snap.
+ */
+static void
+check_fallback(Jsonb *fallback, const OutboxResolvedSender *sender, const char *to,
+			   const char *body, Snapshot snap, Datum *values, char *nulls)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[6] = {TEXTOID, INT8OID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
+	Datum		args[6];
+	char		argnulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	Datum		d;
+	int			rc;
+
+	outbox_prepare(&plan,
+				   "SELECT s, $6 + pg_catalog.make_interval(secs => (s OPERATOR(pg_catalog.->) 0"
+				   " OPERATOR(pg_catalog.->>) 'after_seconds')::pg_catalog.float8)"
+				   " FROM twilio_outbox.chain_check($1, $2, $3, $4, $5) s",
+				   6, types);
+	args[0] = CStringGetTextDatum(sender->account);
+	args[1] = Int64GetDatum(sender->sender_id);
+	args[2] = CStringGetTextDatum(to);
+	args[3] = body ? CStringGetTextDatum(body) : (Datum) 0;
+	argnulls[3] = body ? ' ' : 'n';
+	args[4] = JsonbPGetDatum(fallback);
+	args[5] = values[MSG_NEXT_ATTEMPT_AT];
+	rc = SPI_execute_snapshot(plan, args, argnulls, snap, InvalidSnapshot, false, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not check fallback: %s", SPI_result_code_string(rc));
+	values[MSG_CHANNEL] = CStringGetTextDatum(outbox_channel_of(to) ? "whatsapp" : "sms");
+	nulls[MSG_CHANNEL] = ' ';
+	values[MSG_CHAIN_STEP] = Int32GetDatum(0);
+	nulls[MSG_CHAIN_STEP] = ' ';
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	values[MSG_FALLBACK] = SPI_datumTransfer(d, false, -1);
+	nulls[MSG_FALLBACK] = ' ';
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	values[MSG_FALLBACK_AT] = isnull ? (Datum) 0 : d;
+	nulls[MSG_FALLBACK_AT] = isnull ? 'n' : ' ';
 }
 
 /*
@@ -933,8 +990,12 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	/* the role that called us, not the definer we run as */
 	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
 												  CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
+	/* a plain message: no chain */
+	nulls[MSG_CHANNEL] = nulls[MSG_CHAIN_STEP] = nulls[MSG_FALLBACK] = nulls[MSG_FALLBACK_AT] = 'n';
+	if (PG_NARGS() > ARG_FALLBACK && !PG_ARGISNULL(ARG_FALLBACK))
+		check_fallback(PG_GETARG_JSONB_P(ARG_FALLBACK), &sender, to, body, snap, values, nulls);
 
-	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
+	if (!insert_message(dedupe_key != NULL, nulls[MSG_CHANNEL] != 'n', values, nulls, snap, &id))
 	{
 		/* the key exists: the message it names, if it is this one */
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);

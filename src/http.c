@@ -285,7 +285,8 @@ outbox_http_start(OutboxMessage *m)
 	bool		create = m->kind == OUTBOX_REQUEST_CREATE;
 	size_t		cap;
 	/* a lookup's URL is its account's messages_url with the SID: the same checks */
-	const char *target = create ? a->messages_url : m->request_url;
+	/* a call's create names its Calls.json (fallback.c), beside messages_url */
+	const char *target = create && m->request_url == NULL ? a->messages_url : m->request_url;
 
 	/* in the batch's context: nothing of the check outlives the batch */
 	old = MemoryContextSwitchTo(cxt);

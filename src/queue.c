@@ -236,6 +236,38 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			batch->pending++;
 			continue;
 		}
+		d = SPI_getbinval(tup, desc, 21, &isnull);
+		if (!isnull && DatumGetBool(d))
+		{
+			/* a call: Calls.json beside Messages.json, within the account's calls per second */
+			TimestampTz ready_at;
+			const char *url = m->account->messages_url;
+
+			if (!outbox_call_take(m->account, now, &ready_at))
+			{
+				m->decided = true;
+				m->resp.started_at = GetCurrentTimestamp();
+				m->outcome = OUTCOME_PAUSED;
+				m->next_attempt_at = ready_at;
+				m->delay_ms = Max(1, (ready_at - now) / 1000);
+				m->error_message = "waiting for its account's calls per second";
+				claimed = lappend(claimed, m);
+				batch->pending++;
+				continue;
+			}
+			m->request_url = psprintf("%.*sCalls.json",
+									  (int) (strlen(url) - strlen("Messages.json")), url);
+			m->form = outbox_build_call_form(m->to_number, SPI_getvalue(tup, desc, 6),
+											 SPI_getvalue(tup, desc, 8),
+											 SPI_getvalue(tup, desc, 12),
+											 SPI_getvalue(tup, desc, 22),
+											 SPI_getvalue(tup, desc, 23));
+			outbox_bucket_take(m->sender, 1);
+			m->sender->served = ++served_seq;
+			claimed = lappend(claimed, m);
+			batch->pending++;
+			continue;
+		}
 		m->form = outbox_build_form(m->to_number,
 									SPI_getvalue(tup, desc, 6), SPI_getvalue(tup, desc, 7),
 									SPI_getvalue(tup, desc, 8), media, media_null,
@@ -385,7 +417,9 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			/* what the row's sender and account are now, for the checks below */
 			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
 			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account),"
-			"  m.ambiguous_attempts",
+			"  m.ambiguous_attempts,"
+			/* a call (a voice step of a fallback chain, fallback.c) */
+			"  m.channel = \'voice\', m.voice_options->>\'voice\', m.voice_options->>\'language\'",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)

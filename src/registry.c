@@ -157,7 +157,8 @@ outbox_refresh_accounts(TimestampTz now)
 
 	outbox_prepare(&plan,
 			"SELECT a.name, a.account_sid, a.base_url, a.max_concurrency,"
-			" a.paused_until, c.api_key_sid, c.secret, c.secret_env, c.secret_file"
+			" a.paused_until, c.api_key_sid, c.secret, c.secret_env, c.secret_file,"
+			" a.calls_per_second::float8"
 			" FROM twilio_outbox.accounts a"
 			" LEFT JOIN twilio_outbox.account_credentials c ON c.account = a.name",
 			0, NULL);
@@ -256,6 +257,9 @@ outbox_refresh_accounts(TimestampTz now)
 									 Min(Max(DatumGetInt32(concurrency), 1), 1000));
 		paused = SPI_getbinval(tup, desc, 5, &isnull);
 		a->paused_until = isnull ? 0 : DatumGetTimestampTz(paused);
+		/* voice calls' own rate (fallback.c); the CHECK keeps it in 0.01 to 100 */
+		paused = SPI_getbinval(tup, desc, 10, &isnull);
+		a->calls_per_second = isnull ? 1.0 : Min(Max(DatumGetFloat8(paused), 0.01), 100.0);
 		a->seen = true;
 	}
 }

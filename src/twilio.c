@@ -205,6 +205,92 @@ outbox_build_form(const char *to, const char *from, const char *service,
 	return buf.data;
 }
 
+/*
+ * Append s to buf escaped for XML character data and attribute values:
+ * the five special characters as entities, form feed (allowed in a body,
+ * not in XML 1.0) as a space.  s is in the server encoding; append_field
+ * converts the whole Twiml to UTF-8 afterwards.
+ */
+static void
+append_xml(StringInfo buf, const char *s)
+{
+	for (; *s; s++)
+	{
+		switch (*s)
+		{
+			case '&':
+				appendStringInfoString(buf, "&amp;");
+				break;
+			case '<':
+				appendStringInfoString(buf, "&lt;");
+				break;
+			case '>':
+				appendStringInfoString(buf, "&gt;");
+				break;
+			case '"':
+				appendStringInfoString(buf, "&quot;");
+				break;
+			case '\'':
+				appendStringInfoString(buf, "&apos;");
+				break;
+			case '\f':
+				appendStringInfoChar(buf, ' ');
+				break;
+			default:
+				appendStringInfoChar(buf, *s);
+		}
+	}
+}
+
+/*
+ * The request body of a call (a voice step of a fallback chain), fields as
+ * in Twilio's CreateCall: To, From, Twiml that reads the body out with
+ * <Say> (voice and language as attributes when given), and the status
+ * callback with StatusCallbackEvent=completed: the one event whose
+ * CallStatus is final (completed, busy, no-answer, failed, canceled).
+ * Everything is escaped here, whatever the row holds: no body can add an
+ * element or a field.
+ */
+char *
+outbox_build_call_form(const char *to, const char *from, const char *body,
+					   const char *status_callback, const char *voice,
+					   const char *language)
+{
+	StringInfoData buf;
+	StringInfoData twiml;
+
+	initStringInfo(&twiml);
+	appendStringInfoString(&twiml, "<Response><Say");
+	if (voice)
+	{
+		appendStringInfoString(&twiml, " voice=\"");
+		append_xml(&twiml, voice);
+		appendStringInfoChar(&twiml, '"');
+	}
+	if (language)
+	{
+		appendStringInfoString(&twiml, " language=\"");
+		append_xml(&twiml, language);
+		appendStringInfoChar(&twiml, '"');
+	}
+	appendStringInfoChar(&twiml, '>');
+	append_xml(&twiml, body ? body : "");
+	appendStringInfoString(&twiml, "</Say></Response>");
+
+	initStringInfo(&buf);
+	append_field(&buf, "To", to);
+	if (from)
+		append_field(&buf, "From", from);
+	append_field(&buf, "Twiml", twiml.data);
+	if (status_callback)
+	{
+		append_field(&buf, "StatusCallback", status_callback);
+		append_field(&buf, "StatusCallbackEvent", "completed");
+	}
+	pfree(twiml.data);
+	return buf.data;
+}
+
 /* Longest Twilio error message and status kept; Twilio's are far shorter. */
 #define TWILIO_MESSAGE_CAP	1024
 #define TWILIO_STATUS_CAP	64
@@ -376,9 +462,10 @@ outbox_parse_response(OutboxResponse *resp)
 	}
 	PG_END_TRY();
 
-	/* A sid that is not one is not kept. */
+	/* A sid that is not one is not kept (CA: a call, a voice step of a fallback chain). */
 	if (resp->twilio_sid != NULL &&
-		!outbox_is_sid(resp->twilio_sid, "SM") && !outbox_is_sid(resp->twilio_sid, "MM"))
+		!outbox_is_sid(resp->twilio_sid, "SM") && !outbox_is_sid(resp->twilio_sid, "MM") &&
+		!outbox_is_sid(resp->twilio_sid, "CA"))
 		resp->twilio_sid = NULL;
 	/* The lexer neither checks the encoding of what it unescapes nor bounds it. */
 	if (resp->twilio_message != NULL)

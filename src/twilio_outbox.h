@@ -205,6 +205,10 @@ typedef struct OutboxAccount
 	int			partition_room; /* partition.c: its share left to this dispatcher */
 	int			shared_index;	/* partition.c: in account_names, +1; 0 unknown */
 	int			partition_senders[OUTBOX_MAX_DISPATCHERS];	/* partition.c: scratch */
+	/* calls (fallback.c): accounts.calls_per_second, a bucket of one second's worth */
+	double		calls_per_second;
+	double		call_tokens;
+	TimestampTz calls_refilled_at;
 	bool		seen;			/* still in the table at the last refresh */
 } OutboxAccount;
 
@@ -335,6 +339,9 @@ extern char *outbox_build_form(const char *to, const char *from,
 							   const char *status_callback, Datum params,
 							   bool params_null, TimestampTz expires_at,
 							   TimestampTz now);
+extern char *outbox_build_call_form(const char *to, const char *from,
+									const char *body, const char *status_callback,
+									const char *voice, const char *language);
 extern void outbox_parse_response(OutboxResponse *resp);
 extern void outbox_parse_header(OutboxResponse *resp, const char *line, size_t len);
 extern void outbox_clean_string(char *s, size_t cap);
@@ -485,6 +492,15 @@ extern bool outbox_sender_mine(const OutboxSender *s);
 extern void outbox_partition_reserve(TimestampTz now);
 extern void outbox_partition_settle(OutboxSlot *slot, OutboxDispatcherSlot *mine);
 extern Datum outbox_live_dispatchers(bool include_self);
+
+/*
+ * fallback.c: fallback chains on the dispatcher's side (a dead letter's
+ * next step, the chains' timers) and voice calls' own rate per account
+ */
+extern bool outbox_call_take(OutboxAccount *a, TimestampTz now, TimestampTz *ready_at);
+extern void outbox_fallback_record(List *done);
+extern void outbox_fallback_timers(TimestampTz now);
+extern TimestampTz outbox_fallback_wake_at(void);
 
 /* callback.c: webhooks from Twilio (signature check, counters) */
 extern void outbox_callback_init(void);

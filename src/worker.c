@@ -400,7 +400,11 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 		begin_phase(claim ? "claiming" : "recording");
 		exit_if_dropped();
 		if (self->done != NIL)
+		{
 			outbox_record(self->done);
+			/* a dead letter's next step, in the same transaction (fallback.c) */
+			outbox_fallback_record(self->done);
+		}
 		if (housekeeping)
 		{
 			outbox_policy_refresh();
@@ -428,6 +432,11 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 			self->last_refresh = now;
 			self->refresh_pending = false;
 		}
+		/* fallback chains' timers: the first dispatcher, database-wide like expiry */
+		if (outbox_dispatcher_index == 0 &&
+			(housekeeping || refresh ||
+			 (outbox_fallback_wake_at() != 0 && now >= outbox_fallback_wake_at())))
+			outbox_fallback_timers(now);
 		if (claim)
 		{
 			bool		more;
@@ -511,6 +520,8 @@ idle_wait(void)
 			timeout = Min(timeout, Max(0, (self->next_due - now + 999) / 1000));
 		if (outbox_lookup_wake_at() != 0)
 			timeout = Min(timeout, Max(0, (outbox_lookup_wake_at() - now + 999) / 1000));
+		if (outbox_fallback_wake_at() != 0)
+			timeout = Min(timeout, Max(0, (outbox_fallback_wake_at() - now + 999) / 1000));
 		/* a wake-up not yet followed by an account refresh */
 		if (self->refresh_pending)
 			timeout = Min(timeout, WAKE_REFRESH_MS);
@@ -639,6 +650,8 @@ outbox_worker_main(Datum arg)
 			outbox_lookup_pending() ||
 			(outbox_lookup_wake_at() != 0 && capacity > 0 &&
 			 GetCurrentTimestamp() >= outbox_lookup_wake_at()) ||
+			(outbox_fallback_wake_at() != 0 &&
+			 GetCurrentTimestamp() >= outbox_fallback_wake_at()) ||
 			GetCurrentTimestamp() - self->last_housekeeping >= REFRESH_INTERVAL_MS * 1000L)
 		{
 			bool		claim = self->claim_more && capacity > 0 &&

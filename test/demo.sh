@@ -9,7 +9,9 @@
 # side of delivery: the stand-in posts signed status callbacks (sent, then
 # delivered or undelivered; some twice, some out of order) and an inbound
 # STOP to the thin receiver (twilio_outbox_receiver), which hands them to
-# the extension.  Everything is stopped and removed at the end.
+# the extension; one login code's SMS is reported undelivered and its
+# fallback chain escalates to a voice call, which completes.  Everything is
+# stopped and removed at the end.
 #
 # With TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM and TWILIO_TO set,
 # it sends one real message through api.twilio.com instead of the stand-in.
@@ -92,7 +94,8 @@ SQL
 	curl -sf -X POST "$base_url/_callbacks" -d '{"auth_token": "demo-token",
 		"outcomes": {"+14155550150": {"status": "undelivered", "error_code": 30003},
 			"+14155550250": {"status": "undelivered", "error_code": 30003},
-			"+14155550350": {"status": "undelivered", "error_code": 30005}},
+			"+14155550350": {"status": "undelivered", "error_code": 30005},
+			"+14155550950": {"status": "undelivered", "error_code": 30003}},
 		"duplicate_every": 7, "reverse_every": 5}' >/dev/null
 fi
 
@@ -126,6 +129,9 @@ SELECT twilio_enqueue('+14155550920', 'Your parcel has arrived',
 	media_urls => ARRAY['https://demo.example.com/parcel.jpg']) AS mms;
 SELECT twilio_enqueue('+14155550921', 'Merci beaucoup ! 🎉') AS unicode;
 SELECT twilio_enqueue('+15005550001', 'This number is invalid') AS invalid;
+-- A login code that escalates to a voice call if the SMS is not delivered.
+SELECT twilio_enqueue('+14155550950', 'Your login code is 4 2 4 2 4 2',
+	fallback => '[{"channel": "voice", "voice": "alice", "language": "en-US"}]') AS chain;
 COMMIT;
 SQL
 fi
@@ -150,7 +156,8 @@ done
 if [ $real = no ]; then
 	echo "== Twilio's status callbacks through the receiver, until every sent message has its final status"
 	for _ in $(seq 60); do
-		settled=$(psql_demo -At -c "SELECT count(*) = 0 FROM twilio_outbox.messages WHERE state = 'sent'")
+		# a fallback step comes after its SMS's callback: queued, then sent, then its own
+		settled=$(psql_demo -At -c "SELECT count(*) = 0 FROM twilio_outbox.messages WHERE state IN ('queued', 'sending', 'sent')")
 		queued=$(curl -sf "$base_url/_callbacks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queued"])')
 		[ "$settled" = t ] && [ "$queued" = 0 ] && break
 		sleep 0.25
@@ -193,6 +200,9 @@ GROUP BY message_status, verdict ORDER BY message_status, verdict;
 SELECT m.id, m.to_number, m.last_error_code, d.reason AS dead_letter
 FROM twilio_outbox.messages m LEFT JOIN twilio_outbox.dead_letters d ON d.message_id = m.id
 WHERE m.state = 'undelivered' ORDER BY m.id;
+\echo 'A fallback chain: the SMS undelivered, then the call (twilio_outbox.chains, chain_steps):'
+SELECT head_id, outcome, delivered_channel, steps_made FROM twilio_outbox.chains;
+SELECT step, channel, to_number, state, twilio_status FROM twilio_outbox.chain_steps ORDER BY head_id, step;
 \echo 'Suppressed recipients (the STOP):'
 SELECT account, to_number, reason FROM twilio_outbox.suppressed_recipients;
 \echo 'Webhooks accepted and refused (twilio_outbox.webhook_counters):'
@@ -205,9 +215,11 @@ SQL
 fi
 # The verdict: every committed message sent or dead-lettered as scripted
 # (with the stand-in: all but the invalid number sent), nothing left behind;
-# with the stand-in also every callback applied once: all but three
-# delivered, those three undelivered, the STOP's sender suppressed, and
-# every webhook answered 200 by the receiver.
+# with the stand-in also every callback applied once: all but four
+# delivered, those four undelivered, the STOP's sender suppressed, and
+# every webhook answered 200 by the receiver; the fourth undelivered (the
+# login code) made one more message, its call, which completed (delivered).
+# total counts that call too: 303 committed, 304 messages.
 read -r total sent dead waiting delivered undelivered opted_out < <(psql_demo -At -F ' ' -c "
 	SELECT count(*), count(*) FILTER (WHERE state IN ('sent', 'delivered', 'undelivered', 'failed')),
 		count(*) FILTER (WHERE state = 'dead'),
@@ -221,14 +233,14 @@ if [ $real = no ]; then
 	refused=$(curl -sf "$base_url/_callbacks" | python3 -c 'import json,sys; c = json.load(sys.stdin); print(c["posted"] - c["answers"].get("200", 0))')
 fi
 got="$total $sent $dead $waiting $delivered $undelivered $opted_out $refused"
-if [ $real = yes ]; then expect="1 1 0 0 0 0 0 0"; else expect="302 301 1 0 298 3 1 0"; fi
+if [ $real = yes ]; then expect="1 1 0 0 0 0 0 0"; else expect="304 303 1 0 299 4 1 0"; fi
 echo "== done; stopping and removing the cluster"
 if [ "$got" = "$expect" ]; then
-	echo "demo passed: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting;" \
+	echo "demo passed: $total messages (fallback steps included), $sent sent, $dead dead-lettered, $waiting waiting;" \
 		"$delivered delivered, $undelivered undelivered, $opted_out opted out"
 else
 	set -- $expect
-	echo "demo FAILED: $total messages committed, $sent sent, $dead dead-lettered, $waiting waiting;" \
+	echo "demo FAILED: $total messages (fallback steps included), $sent sent, $dead dead-lettered, $waiting waiting;" \
 		"$delivered delivered, $undelivered undelivered, $opted_out opted out, $refused callbacks not answered 200" \
 		"(expected $1, $2, $3, $4; $5, $6, $7, $8; the server log was $dir/server.log, kept with KEEP=1)"
 	exit 1

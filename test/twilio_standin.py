@@ -61,6 +61,13 @@ Actions (JSON objects):
         start, end.  Invalid parameters: 400, code 20001.  Recorded (GET
         /_lists); scripted errors (POST /_list_script) answer first.
 
+    POST /2010-04-01/Accounts/{AccountSid}/Calls.json  (form-urlencoded; voice calls)
+        Recorded and scripted by To exactly as Messages.json (GET /_requests
+        shows the path); a 201 answers with a Call resource (sid CA + 32 hex,
+        status "queued"), and with /_callbacks configured the call's status
+        callback follows: CallSid, CallStatus "completed" unless
+        "call_outcomes" names its To (busy, no-answer, failed, canceled).
+
     GET    /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
     DELETE /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
         Fetch or delete a message this stand-in created (201) under that
@@ -105,7 +112,8 @@ Anything else gets a Twilio-shaped 404 (code 20404).
 
 Status callbacks and inbound messages, as Twilio sends them (make demo):
     POST /_callbacks {"auth_token": str, "outcomes": {"<To>": {"status": "undelivered",
-                      "error_code": 30003}, ...}, "duplicate_every": n, "reverse_every": m}
+                      "error_code": 30003}, ...}, "duplicate_every": n, "reverse_every": m,
+                      "call_outcomes": {"<To>": "busy", ...}}
         From then on, after each 201 to a request that named a StatusCallback,
         the stand-in posts that URL Twilio's status callbacks for the message,
         signed with auth_token (X-Twilio-Signature): 'sent', then its outcome
@@ -145,6 +153,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 API_VERSION = "2010-04-01"
 MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
 MESSAGE_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages/([A-Za-z0-9]+)\.json$")
+CALLS_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Calls\.json$")
+CALL_FINAL = ("completed", "busy", "no-answer", "failed", "canceled")
 SEGMENT_CHARS = 160
 STEADY_201 = {"status": 201}
 RATE_LIMITED = {"status": 429, "rate_limited": True}
@@ -780,6 +790,25 @@ def list_page(account_sid, messages, order, filters, size, page, token):
     }
 
 
+def call_resource(account_sid, form):
+    """A Call resource shaped like api.v2010.account.call, just created (queued)."""
+    sid = "CA" + uuid.uuid4().hex
+    uri_base = f"/{API_VERSION}/Accounts/{account_sid}/Calls/{sid}"
+    now = rfc2822_now()
+    to, sender = first(form, "To"), first(form, "From")
+    return {
+        "account_sid": account_sid, "annotation": None, "answered_by": None,
+        "api_version": API_VERSION, "caller_name": None, "date_created": now,
+        "date_updated": now, "direction": "outbound-api", "duration": None,
+        "end_time": None, "forwarded_from": None, "from": sender, "from_formatted": sender,
+        "group_sid": None, "parent_call_sid": None, "phone_number_sid": "PN" + uuid.uuid4().hex,
+        "price": None, "price_unit": "USD", "queue_time": "0", "sid": sid, "start_time": None,
+        "status": "queued", "subresource_uris": {"notifications": f"{uri_base}/Notifications.json",
+                                                 "recordings": f"{uri_base}/Recordings.json"},
+        "to": to, "to_formatted": to, "trunk_sid": None, "uri": f"{uri_base}.json",
+    }
+
+
 def twilio_error(status, code, message):
     return {
         "code": code,
@@ -837,6 +866,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._create_message(match.group(1), path, body, fault)
             elif self.command == "GET" and match:
                 self._list_messages(match.group(1), parse_query(query))
+            elif self.command == "POST" and CALLS_PATH.match(path):
+                self._create_message(CALLS_PATH.match(path).group(1), path, body, call=True)
             elif self.command in ("GET", "DELETE") and MESSAGE_PATH.match(path):
                 self._message_instance(*MESSAGE_PATH.match(path).groups())
             else:
@@ -906,11 +937,11 @@ class Handler(BaseHTTPRequestHandler):
             "auth_password": password,
         }
 
-    def _create_message(self, account_sid, path, body, fault=None):
+    def _create_message(self, account_sid, path, body, fault=None, call=False):
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         fields = self._request_fields(account_sid, path, form)
         action = self.state.admit(fields, first(form, "To"), sender_of(form), time.monotonic(), fault)
-        self._perform(action, account_sid, form)
+        self._perform(action, account_sid, form, call)
 
     def _close_early(self, account_sid, path, fault):
         """A random close_early: recorded (form unknown: never read), then RST."""
@@ -960,7 +991,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"\r\n".join(out) + b"\r\n\r\n" + body)
         self.wfile.flush()
 
-    def _perform(self, action, account_sid, form):
+    def _perform(self, action, account_sid, form, call=False):
         if "fault" in action:
             self._perform_fault(action, account_sid, form)
             return
@@ -973,6 +1004,10 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(action.get("hang", action.get("delay", 0)))
         if action.get("malformed"):
             self._send_bytes(201, MALFORMED_BODY)
+        elif call and ("hang" in action or action["status"] == 201):
+            resource = call_resource(account_sid, form)
+            self._send_json(201, resource)
+            self.server.callbacks.after_call(account_sid, form, resource)
         elif "hang" in action or action["status"] == 201:
             resource = self._remember_created(account_sid, form, action.get("twilio_status"))
             self._send_json(201, resource)
@@ -1252,10 +1287,15 @@ class CallbackSender:
         for to, outcome in outcomes.items():
             if outcome.get("status") not in ("delivered", "undelivered", "failed", "read"):
                 raise ActionError(f"outcome for {to}: status must be delivered, undelivered, failed or read")
+        call_outcomes = cfg.get("call_outcomes", {})
+        for to, outcome in call_outcomes.items():
+            if outcome not in CALL_FINAL:
+                raise ActionError(f"call outcome for {to}: must be one of {', '.join(CALL_FINAL)}")
         with self.lock:
             self.config = {
                 "auth_token": cfg["auth_token"],
                 "outcomes": outcomes,
+                "call_outcomes": call_outcomes,
                 "duplicate_every": int(cfg.get("duplicate_every", 0)),
                 "reverse_every": int(cfg.get("reverse_every", 0)),
             }
@@ -1291,6 +1331,24 @@ class CallbackSender:
             posts = [p for p in posts for _ in (1, 2)]
         for params in posts:
             self.jobs.put((url, params, cfg["auth_token"]))
+
+    def after_call(self, account_sid, form, resource):
+        """Queue a call's status callback (StatusCallbackEvent completed: its final status)."""
+        url = first(form, "StatusCallback")
+        with self.lock:
+            cfg = self.config
+            if cfg is None or not url:
+                return
+            self.messages += 1
+        status = cfg["call_outcomes"].get(resource["to"], "completed")
+        params = [("AccountSid", account_sid), ("ApiVersion", API_VERSION),
+                  ("CallSid", resource["sid"]), ("CallStatus", status),
+                  ("CallbackSource", "call-progress-events"), ("Direction", "outbound-api"),
+                  ("From", resource["from"] or ""), ("SequenceNumber", "0"),
+                  ("Timestamp", rfc2822_now()), ("To", resource["to"])]
+        if status == "completed":
+            params.append(("CallDuration", "7"))
+        self.jobs.put((url, params, cfg["auth_token"]))
 
     def _work(self):
         conns = {}

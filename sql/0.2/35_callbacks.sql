@@ -147,9 +147,12 @@ AS $$
 		WHEN 'sent' THEN 3
 		WHEN 'delivered' THEN 4 WHEN 'undelivered' THEN 4 WHEN 'failed' THEN 4 WHEN 'canceled' THEN 4
 		WHEN 'read' THEN 5
+		/* a call's (fallback chains, 45_fallback.sql) */
+		WHEN 'initiated' THEN 1 WHEN 'ringing' THEN 2 WHEN 'in-progress' THEN 3
+		WHEN 'completed' THEN 4 WHEN 'busy' THEN 4 WHEN 'no-answer' THEN 4
 	END
 $$;
-COMMENT ON FUNCTION twilio_outbox.status_rank(text) IS 'accepted, scheduled, queued 1 < sending 2 < sent 3 < delivered, undelivered, failed, canceled 4 < read 5; NULL for any other status';
+COMMENT ON FUNCTION twilio_outbox.status_rank(text) IS 'accepted, scheduled, queued 1 < sending 2 < sent 3 < delivered, undelivered, failed, canceled 4 < read 5; a call''s queued, initiated 1 < ringing 2 < in-progress 3 < completed, busy, no-answer, failed, canceled 4; NULL for any other status';
 
 /* The C side: signature check, a test signer, the counters. */
 CREATE FUNCTION twilio_outbox.webhook_verify(url text, body text, signature text, required text[],
@@ -286,6 +289,9 @@ BEGIN
 				WHEN 'delivered' THEN 'delivered' WHEN 'read' THEN 'delivered'
 				WHEN 'undelivered' THEN 'undelivered' WHEN 'failed' THEN 'failed'
 				WHEN 'canceled' THEN 'canceled'
+				/* a call: completed counts as delivered, busy and no-answer as undelivered */
+				WHEN 'completed' THEN 'delivered'
+				WHEN 'busy' THEN 'undelivered' WHEN 'no-answer' THEN 'undelivered'
 				ELSE 'sent' END;
 			/*
 			 * Guarded by what was read under the lock.  A message still
@@ -338,6 +344,15 @@ BEGIN
 					VALUES (m.id, m.account, m.to_number, 'undelivered', err_code, err_text, m.attempts);
 				END IF;
 			END IF;
+
+			/* fallback chains (45_fallback.sql): the next step, or the end of the chain's timers */
+			IF m.chain_step IS NOT NULL THEN
+				IF new_state OPERATOR(pg_catalog.=) 'delivered' THEN
+					PERFORM twilio_outbox.chain_delivered(m.account, m.id);
+				ELSIF new_state OPERATOR(pg_catalog.=) ANY (ARRAY['undelivered', 'failed']::twilio_outbox.message_state[]) THEN
+					PERFORM twilio_outbox.chain_escalate(m.account, m.id, 'status');
+				END IF;
+			END IF;
 		END IF;
 	END IF;
 	UPDATE twilio_outbox.status_events e SET message_id = m.id, verdict = outcome
@@ -367,18 +382,22 @@ DECLARE
 	sid text;
 	st text;
 	code_text text;
+	is_call boolean;
 BEGIN
-	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature, ARRAY['MessageSid', 'MessageStatus']);
+	/* a call's callback (a voice step of a fallback chain) names CallSid and CallStatus */
+	is_call := body OPERATOR(pg_catalog.~) '(^|&)CallSid=' AND body OPERATOR(pg_catalog.!~) '(^|&)MessageSid=';
+	SELECT * INTO v FROM twilio_outbox.webhook_verify(url, body, signature,
+		CASE WHEN is_call THEN ARRAY['CallSid', 'CallStatus'] ELSE ARRAY['MessageSid', 'MessageStatus'] END);
 	p := v.params;
-	sid := p OPERATOR(pg_catalog.->>) 'MessageSid';
-	st := pg_catalog.lower(p OPERATOR(pg_catalog.->>) 'MessageStatus');
+	sid := p OPERATOR(pg_catalog.->>) CASE WHEN is_call THEN 'CallSid' ELSE 'MessageSid' END;
+	st := pg_catalog.lower(p OPERATOR(pg_catalog.->>) CASE WHEN is_call THEN 'CallStatus' ELSE 'MessageStatus' END);
 	code_text := NULLIF(p OPERATOR(pg_catalog.->>) 'ErrorCode', '');
 	IF sid OPERATOR(pg_catalog.!~) '^[A-Z]{2}[0-9a-fA-F]{32}$' THEN
-		RAISE EXCEPTION 'invalid MessageSid "%" in status callback', twilio_outbox.clip_input(sid)
+		RAISE EXCEPTION 'invalid % "%" in status callback', CASE WHEN is_call THEN 'CallSid' ELSE 'MessageSid' END, twilio_outbox.clip_input(sid)
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF st OPERATOR(pg_catalog.!~) '^[a-z_-]{1,32}$' THEN
-		RAISE EXCEPTION 'invalid MessageStatus "%" in status callback', twilio_outbox.clip_input(st)
+		RAISE EXCEPTION 'invalid % "%" in status callback', CASE WHEN is_call THEN 'CallStatus' ELSE 'MessageStatus' END, twilio_outbox.clip_input(st)
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF code_text OPERATOR(pg_catalog.!~) '^[0-9]{1,9}$' THEN

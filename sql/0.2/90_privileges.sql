@@ -126,3 +126,15 @@ REVOKE ALL ON twilio_outbox.ambiguous_messages FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.ambiguous_messages TO twilio_outbox_monitor;
 GRANT SELECT (ambiguous_since, reconcile_at, reconcile_lookups, reconcile_candidates)
 	ON twilio_outbox.messages TO twilio_outbox_monitor;
+/*
+ * H7: fallback chains (45_fallback.sql).  Their functions are internal
+ * (twilio_enqueue, the dispatcher and apply_status call them as the owner);
+ * the chain views carry no content and are for whoever reads outcomes.
+ */
+REVOKE ALL ON FUNCTION twilio_outbox.chain_check(text, bigint, text, text, jsonb),
+	twilio_outbox.chain_escalate(text, bigint, text),
+	twilio_outbox.chain_delivered(text, bigint)
+	FROM PUBLIC;
+REVOKE ALL ON twilio_outbox.chain_steps, twilio_outbox.chains FROM PUBLIC;
+GRANT SELECT ON twilio_outbox.chain_steps, twilio_outbox.chains TO twilio_outbox_monitor;
+GRANT SELECT (channel, chain_head, chain_step, fallback_at) ON twilio_outbox.messages TO twilio_outbox_monitor;

@@ -80,21 +80,27 @@ note("Prism: $prism; spec: $spec ($pin{file} of $pin{package})");
 # copy of the spec, each array field of Messages create also accepts a
 # single item: every value Prism sees is still checked against the item
 # schema.  Nothing else is changed.
+# The same for Calls create (a voice step of a fallback chain sends
+# StatusCallbackEvent, an array field, as one value).
 my $messages_path = '/2010-04-01/Accounts/{AccountSid}/Messages.json';
+my $calls_path = '/2010-04-01/Accounts/{AccountSid}/Calls.json';
 my $json = JSON::PP->new->utf8->canonical;
 my $doc = $json->decode(slurp_file($spec));
-my $form = $doc->{paths}{$messages_path}{post}{requestBody}{content}
-  {'application/x-www-form-urlencoded'}{schema};
-die "no form schema for Messages create in $spec" unless $form->{properties};
 my @relaxed;
-for my $field (sort keys %{ $form->{properties} })
+for my $path ($messages_path, $calls_path)
 {
-	my $prop = $form->{properties}{$field};
-	next unless ($prop->{type} // '') eq 'array';
-	$form->{properties}{$field} = {
-		description => $prop->{description},
-		anyOf => [ $prop->{items}, $prop ] };
-	push @relaxed, $field;
+	my $form = $doc->{paths}{$path}{post}{requestBody}{content}
+	  {'application/x-www-form-urlencoded'}{schema};
+	die "no form schema for $path in $spec" unless $form->{properties};
+	for my $field (sort keys %{ $form->{properties} })
+	{
+		my $prop = $form->{properties}{$field};
+		next unless ($prop->{type} // '') eq 'array';
+		$form->{properties}{$field} = {
+			description => $prop->{description},
+			anyOf => [ $prop->{items}, $prop ] };
+		push @relaxed, $field;
+	}
 }
 note("array fields that also take one item: @relaxed");
 my $prism_spec = PostgreSQL::Test::Utils::tempdir() . '/twilio_api_v2010.json';
@@ -288,13 +294,33 @@ if ($failed)
 		FROM twilio_outbox.messages ORDER BY to_number}));
 }
 
+# A voice call (a fallback chain's voice step, fired by its timer: Prism
+# sends no status callback) with Twiml, voice options and a status
+# callback: accepted as Calls create.
+OutboxTest::query($node, q{
+	UPDATE twilio_outbox.accounts SET status_callback_url = 'https://hooks.example.com/twilio/status';
+	SELECT twilio_enqueue('+14155550220', 'Your code is <4 8 1> & "5 1 6"',
+		fallback => '[{"channel": "voice", "after": "1 second", "voice": "Polly.Joanna", "language": "en-US"}]')});
+OutboxTest::wait_until($node,
+	"SELECT state = 'sent' FROM twilio_outbox.messages WHERE to_number = '+14155550220' AND channel = 'voice'",
+	'the voice step of a chain is sent');
+like(OutboxTest::query($node, q{
+		SELECT m.attempts || '|' || a.http_status || '|' || a.outcome || '|' || m.twilio_sid
+		FROM twilio_outbox.messages m JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		WHERE m.to_number = '+14155550220' AND m.channel = 'voice'}),
+	qr/^1\|201\|sent\|CA[0-9a-fA-F]{32}$/, 'a call: accepted by Prism (201) on the first attempt, its CA sid kept');
+
 # Prism saw each of them and found no violation.
 my $log = slurp_file($prism_log);
+my $calls = () = $log =~ m{\[HTTP SERVER\] post /2010-04-01/Accounts/\Q$OutboxTest::ACCOUNT_SID\E/Calls\.json \S+\s+info\s+Request received}g;
+is($calls, 1, 'Prism received one Calls request');
+# the chain's head was one more message
+$n++;
 my $received = () = $log =~ m{\[HTTP SERVER\] post /2010-04-01/Accounts/\Q$OutboxTest::ACCOUNT_SID\E/Messages\.json \S+\s+info\s+Request received}g;
 my $passed = () = $log =~ /The request passed the validation rules/g;
 my @violations = $log =~ /\[VALIDATOR\] \S+\s+(?:error|warning)\s+(.*)/g;
 is($received, $n, "Prism received exactly $n Messages requests");
-is($passed, $n, 'each passed Prism\'s validation');
+is($passed, $n + $calls, 'each passed Prism\'s validation');
 is(scalar @violations, 0, 'Prism reported no violation')
   or diag(join("\n", @violations));
 
