@@ -375,6 +375,7 @@ outbox_http_start(OutboxMessage *m)
 	}
 	in_flight++;
 	a->in_flight++;
+	m->account_in_flight = a->in_flight;
 	return true;
 }
 

@@ -157,7 +157,8 @@ outbox_refresh_accounts(TimestampTz now)
 
 	outbox_prepare(&plan,
 			"SELECT a.name, a.account_sid, a.base_url, a.max_concurrency,"
-			" a.paused_until, c.api_key_sid, c.secret, c.secret_env, c.secret_file"
+			" a.paused_until, c.api_key_sid, c.secret, c.secret_env, c.secret_file,"
+			" a.twilio_concurrency_limit"
 			" FROM twilio_outbox.accounts a"
 			" LEFT JOIN twilio_outbox.account_credentials c ON c.account = a.name",
 			0, NULL);
@@ -256,6 +257,9 @@ outbox_refresh_accounts(TimestampTz now)
 									 Min(Max(DatumGetInt32(concurrency), 1), 1000));
 		paused = SPI_getbinval(tup, desc, 5, &isnull);
 		a->paused_until = isnull ? 0 : DatumGetTimestampTz(paused);
+		concurrency = SPI_getbinval(tup, desc, 10, &isnull);
+		a->twilio_concurrency_limit = isnull ? 0 :
+			Min(Max(DatumGetInt32(concurrency), 1), 10000);
 		a->seen = true;
 	}
 }
@@ -276,7 +280,7 @@ outbox_find_sender(int64 id)
 }
 
 /*
- * Reload senders: their account, rate, burst and pause.  Structs are
+ * Reload senders: their account, rate (or their pool's), burst and pause.  Structs are
  * updated in place and never freed (claimed messages point at them), so a
  * rate change applies to the bucket as it stands.
  */
@@ -295,7 +299,11 @@ outbox_refresh_senders(TimestampTz now)
 			 * NULL, the default.
 			 */
 			"SELECT id, account, kind::text,"
-			" CASE WHEN rate IS NULL OR rate = 'NaN' OR rate <= 0 THEN 'NaN'::float8"
+			/* a Messaging Service without a rate: its pool's (43_limits.sql) */
+			" CASE WHEN (rate IS NULL OR rate = 'NaN' OR rate <= 0) AND kind::text = 'messaging_service'"
+			"   AND twilio_outbox.pool_rate(pool_long_codes, pool_toll_free, pool_short_codes) IS NOT NULL"
+			"  THEN twilio_outbox.pool_rate(pool_long_codes, pool_toll_free, pool_short_codes)::float8"
+			"  WHEN rate IS NULL OR rate = 'NaN' OR rate <= 0 THEN 'NaN'::float8"
 			"  WHEN rate = 'Infinity' THEN 'Infinity'::float8"
 			"  WHEN rate > 1000000 THEN 1000000::float8"
 			"  WHEN rate < 0.000001 THEN 0.000001::float8 ELSE rate::float8 END,"

@@ -120,3 +120,9 @@ GRANT SELECT ON twilio_outbox.worker_dispatchers TO twilio_outbox_monitor;
 REVOKE ALL ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, text, text, text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, text, text, text, text, jsonb)
 	TO twilio_outbox_enqueue, twilio_outbox_admin;
+
+/* H6 (43_limits): each sender's effective rate, and the pool arithmetic behind it. */
+REVOKE ALL ON twilio_outbox.sender_rates FROM PUBLIC;
+REVOKE ALL ON FUNCTION twilio_outbox.pool_rate(integer, integer, integer) FROM PUBLIC;
+GRANT SELECT ON twilio_outbox.sender_rates TO twilio_outbox_monitor;
+GRANT EXECUTE ON FUNCTION twilio_outbox.pool_rate(integer, integer, integer) TO twilio_outbox_monitor;
