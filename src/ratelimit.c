@@ -160,14 +160,15 @@ outbox_concurrency_after(OutboxAccount *a, bool rate_limited)
  * for the others' growth between two answers), else max_concurrency (only
  * other clients then slow us).
  *
- * Over the mark, the others' share is what was reported less ours (this
- * dispatcher's requests of the account in flight: the most of when the
- * request started and now, so others are never overestimated from a count
- * that grew since), and the cap comes down to the mark less the others.
- * The answers to requests started before the cap came down report the same
- * others, so they bring it to the same value instead of cutting it again
- * and again as a halving would.  At or over the mark the cap does not grow;
- * under it, it grows back as after a 429.  Returns whether it may not grow.
+ * The others' share is what was reported less ours (this dispatcher's
+ * requests of the account in flight when the answer came, itself included:
+ * those that finished since Twilio counted are missing, so the others are
+ * rather over- than underestimated), and the cap may be at most the mark
+ * less the others.  The answers to requests started before the cap came
+ * down report the same others, so they bring it to the same value instead
+ * of cutting it again and again as a halving would.  A cap at that most
+ * does not grow; below it, it grows back as after a 429.  Returns whether
+ * it may not grow.
  */
 bool
 outbox_concurrency_reported(OutboxAccount *a, int reported, int ours)
@@ -180,8 +181,6 @@ outbox_concurrency_reported(OutboxAccount *a, int reported, int ours)
 		return false;
 	high = a->twilio_concurrency_limit > 0 ?
 		Max(1, a->twilio_concurrency_limit * 4 / 5) : a->max_concurrency;
-	if (reported < high)
-		return false;
 	others = Max(0, reported - ours);
 	target = Max(1, high - others);
 	if (target < a->cap)
@@ -189,7 +188,7 @@ outbox_concurrency_reported(OutboxAccount *a, int reported, int ours)
 		a->cap = target;
 		a->successes = 0;
 	}
-	return true;
+	return a->cap >= target;
 }
 
 /*
@@ -209,8 +208,7 @@ outbox_account_apply(OutboxAccount *a, const OutboxMessage *m)
 	else if (m->outcome == OUTCOME_RATE_LIMITED)
 		a->consecutive_429++;
 	/* a->in_flight no longer counts m (finished): + 1 */
-	held = outbox_concurrency_reported(a, m->resp.concurrent_requests,
-									   Max(m->account_in_flight, a->in_flight + 1));
+	held = outbox_concurrency_reported(a, m->resp.concurrent_requests, a->in_flight + 1);
 	if (m->outcome == OUTCOME_RATE_LIMITED || (m->outcome == OUTCOME_SENT && !held))
 		outbox_concurrency_after(a, m->outcome == OUTCOME_RATE_LIMITED);
 }

@@ -295,10 +295,9 @@ typedef struct OutboxMessage
 	OutboxSender *sender;
 	TimestampTz expires_at;		/* 0 when none */
 	char	   *form;			/* x-www-form-urlencoded request body */
-	int			account_in_flight;	/* its account's requests in flight when it started, itself included */
 	/* transport */
 	void	   *easy;			/* CURL *, NULL when not in flight */
-	void	   *headers;		/* struct curl_slist * */
+	void	   *headers;		/* http.c's pooled request (easy handle, header list, body buffer) */
 	void	   *url;			/* CURLU *: the parsed, checked URL */
 	OutboxResponse resp;
 	/* decision */
