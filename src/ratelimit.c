@@ -167,8 +167,9 @@ outbox_concurrency_after(OutboxAccount *a, bool rate_limited)
  * less the others.  The answers to requests started before the cap came
  * down report the same others, so they bring it to the same value instead
  * of cutting it again and again as a halving would.  A cap at that most
- * does not grow; below it, it grows back as after a 429.  Returns whether
- * it may not grow.
+ * does not grow; below it, it grows back as after a 429, after a cap's
+ * worth of answers in a row that left room.  Returns whether it may not
+ * grow.
  */
 bool
 outbox_concurrency_reported(OutboxAccount *a, int reported, int ours)
@@ -209,6 +210,13 @@ outbox_account_apply(OutboxAccount *a, const OutboxMessage *m)
 		a->consecutive_429++;
 	/* a->in_flight no longer counts m (finished): + 1 */
 	held = outbox_concurrency_reported(a, m->resp.concurrent_requests, a->in_flight + 1);
+	/*
+	 * Growing takes a cap's worth of answers in a row that all left room:
+	 * one answer whose own count was read while a request of ours was not
+	 * yet (or no longer) counted at Twilio underestimates the others.
+	 */
+	if (held)
+		a->successes = 0;
 	if (m->outcome == OUTCOME_RATE_LIMITED || (m->outcome == OUTCOME_SENT && !held))
 		outbox_concurrency_after(a, m->outcome == OUTCOME_RATE_LIMITED);
 }
