@@ -156,9 +156,11 @@ outbox_concurrency_after(OutboxAccount *a, bool rate_limited)
  * (another application, another dispatcher of the same account).  Twilio
  * answers 429 once that passes the account's concurrency limit, so the
  * dispatcher keeps it at or under a high-water mark before that happens:
- * 80% of accounts.twilio_concurrency_limit when set (the rest is headroom
- * for the others' growth between two answers), else max_concurrency (only
- * other clients then slow us).
+ * 80% of accounts.twilio_concurrency_limit (the rest is headroom for the
+ * others' growth between two answers).  Without that limit the count is
+ * only recorded: max_concurrency is then the whole story, and the
+ * dispatchers of one database already share it (partition.c), so reading
+ * one another's requests as foreign would only shrink them.
  *
  * The others' share is what was reported less ours (this dispatcher's
  * requests of the account in flight when the answer came, itself included:
@@ -178,10 +180,9 @@ outbox_concurrency_reported(OutboxAccount *a, int reported, int ours)
 	int			others;
 	int			target;
 
-	if (reported < 0 || ours < 1)
+	if (reported < 0 || ours < 1 || a->twilio_concurrency_limit <= 0)
 		return false;
-	high = a->twilio_concurrency_limit > 0 ?
-		Max(1, a->twilio_concurrency_limit * 4 / 5) : a->max_concurrency;
+	high = Max(1, a->twilio_concurrency_limit * 4 / 5);
 	others = Max(0, reported - ours);
 	target = Max(1, high - others);
 	if (target < a->cap)

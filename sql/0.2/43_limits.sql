@@ -80,11 +80,11 @@ COMMENT ON VIEW twilio_outbox.sender_rates IS 'Each sender''s rate in segments p
  * Twilio-Concurrent-Requests: Twilio's limit on an account's requests in
  * flight at once, over every client of the account.  When it is set, the
  * dispatcher keeps what Twilio reports at or under 80% of it; when NULL,
- * at or under max_concurrency (so only other clients of the account slow
- * it).  See outbox_concurrency_reported() in src/ratelimit.c.
+ * the header is only recorded, as in 0.1.  See
+ * outbox_concurrency_reported() in src/ratelimit.c.
  */
 ALTER TABLE twilio_outbox.accounts
 	ADD COLUMN twilio_concurrency_limit integer;
 ALTER TABLE twilio_outbox.accounts ADD CONSTRAINT accounts_twilio_concurrency_limit_range CHECK (
 	twilio_concurrency_limit OPERATOR(pg_catalog.>=) 1 AND twilio_concurrency_limit OPERATOR(pg_catalog.<=) 10000);
-COMMENT ON COLUMN twilio_outbox.accounts.twilio_concurrency_limit IS 'Twilio''s concurrency limit for the account (all its clients together); the dispatcher slows down when Twilio-Concurrent-Requests reports more than 80% of it (NULL: more than max_concurrency)';
+COMMENT ON COLUMN twilio_outbox.accounts.twilio_concurrency_limit IS 'Twilio''s concurrency limit for the account (all its clients together); the dispatcher slows down when Twilio-Concurrent-Requests reports more than 80% of it (NULL: the header is only recorded)';
