@@ -372,7 +372,7 @@ messages_url(OutboxAccount *a, const char **refusal)
 	return u;
 }
 
-/* A pooled request, reset; NULL when out of memory. */
+/* A pooled request (reset when given back); NULL when out of memory. */
 static PooledRequest *
 take_request(void)
 {
@@ -381,7 +381,6 @@ take_request(void)
 	if (r != NULL)
 	{
 		free_requests = r->next_free;
-		curl_easy_reset(r->easy);
 		return r;
 	}
 	r = MemoryContextAllocExtended(TopMemoryContext, sizeof(PooledRequest), MCXT_ALLOC_NO_OOM);
@@ -397,9 +396,15 @@ take_request(void)
 	return r;
 }
 
+/*
+ * Reset at once: a handle in the pool holds no option of its last request,
+ * neither its credentials nor a pointer into its message, which the batch
+ * frees.
+ */
 static void
 give_back_request(PooledRequest *r)
 {
+	curl_easy_reset(r->easy);
 	r->m = NULL;
 	r->next_free = free_requests;
 	free_requests = r;
