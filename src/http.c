@@ -285,15 +285,6 @@ on_header(char *buffer, size_t size, size_t nitems, void *userdata)
 }
 
 /*
- * Put one message's request in flight: its create (POST with its form and
- * idempotency key), or a lookup's GET or DELETE of request_url, which
- * carries the same credentials under the same checks.  Either takes one of
- * its account's slots while in flight.  Allocates its buffers in the
- * message's batch context; throws only when out of memory.  Returns false,
- * with the reason in resp.transport_error and nothing sent, when its URL
- * may not be sent to (the settings changed since its account was checked).
- */
-/*
  * An account's messages URL as checked by outbox_url_refusal() and parsed
  * by libcurl, kept for its sends while what the check depends on stays the
  * same: the URL, twilio_outbox.allowed_hosts and allow_insecure_http,
@@ -410,6 +401,15 @@ give_back_request(PooledRequest *r)
 	free_requests = r;
 }
 
+/*
+ * Put one message's request in flight: its create (POST with its form and
+ * idempotency key), or a lookup's GET or DELETE of request_url, which
+ * carries the same credentials under the same checks.  Either takes one of
+ * its account's slots while in flight.  Allocates its buffers in the
+ * message's batch context; throws only when out of memory.  Returns false,
+ * with the reason in resp.transport_error and nothing sent, when its URL
+ * may not be sent to (the settings changed since its account was checked).
+ */
 bool
 outbox_http_start(OutboxMessage *m)
 {
