@@ -405,8 +405,9 @@ give_back_request(PooledRequest *r)
  * Put one message's request in flight: its create (POST with its form and
  * idempotency key), or a lookup's GET or DELETE of request_url, which
  * carries the same credentials under the same checks.  Either takes one of
- * its account's slots while in flight.  Allocates its buffers in the
- * message's batch context; throws only when out of memory.  Returns false,
+ * its account's slots while in flight, and a pooled request; a lookup's
+ * URL check allocates in the message's batch context.  Throws only when
+ * out of memory.  Returns false,
  * with the reason in resp.transport_error and nothing sent, when its URL
  * may not be sent to (the settings changed since its account was checked).
  */
