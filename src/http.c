@@ -12,7 +12,9 @@
  * URL parser, its host checked (twilio_outbox.allowed_hosts, loopback only
  * with allow_insecure_http, never any user information), and the parsed
  * handle itself is given to libcurl (CURLOPT_CURLU), so that the host
- * checked is the host connected to.  Redirects are never followed; only
+ * checked is the host connected to (an account's messages URL is checked
+ * again whenever it or those settings change, not at every send: see
+ * messages_url()).  Redirects are never followed; only
  * https (and http when allowed) is spoken; plain http never goes through a
  * proxy.
  *
@@ -59,13 +61,37 @@ static CURLM *multi = NULL;
 static int	in_flight = 0;
 static char user_agent[128];
 
-/* Per-transfer state that libcurl's callbacks see. */
-typedef struct Transfer
+/*
+ * Issue 14: the hot path allocates nothing per message.  A request is made
+ * with a pooled handle: a libcurl easy handle (curl_easy_reset() between
+ * uses clears every option, so nothing of one request, credentials
+ * included, reaches the next; libcurl keeps its buffers, and the multi
+ * handle its connections), the request's header list as nodes of its own
+ * (libcurl only reads a list), and the response body buffer.  The body is
+ * parsed in the done callback, before the handle goes back to the pool.
+ * The pool grows to the most requests ever in flight at once
+ * (max_in_flight) and is freed at exit.
+ */
+#define IDEMPOTENCY_HEADER_CAP 256
+typedef struct PooledRequest
 {
+	CURL	   *easy;
+	struct PooledRequest *next_free;
 	OutboxMessage *m;
 	size_t		form_len;
 	size_t		form_pos;
-} Transfer;
+	struct curl_slist headers[4];
+	char		idempotency[IDEMPOTENCY_HEADER_CAP];
+	char		body[RESPONSE_BODY_CAP];
+} PooledRequest;
+
+static PooledRequest *free_requests = NULL;
+static List *all_requests = NIL;
+
+/* libcurl reads header lists and never writes them: constant text is safe */
+static char accept_header[] = "Accept: application/json";
+static char form_header[] = "Content-Type: application/x-www-form-urlencoded";
+static char no_expect_header[] = "Expect:";
 
 void
 outbox_http_init(void)
@@ -229,7 +255,7 @@ done:
 static size_t
 on_read(char *buffer, size_t size, size_t nitems, void *userdata)
 {
-	Transfer   *t = userdata;
+	PooledRequest *t = userdata;
 	size_t		n = Min(size * nitems, t->form_len - t->form_pos);
 
 	memcpy(buffer, t->m->form + t->form_pos, n);
@@ -262,11 +288,129 @@ on_header(char *buffer, size_t size, size_t nitems, void *userdata)
 }
 
 /*
+ * An account's messages URL as checked by outbox_url_refusal() and parsed
+ * by libcurl, kept for its sends while what the check depends on stays the
+ * same: the URL, twilio_outbox.allowed_hosts and allow_insecure_http,
+ * compared at every send, so a reload that changes them is checked at the
+ * next send as before.  libcurl only reads a CURLOPT_CURLU handle, so the
+ * requests in flight of an account share it; a handle replaced while some
+ * may still use it is freed once none is in flight.  A lookup's URL (a SID
+ * in it) is still parsed and checked for each request.
+ */
+typedef struct CheckedUrl
+{
+	const OutboxAccount *account;	/* accounts are never freed (registry.c) */
+	char	   *url;
+	char	   *hosts;
+	bool		insecure;
+	CURLU	   *parsed;			/* NULL: none */
+} CheckedUrl;
+
+static List *checked_urls = NIL;
+static List *retired_urls = NIL;
+
+static void
+retire_url(CheckedUrl *c)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	if (c->parsed != NULL)
+		retired_urls = lappend(retired_urls, c->parsed);
+	c->parsed = NULL;
+	MemoryContextSwitchTo(old);
+}
+
+static CURLU *
+messages_url(OutboxAccount *a, const char **refusal)
+{
+	const char *hosts = outbox_allowed_hosts ? outbox_allowed_hosts : "";
+	CheckedUrl *c = NULL;
+	ListCell   *lc;
+	void	   *u = NULL;
+	MemoryContext old;
+
+	foreach(lc, checked_urls)
+	{
+		if (((CheckedUrl *) lfirst(lc))->account == a)
+		{
+			c = lfirst(lc);
+			break;
+		}
+	}
+	if (c != NULL && c->parsed != NULL && c->insecure == outbox_allow_insecure_http &&
+		strcmp(c->url, a->messages_url) == 0 && strcmp(c->hosts, hosts) == 0)
+		return c->parsed;
+
+	*refusal = outbox_url_refusal(a->messages_url, &u);
+	if (c != NULL)
+		retire_url(c);
+	if (*refusal != NULL)
+		return NULL;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (c == NULL)
+	{
+		c = palloc0(sizeof(CheckedUrl));
+		c->account = a;
+		checked_urls = lappend(checked_urls, c);
+	}
+	else
+	{
+		pfree(c->url);
+		pfree(c->hosts);
+	}
+	c->url = pstrdup(a->messages_url);
+	c->hosts = pstrdup(hosts);
+	c->insecure = outbox_allow_insecure_http;
+	c->parsed = u;
+	MemoryContextSwitchTo(old);
+	return u;
+}
+
+/* A pooled request (reset when given back); NULL when out of memory. */
+static PooledRequest *
+take_request(void)
+{
+	PooledRequest *r = free_requests;
+
+	if (r != NULL)
+	{
+		free_requests = r->next_free;
+		return r;
+	}
+	r = MemoryContextAllocExtended(TopMemoryContext, sizeof(PooledRequest), MCXT_ALLOC_NO_OOM);
+	if (r == NULL)
+		return NULL;
+	r->easy = curl_easy_init();
+	if (r->easy == NULL)
+	{
+		pfree(r);
+		return NULL;
+	}
+	all_requests = lappend(all_requests, r);
+	return r;
+}
+
+/*
+ * Reset at once: a handle in the pool holds no option of its last request,
+ * neither its credentials nor a pointer into its message, which the batch
+ * frees.
+ */
+static void
+give_back_request(PooledRequest *r)
+{
+	curl_easy_reset(r->easy);
+	r->m = NULL;
+	r->next_free = free_requests;
+	free_requests = r;
+}
+
+/*
  * Put one message's request in flight: its create (POST with its form and
  * idempotency key), or a lookup's GET or DELETE of request_url, which
  * carries the same credentials under the same checks.  Either takes one of
- * its account's slots while in flight.  Allocates its buffers in the
- * message's batch context; throws only when out of memory.  Returns false,
+ * its account's slots while in flight, and a pooled request; a lookup's
+ * URL check allocates in the message's batch context.  Throws only when
+ * out of memory.  Returns false,
  * with the reason in resp.transport_error and nothing sent, when its URL
  * may not be sent to (the settings changed since its account was checked).
  */
@@ -275,36 +419,59 @@ outbox_http_start(OutboxMessage *m)
 {
 	OutboxAccount *a = m->account;
 	MemoryContext cxt = m->batch->cxt;
-	Transfer   *t;
-	struct curl_slist *h = NULL;
-	char		header[256];
+	PooledRequest *t;
+	struct curl_slist *h;
 	CURL	   *e;
-	void	   *url = NULL;
-	const char *refusal;
+	void	   *url = NULL;		/* a lookup's own, freed after it */
+	CURLU	   *checked;
+	const char *refusal = NULL;
 	MemoryContext old;
 	bool		create = m->kind == OUTBOX_REQUEST_CREATE;
-	size_t		cap;
 	/* a lookup's URL is its account's messages_url with the SID: the same checks */
 	/* a call's create names its Calls.json (fallback.c), beside messages_url */
 	const char *target = create && m->request_url == NULL ? a->messages_url : m->request_url;
 
 	/* in the batch's context: nothing of the check outlives the batch */
 	old = MemoryContextSwitchTo(cxt);
-	refusal = outbox_url_refusal(target, &url);
+	if (target == a->messages_url)
+		checked = messages_url(a, &refusal);
+	else
+		refusal = outbox_url_refusal(target, &url);
 	MemoryContextSwitchTo(old);
+	if (target != a->messages_url)
+		checked = url;
 	if (refusal != NULL)
 	{
 		strlcpy(m->resp.transport_error, refusal, sizeof(m->resp.transport_error));
 		return false;
 	}
-	t = MemoryContextAllocZero(cxt, sizeof(Transfer));
-
-	/* a page of the message list is far longer than one message; its buffer is reused page after page */
-	cap = m->kind == OUTBOX_REQUEST_LIST ? LIST_BODY_CAP : RESPONSE_BODY_CAP;
-	if (m->resp.body == NULL || m->resp.body_cap != cap)
+	t = take_request();
+	if (t == NULL)
 	{
-		m->resp.body_cap = cap;
-		m->resp.body = MemoryContextAlloc(cxt, cap);
+		curl_url_cleanup(url);
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl request")));
+	}
+	e = t->easy;
+
+	if (m->kind == OUTBOX_REQUEST_LIST)
+	{
+		/*
+		 * A page of the message list (reconcile.c) is far longer than one
+		 * message: a buffer of its own in the batch's context, reused page
+		 * after page of the same lookup.
+		 */
+		if (m->resp.body == NULL || m->resp.body_cap != LIST_BODY_CAP)
+		{
+			m->resp.body_cap = LIST_BODY_CAP;
+			m->resp.body = MemoryContextAlloc(cxt, LIST_BODY_CAP);
+		}
+	}
+	else
+	{
+		m->resp.body_cap = RESPONSE_BODY_CAP;
+		m->resp.body = t->body;
 	}
 	m->resp.body_len = 0;
 	m->resp.body_truncated = false;
@@ -313,29 +480,27 @@ outbox_http_start(OutboxMessage *m)
 	m->resp.request_duration = -1;
 	t->m = m;
 	t->form_len = create ? strlen(m->form) : 0;
+	t->form_pos = 0;
 
-	e = curl_easy_init();
-	h = curl_slist_append(h, "Accept: application/json");
+	/* the header list: nodes of the pooled request, linked for this request */
+	h = &t->headers[0];
+	t->headers[0].data = accept_header;
+	t->headers[0].next = NULL;
 	if (create)
 	{
-		snprintf(header, sizeof(header), "%s: %s", outbox_idempotency_header, m->idempotency_key);
-		h = curl_slist_append(h, header);
-		h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
-		h = curl_slist_append(h, "Expect:");
-	}
-	if (e == NULL || h == NULL)
-	{
-		if (e)
-			curl_easy_cleanup(e);
-		curl_slist_free_all(h);
-		curl_url_cleanup(url);
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create a libcurl request")));
+		snprintf(t->idempotency, sizeof(t->idempotency), "%s: %s",
+				 outbox_idempotency_header, m->idempotency_key);
+		t->headers[1].data = t->idempotency;
+		t->headers[2].data = form_header;
+		t->headers[3].data = no_expect_header;
+		t->headers[0].next = &t->headers[1];
+		t->headers[1].next = &t->headers[2];
+		t->headers[2].next = &t->headers[3];
+		t->headers[3].next = NULL;
 	}
 
 	/* the very handle whose host was checked */
-	curl_easy_setopt(e, CURLOPT_CURLU, url);
+	curl_easy_setopt(e, CURLOPT_CURLU, checked);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, outbox_allow_insecure_http ? "http,https" : "https");
 	/* plain http (loopback only) never through a proxy, which would see the credentials */
 	if (pg_strncasecmp(target, "http:", 5) == 0)
@@ -372,15 +537,15 @@ outbox_http_start(OutboxMessage *m)
 	curl_easy_setopt(e, CURLOPT_PRIVATE, m);
 
 	m->easy = e;
-	m->headers = h;
+	m->headers = t;
 	m->url = url;
 	m->resp.started_at = GetCurrentTimestamp();
 	if (curl_multi_add_handle(multi, e) != CURLM_OK)
 	{
-		curl_easy_cleanup(e);
-		curl_slist_free_all(h);
+		give_back_request(t);
 		curl_url_cleanup(url);
 		m->easy = m->headers = m->url = NULL;
+		m->resp.body = NULL;
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("could not start a libcurl request")));
@@ -440,11 +605,18 @@ finish(OutboxMessage *m, CURLcode rc)
 		r->request_sent = rc == CURLE_OK || connected;
 
 	curl_multi_remove_handle(multi, e);
-	curl_easy_cleanup(e);
-	curl_slist_free_all((struct curl_slist *) m->headers);
 	curl_url_cleanup((CURLU *) m->url);
-	m->easy = m->headers = m->url = NULL;
+	m->easy = m->url = NULL;
 	in_flight--;
+	if (in_flight == 0 && retired_urls != NIL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, retired_urls)
+			curl_url_cleanup(lfirst(lc));
+		list_free(retired_urls);
+		retired_urls = NIL;
+	}
 	m->account->in_flight--;
 }
 
@@ -469,12 +641,28 @@ outbox_http_poll(int timeout_ms, OutboxHttpDone done)
 	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 	{
 		OutboxMessage *m;
+		PooledRequest *r;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
+
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &m);
+		r = m->headers;
 		finish(m, msg->data.result);
 		done(m);
+
+		/*
+		 * done() has parsed the body: its buffer and the handle go back.
+		 * Unless done() sent the message out again (the next page of a
+		 * reconciliation's list): it holds another pooled request now.
+		 */
+		if (m->headers == r)
+		{
+			m->headers = NULL;
+			m->resp.body = NULL;
+			m->resp.body_len = 0;
+		}
+		give_back_request(r);
 		ndone++;
 	}
 	return ndone;
@@ -490,10 +678,15 @@ outbox_http_in_flight(void)
 void
 outbox_http_shutdown(void)
 {
+	ListCell   *lc;
+
 	if (multi != NULL)
 	{
 		curl_multi_cleanup(multi);
 		multi = NULL;
 	}
+	foreach(lc, all_requests)
+		curl_easy_cleanup(((PooledRequest *) lfirst(lc))->easy);
+	free_requests = NULL;
 	curl_global_cleanup();
 }

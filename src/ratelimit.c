@@ -3,7 +3,8 @@
  * ratelimit.c
  *		How fast the dispatcher may send: a token bucket per sender, in
  *		segments per second, and each account's runtime state: its pause,
- *		its run of 429s, and a concurrency cap that a 429 halves and
+ *		its run of 429s, and a concurrency cap that a 429 halves, that
+ *		Twilio-Concurrent-Requests brings down before a 429 would, and that
  *		successes win back one step at a time.  outbox_account_apply() is
  *		the one call that applies an attempt's outcome to it.
  *
@@ -25,8 +26,9 @@ List	   *outbox_senders = NIL;
 /*
  * Twilio's throughput by kind of sender, in segments per second: a US long
  * code sends about one, toll-free three, a short code a hundred, WhatsApp
- * eighty.  A Messaging Service pools its numbers and queues at Twilio, so
- * without a configured rate it is held only by its account's concurrency.
+ * eighty.  A Messaging Service's rate is its pool's (the registry reads it
+ * through twilio_outbox.pool_rate()); one whose pool is not described gets
+ * here and is held only by its account's concurrency.
  */
 static double
 default_rate(const char *kind)
@@ -149,6 +151,49 @@ outbox_concurrency_after(OutboxAccount *a, bool rate_limited)
 }
 
 /*
+ * Twilio-Concurrent-Requests (issue 12): how many of the account's requests
+ * Twilio had in flight when it answered, ours and every other client's
+ * (another application, another dispatcher of the same account).  Twilio
+ * answers 429 once that passes the account's concurrency limit, so the
+ * dispatcher keeps it at or under a high-water mark before that happens:
+ * 80% of accounts.twilio_concurrency_limit (the rest is headroom for the
+ * others' growth between two answers).  Without that limit the count is
+ * only recorded: max_concurrency is then the whole story, and the
+ * dispatchers of one database already share it (partition.c), so reading
+ * one another's requests as foreign would only shrink them.
+ *
+ * The others' share is what was reported less ours (this dispatcher's
+ * requests of the account in flight when the answer came, itself included:
+ * those that finished since Twilio counted are missing, so the others are
+ * rather over- than underestimated), and the cap may be at most the mark
+ * less the others.  The answers to requests started before the cap came
+ * down report the same others, so they bring it to the same value instead
+ * of cutting it again and again as a halving would.  A cap at that most
+ * does not grow; below it, it grows back as after a 429, after a cap's
+ * worth of answers in a row that left room.  Returns whether it may not
+ * grow.
+ */
+bool
+outbox_concurrency_reported(OutboxAccount *a, int reported, int ours)
+{
+	int			high;
+	int			others;
+	int			target;
+
+	if (reported < 0 || ours < 1 || a->twilio_concurrency_limit <= 0)
+		return false;
+	high = Max(1, a->twilio_concurrency_limit * 4 / 5);
+	others = Max(0, reported - ours);
+	target = Max(1, high - others);
+	if (target < a->cap)
+	{
+		a->cap = target;
+		a->successes = 0;
+	}
+	return a->cap >= target;
+}
+
+/*
  * The one place an attempt's outcome changes its account's runtime state
  * (pause, run of 429s, concurrency cap), right after outbox_decide(): a
  * pause holds from now on, before the outcome is even recorded.
@@ -156,12 +201,23 @@ outbox_concurrency_after(OutboxAccount *a, bool rate_limited)
 void
 outbox_account_apply(OutboxAccount *a, const OutboxMessage *m)
 {
+	bool		held;
+
 	if (m->pause_account_until > a->paused_until)
 		a->paused_until = m->pause_account_until;
 	if (m->outcome == OUTCOME_SENT)
 		a->consecutive_429 = 0;
 	else if (m->outcome == OUTCOME_RATE_LIMITED)
 		a->consecutive_429++;
-	if (m->outcome == OUTCOME_RATE_LIMITED || m->outcome == OUTCOME_SENT)
+	/* a->in_flight no longer counts m (finished): + 1 */
+	held = outbox_concurrency_reported(a, m->resp.concurrent_requests, a->in_flight + 1);
+	/*
+	 * Growing takes a cap's worth of answers in a row that all left room:
+	 * one answer whose own count was read while a request of ours was not
+	 * yet (or no longer) counted at Twilio underestimates the others.
+	 */
+	if (held)
+		a->successes = 0;
+	if (m->outcome == OUTCOME_RATE_LIMITED || (m->outcome == OUTCOME_SENT && !held))
 		outbox_concurrency_after(a, m->outcome == OUTCOME_RATE_LIMITED);
 }

@@ -158,7 +158,7 @@ outbox_refresh_accounts(TimestampTz now)
 	outbox_prepare(&plan,
 			"SELECT a.name, a.account_sid, a.base_url, a.max_concurrency,"
 			" a.paused_until, c.api_key_sid, c.secret, c.secret_env, c.secret_file,"
-			" a.calls_per_second::float8"
+			" a.calls_per_second::float8, a.twilio_concurrency_limit"
 			" FROM twilio_outbox.accounts a"
 			" LEFT JOIN twilio_outbox.account_credentials c ON c.account = a.name",
 			0, NULL);
@@ -260,6 +260,9 @@ outbox_refresh_accounts(TimestampTz now)
 		/* voice calls' own rate (fallback.c); the CHECK keeps it in 0.01 to 100 */
 		paused = SPI_getbinval(tup, desc, 10, &isnull);
 		a->calls_per_second = isnull ? 1.0 : Min(Max(DatumGetFloat8(paused), 0.01), 100.0);
+		concurrency = SPI_getbinval(tup, desc, 11, &isnull);
+		a->twilio_concurrency_limit = isnull ? 0 :
+			Min(Max(DatumGetInt32(concurrency), 1), 10000);
 		a->seen = true;
 	}
 }
@@ -280,7 +283,7 @@ outbox_find_sender(int64 id)
 }
 
 /*
- * Reload senders: their account, rate, burst and pause.  Structs are
+ * Reload senders: their account, rate (or their pool's), burst and pause.  Structs are
  * updated in place and never freed (claimed messages point at them), so a
  * rate change applies to the bucket as it stands.
  */
@@ -299,7 +302,11 @@ outbox_refresh_senders(TimestampTz now)
 			 * NULL, the default.
 			 */
 			"SELECT id, account, kind::text,"
-			" CASE WHEN rate IS NULL OR rate = 'NaN' OR rate <= 0 THEN 'NaN'::float8"
+			/* a Messaging Service without a rate: its pool's (43_limits.sql) */
+			" CASE WHEN (rate IS NULL OR rate = 'NaN' OR rate <= 0) AND kind::text = 'messaging_service'"
+			"   AND twilio_outbox.pool_rate(pool_long_codes, pool_toll_free, pool_short_codes) IS NOT NULL"
+			"  THEN twilio_outbox.pool_rate(pool_long_codes, pool_toll_free, pool_short_codes)::float8"
+			"  WHEN rate IS NULL OR rate = 'NaN' OR rate <= 0 THEN 'NaN'::float8"
 			"  WHEN rate = 'Infinity' THEN 'Infinity'::float8"
 			"  WHEN rate > 1000000 THEN 1000000::float8"
 			"  WHEN rate < 0.000001 THEN 0.000001::float8 ELSE rate::float8 END,"

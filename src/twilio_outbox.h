@@ -200,6 +200,7 @@ typedef struct OutboxAccount
 	TimestampTz paused_until;	/* 0 when not paused */
 	int			in_flight;
 	int			consecutive_429;
+	int			twilio_concurrency_limit;	/* accounts.twilio_concurrency_limit, 0: NULL */
 	int			claim_room;		/* scratch for one claim */
 	List	   *claim_senders;	/* scratch: its senders that may send, in turn */
 	int			partition_room; /* partition.c: its share left to this dispatcher */
@@ -308,7 +309,7 @@ typedef struct OutboxMessage
 	char	   *form;			/* x-www-form-urlencoded request body */
 	/* transport */
 	void	   *easy;			/* CURL *, NULL when not in flight */
-	void	   *headers;		/* struct curl_slist * */
+	void	   *headers;		/* http.c's pooled request (easy handle, header list, body buffer) */
 	void	   *url;			/* CURLU *: the parsed, checked URL */
 	OutboxResponse resp;
 	/* decision */
@@ -373,6 +374,7 @@ extern TimestampTz outbox_bucket_ready_at(OutboxSender *s, TimestampTz now, int 
 extern int	outbox_account_room(OutboxAccount *a, TimestampTz now);
 extern void outbox_concurrency_after(OutboxAccount *a, bool rate_limited);
 extern void outbox_concurrency_configure(OutboxAccount *a, int max_concurrency);
+extern bool outbox_concurrency_reported(OutboxAccount *a, int reported, int ours);
 extern void outbox_account_apply(OutboxAccount *a, const OutboxMessage *m);
 
 /* enqueue_lookup.c: the account and sender of a message, by index probes */

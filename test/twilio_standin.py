@@ -105,8 +105,14 @@ Control endpoints (JSON in and out):
                     (--idempotency-header) and per outbox_id of the StatusCallback URL
     POST /_faults   {"rate": r, "mix": {mode: weight} | "create_500:2,...", "hang": s, "seed": n}
     GET  /_faults   that configuration and {"injected": {mode: n}} (scripted faults too)
+    POST /_concurrency {"others": n, "limit": m | null}
+                    Twilio-Concurrent-Requests reports the requests in progress plus
+                    n (other clients of the account); with a limit, a create that
+                    arrives when the creates in progress (itself included) plus n
+                    exceed it is answered 429 (code 20429) before any script.  Each
+                    recorded create carries "concurrent": that count at its arrival
     POST /_reset    clear scripts, requests, rates, the steady action, messages,
-                    counters, and turn random faults off
+                    counters and the /_concurrency settings, and turn random faults off
     GET  /_health   {"ok": true}
 Anything else gets a Twilio-shaped 404 (code 20404).
 
@@ -371,6 +377,7 @@ class StandInState:
     def __init__(self):
         self.lock = threading.Lock()
         self.in_flight = 0
+        self.creates = 0  # creates in progress (/_concurrency)
         self._clear()
 
     def _clear(self):
@@ -382,6 +389,9 @@ class StandInState:
         self.burst = 1.0
         self.buckets = {}
         self.lookups = LookupStore()
+        # /_concurrency (Twilio-Concurrent-Requests and the concurrency limit)
+        self.others = 0
+        self.concurrency_limit = None
 
     def reset(self):
         with self.lock:
@@ -397,7 +407,21 @@ class StandInState:
 
     def concurrent(self):
         with self.lock:
-            return self.in_flight
+            return self.in_flight + self.others
+
+    def set_concurrency(self, spec):
+        if not isinstance(spec, dict):
+            raise ActionError('expected {"others": n, "limit": m | null}')
+        others, limit = spec.get("others", 0), spec.get("limit")
+        if not isinstance(others, int) or others < 0 or \
+                (limit is not None and (not isinstance(limit, int) or limit < 1)):
+            raise ActionError("others must be an integer >= 0, limit one >= 1 or null")
+        with self.lock:
+            self.others, self.concurrency_limit = others, limit
+
+    def create_done(self):
+        with self.lock:
+            self.creates -= 1
 
     def add_script(self, to, actions):
         with self.lock:
@@ -425,7 +449,11 @@ class StandInState:
 
         fault: the random fault drawn for this request, used when no script answers it."""
         with self.lock:
-            if not self._take_token(sender, now):
+            self.creates += 1
+            fields["concurrent"] = self.creates + self.others
+            if self.concurrency_limit is not None and fields["concurrent"] > self.concurrency_limit:
+                action = {"status": 429, "code": 20429, "message": "Too many concurrent requests"}
+            elif not self._take_token(sender, now):
                 action = dict(RATE_LIMITED)
             elif self.scripts.get(to):
                 action = self.scripts[to].popleft()
@@ -895,12 +923,14 @@ class Handler(BaseHTTPRequestHandler):
     # responses
 
     def _send_bytes(self, status, payload, extra_headers=None):
+        concurrent = self.state.concurrent()
+        self._create_done()
         self.send_response(status)
         headers = {
             "Content-Type": "application/json",
             "Content-Length": str(len(payload)),
             "Twilio-Request-Id": "RQ" + uuid.uuid4().hex,
-            "Twilio-Concurrent-Requests": str(self.state.concurrent()),
+            "Twilio-Concurrent-Requests": str(concurrent),
             "Twilio-Request-Duration": f"{time.monotonic() - self.started:.3f}",
             **(extra_headers or {}),
         }
@@ -941,7 +971,17 @@ class Handler(BaseHTTPRequestHandler):
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         fields = self._request_fields(account_sid, path, form)
         action = self.state.admit(fields, first(form, "To"), sender_of(form), time.monotonic(), fault)
-        self._perform(action, account_sid, form, call)
+        self.create_open = True
+        try:
+            self._perform(action, account_sid, form, call)
+        finally:
+            self._create_done()
+
+    def _create_done(self):
+        """A create stops counting (/_concurrency) once answered, before the client can see it."""
+        if getattr(self, "create_open", False):
+            self.create_open = False
+            self.state.create_done()
 
     def _close_early(self, account_sid, path, fault):
         """A random close_early: recorded (form unknown: never read), then RST."""
@@ -1153,6 +1193,9 @@ class Handler(BaseHTTPRequestHandler):
     def _config(self, query, body):
         self._control(body, lambda cfg: self.state.set_rates(*normalise_config(cfg)))
 
+    def _concurrency(self, query, body):
+        self._control(body, self.state.set_concurrency)
+
     def _reset(self, query, body):
         self.state.reset()
         self.server.faults.configure({"rate": 0})
@@ -1196,6 +1239,7 @@ CONTROL_ROUTES = {
     ("POST", "/_script"): Handler._script,
     ("POST", "/_config"): Handler._config,
     ("POST", "/_reset"): Handler._reset,
+    ("POST", "/_concurrency"): Handler._concurrency,
     ("GET", "/_lookups"): Handler._lookups,
     ("POST", "/_message_status"): Handler._message_status,
     ("POST", "/_lookup_script"): Handler._lookup_script,

@@ -138,3 +138,8 @@ REVOKE ALL ON FUNCTION twilio_outbox.chain_check(text, bigint, text, text, jsonb
 REVOKE ALL ON twilio_outbox.chain_steps, twilio_outbox.chains FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.chain_steps, twilio_outbox.chains TO twilio_outbox_monitor;
 GRANT SELECT (channel, chain_head, chain_step, fallback_at) ON twilio_outbox.messages TO twilio_outbox_monitor;
+/* H6 (43_limits): each sender's effective rate, and the pool arithmetic behind it. */
+REVOKE ALL ON twilio_outbox.sender_rates FROM PUBLIC;
+REVOKE ALL ON FUNCTION twilio_outbox.pool_rate(integer, integer, integer) FROM PUBLIC;
+GRANT SELECT ON twilio_outbox.sender_rates TO twilio_outbox_monitor;
+GRANT EXECUTE ON FUNCTION twilio_outbox.pool_rate(integer, integer, integer) TO twilio_outbox_monitor;

@@ -67,6 +67,14 @@ sub config
 	return $self->_post('/_config', $cfg);
 }
 
+# Twilio-Concurrent-Requests reports $others more than the stand-in's own
+# requests in progress; with $limit, creates beyond it are answered 429.
+sub concurrency
+{
+	my ($self, $others, $limit) = @_;
+	return $self->_post('/_concurrency', { others => $others + 0, limit => (defined $limit ? $limit + 0 : undef) });
+}
+
 sub reset
 {
 	my ($self) = @_;
