@@ -79,8 +79,6 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 		int			arg;
 		const char *name;
 	}			unbuilt[] = {
-		{ARG_PRIORITY, "priority"},
-		{ARG_TRAFFIC_CLASS, "traffic_class"},
 		{ARG_CAMPAIGN, "campaign"},
 		{ARG_TIME_ZONE, "time_zone"},
 		{ARG_FALLBACK, "fallback"},
@@ -91,6 +89,46 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("%s is not supported yet", unbuilt[i].name)));
+}
+
+/*
+ * priority => 'high' | 'normal' | 'low', stored as 0, 1, 2 (the order of
+ * the due index); NULL is 'normal', what every 0.1 call gets.
+ */
+static int16
+priority_arg(FunctionCallInfo fcinfo)
+{
+	static const char *const levels[] = {"high", "normal", "low"};
+	char	   *s;
+
+	if (PG_NARGS() <= ARG_PRIORITY || PG_ARGISNULL(ARG_PRIORITY))
+		return 1;
+	s = text_to_cstring(PG_GETARG_TEXT_PP(ARG_PRIORITY));
+	for (int i = 0; i < (int) lengthof(levels); i++)
+		if (strcmp(s, levels[i]) == 0)
+			return (int16) i;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid priority \"%s\"", outbox_clip(s)),
+			 errhint("The priorities are high, normal (the default) and low.")));
+	return 1;					/* not reached */
+}
+
+/* traffic_class => 'transactional' (the default) | 'marketing' */
+static const char *
+traffic_class_arg(FunctionCallInfo fcinfo)
+{
+	char	   *s;
+
+	if (PG_NARGS() <= ARG_TRAFFIC_CLASS || PG_ARGISNULL(ARG_TRAFFIC_CLASS))
+		return "transactional";
+	s = text_to_cstring(PG_GETARG_TEXT_PP(ARG_TRAFFIC_CLASS));
+	if (strcmp(s, "transactional") != 0 && strcmp(s, "marketing") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid traffic class \"%s\"", outbox_clip(s)),
+				 errhint("The traffic classes are transactional (the default) and marketing.")));
+	return s;
 }
 
 #define MAX_DEDUPE_KEY_BYTES 255
@@ -621,7 +659,9 @@ enum
 	MSG_ACCOUNT, MSG_SENDER_ID, MSG_TO, MSG_FROM, MSG_SERVICE, MSG_BODY, MSG_MEDIA,
 	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
 	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
-	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY, MSG_NCOLUMNS
+	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY,
+	MSG_PRIORITY, MSG_TRAFFIC_CLASS,	/* issue 12 */
+	MSG_NCOLUMNS
 };
 
 static bool
@@ -631,7 +671,8 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 	static Oid	argtypes[MSG_NCOLUMNS] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID,
+		INT2OID, TEXTOID
 	};
 	bool		isnull;
 	int			rc;
@@ -642,9 +683,11 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
-								" expires_at, next_attempt_at, enqueued_by)"
+								" expires_at, next_attempt_at, enqueued_by,"
+								" priority, traffic_class)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-								" $14, $15, $16, $17, $18, $19)%s RETURNING id",
+								" $14, $15, $16, $17, $18, $19,"
+								" $20, $21)%s RETURNING id",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
 					   MSG_NCOLUMNS, argtypes);
@@ -762,8 +805,12 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	char		nulls[MSG_NCOLUMNS];
 	int64		id;
 	OutboxPinnedPath pinned;
+	int16		priority;
+	const char *traffic_class;
 
 	refuse_unbuilt(fcinfo);
+	priority = priority_arg(fcinfo);
+	traffic_class = traffic_class_arg(fcinfo);
 
 	/* The recipient. */
 	if (PG_ARGISNULL(ARG_TO))
@@ -933,6 +980,8 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	/* the role that called us, not the definer we run as */
 	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
 												  CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
+	values[MSG_PRIORITY] = Int16GetDatum(priority);
+	values[MSG_TRAFFIC_CLASS] = CStringGetTextDatum(traffic_class);
 
 	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
 	{

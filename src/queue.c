@@ -334,26 +334,37 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
 			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
 			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
-			/* per sender: its oldest due messages, as many segments as its bucket holds */
+			/*
+			 * per sender: its due messages by priority level, then oldest
+			 * first, as many segments as its bucket holds.  Each level is
+			 * its own range scan of messages_due (account, sender, level,
+			 * next_attempt_at, id) that stops at max_n rows, so the cost is
+			 * O(batch) whatever is due at lower levels or later.
+			 */
 			" per_sender AS ("
-			"  SELECT z.id, q.account, q.account_room, q.turn, z.rn"
+			"  SELECT z.id, q.account, q.account_room, q.turn, z.priority, z.rn"
 			"  FROM q CROSS JOIN LATERAL ("
-			"   SELECT y.id, y.next_attempt_at, y.rn FROM ("
-			"    SELECT x.id, x.next_attempt_at,"
-			"     sum(x.segments) OVER (ORDER BY x.next_attempt_at, x.id) AS cum,"
-			"     row_number() OVER (ORDER BY x.next_attempt_at, x.id) AS rn"
-			"    FROM (SELECT m.id, m.next_attempt_at,"
-			"     least(greatest(coalesce(m.segments, 1), 1), 1000) AS segments"
-			"     FROM twilio_outbox.messages m"
-			"     WHERE m.state = 'queued' AND m.account = $9 AND m.sender_id = q.sender_id"
-			"     AND m.next_attempt_at <= now()"
-			"     AND (m.expires_at IS NULL OR m.expires_at > now())"
-			"     ORDER BY m.next_attempt_at, m.id LIMIT q.max_n) x) y"
+			"   SELECT y.id, y.priority, y.rn FROM ("
+			"    SELECT x.id, x.priority,"
+			"     sum(x.segments) OVER (ORDER BY x.priority, x.next_attempt_at, x.id) AS cum,"
+			"     row_number() OVER (ORDER BY x.priority, x.next_attempt_at, x.id) AS rn"
+			"    FROM (SELECT l.* FROM unnest('{0,1,2}'::int2[]) AS lv(level)"
+			"     CROSS JOIN LATERAL (SELECT m.id, m.priority, m.next_attempt_at,"
+			"      least(greatest(coalesce(m.segments, 1), 1), 1000) AS segments"
+			"      FROM twilio_outbox.messages m"
+			"      WHERE m.state = 'queued' AND m.account = $9 AND m.sender_id = q.sender_id"
+			"      AND m.priority = lv.level AND m.next_attempt_at <= now()"
+			"      AND (m.expires_at IS NULL OR m.expires_at > now())"
+			"      ORDER BY m.next_attempt_at, m.id LIMIT q.max_n) l"
+			"     ORDER BY l.priority, l.next_attempt_at, l.id LIMIT q.max_n) x) y"
 			"   WHERE y.cum <= q.budget OR (y.rn = 1 AND q.full_bucket)) z),"
-			/* round-robin over the account's senders, within its room */
+			/*
+			 * round-robin over the account's senders, within its room; a
+			 * higher level before a lower one across senders too
+			 */
 			" pick AS ("
 			"  SELECT p.id FROM (SELECT per_sender.*, row_number() OVER ("
-			"    PARTITION BY account ORDER BY rn, turn) AS arn"
+			"    PARTITION BY account ORDER BY priority, rn, turn) AS arn"
 			"   FROM per_sender) p"
 			"  WHERE p.arn <= p.account_room),"
 			" c AS MATERIALIZED ("
@@ -628,7 +639,7 @@ outbox_sweep_orphans(void)
 	outbox_prepare(&plan,
 			"WITH x AS (SELECT m.id FROM twilio_outbox.messages m"
 			"  WHERE m.state = 'queued' AND m.account = $1 AND m.sender_id = $2"
-			"  ORDER BY m.next_attempt_at, m.id LIMIT $5 FOR UPDATE SKIP LOCKED),"
+			"  ORDER BY m.priority, m.next_attempt_at, m.id LIMIT $5 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET state = 'dead',"
 			"  finished_at = now(), updated_at = now(), last_error_message = $4"
 			"  FROM x WHERE m.id = x.id AND m.account = $1 AND " GUARD_STATE("queued")
@@ -1031,9 +1042,13 @@ outbox_next_due(TimestampTz now)
 	outbox_prepare(&plan,
 			"SELECT s.sender_id, n.next_attempt_at, n.segments"
 			" FROM unnest($1::int8[], $2::text[]) AS s(sender_id, account)"
-			" CROSS JOIN LATERAL (SELECT m.next_attempt_at, m.segments FROM twilio_outbox.messages m"
-			"  WHERE m.state = 'queued' AND m.account = s.account AND m.sender_id = s.sender_id"
-			"  ORDER BY m.next_attempt_at LIMIT 1) n",
+			/* the earliest of each priority level's first (messages_due) */
+			" CROSS JOIN LATERAL (SELECT l.next_attempt_at, l.segments"
+			"  FROM unnest('{0,1,2}'::int2[]) AS lv(level) CROSS JOIN LATERAL ("
+			"   SELECT m.next_attempt_at, m.segments FROM twilio_outbox.messages m"
+			"   WHERE m.state = 'queued' AND m.account = s.account AND m.sender_id = s.sender_id"
+			"   AND m.priority = lv.level ORDER BY m.next_attempt_at LIMIT 1) l"
+			"  ORDER BY l.next_attempt_at LIMIT 1) n",
 			2, types);
 	values[0] = outbox_make_array(ids, NULL, n, INT8OID);
 	values[1] = outbox_make_array(names, NULL, n, TEXTOID);
