@@ -18,6 +18,7 @@
  *-------------------------------------------------------------------------
  */
 #include "twilio_outbox.h"
+#include "campaign.h"
 
 #include <ctype.h>
 
@@ -79,7 +80,6 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 		int			arg;
 		const char *name;
 	}			unbuilt[] = {
-		{ARG_CAMPAIGN, "campaign"},
 		{ARG_TIME_ZONE, "time_zone"},
 		{ARG_FALLBACK, "fallback"},
 	};
@@ -660,7 +660,7 @@ enum
 	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
 	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
 	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY,
-	MSG_PRIORITY, MSG_TRAFFIC_CLASS,	/* issue 12 */
+	MSG_PRIORITY, MSG_TRAFFIC_CLASS, MSG_CAMPAIGN,	/* issue 12 */
 	MSG_NCOLUMNS
 };
 
@@ -672,7 +672,7 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID,
-		INT2OID, TEXTOID
+		INT2OID, TEXTOID, TEXTOID
 	};
 	bool		isnull;
 	int			rc;
@@ -684,10 +684,10 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
 								" expires_at, next_attempt_at, enqueued_by,"
-								" priority, traffic_class)"
+								" priority, traffic_class, campaign)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
 								" $14, $15, $16, $17, $18, $19,"
-								" $20, $21)%s RETURNING id",
+								" $20, $21, $22)%s RETURNING id",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
 					   MSG_NCOLUMNS, argtypes);
@@ -807,10 +807,15 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	OutboxPinnedPath pinned;
 	int16		priority;
 	const char *traffic_class;
+	char	   *campaign = PG_NARGS() > ARG_CAMPAIGN ? text_arg(fcinfo, ARG_CAMPAIGN, "campaign") : NULL;
+	OutboxCampaignRow campaign_row;
+	TimestampTz next_at;
 
 	refuse_unbuilt(fcinfo);
 	priority = priority_arg(fcinfo);
 	traffic_class = traffic_class_arg(fcinfo);
+	if (campaign)
+		outbox_check_campaign_name(campaign);
 
 	/* The recipient. */
 	if (PG_ARGISNULL(ARG_TO))
@@ -943,6 +948,24 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				 errmsg("sender \"%s\" cannot send to \"%s\"", sender.from_number, to),
 				 errdetail("Sender and recipient must use the same channel.")));
 
+	/*
+	 * The campaign (created on first use): its window bounds the message's
+	 * due time and expiry, and a paused one holds it (due at infinity
+	 * until resume_campaign()).
+	 */
+	if (campaign)
+	{
+		outbox_use_campaign(sender.account, campaign, &campaign_row);
+		if (campaign_row.not_after != 0 && !PG_ARGISNULL(ARG_SEND_AFTER) &&
+			PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) >= campaign_row.not_after)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("send_after must be earlier than the end of campaign \"%s\"",
+							outbox_clip(campaign)),
+					 errdetail("The campaign's not_after is %s.",
+							   timestamptz_to_str(campaign_row.not_after))));
+	}
+
 	memset(nulls, ' ', sizeof(nulls));
 	values[MSG_ACCOUNT] = CStringGetTextDatum(sender.account);
 	values[MSG_SENDER_ID] = Int64GetDatum(sender.sender_id);
@@ -973,15 +996,32 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	values[MSG_EXPIRES_AT] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
 	nulls[MSG_EXPIRES_AT] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
 	/* GREATEST(send_after, now()): now() is the transaction's start */
-	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(
-		!PG_ARGISNULL(ARG_SEND_AFTER) &&
+	next_at = !PG_ARGISNULL(ARG_SEND_AFTER) &&
 		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) > GetCurrentTransactionStartTimestamp() ?
-		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : GetCurrentTransactionStartTimestamp());
+		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : GetCurrentTransactionStartTimestamp();
+	if (campaign)
+	{
+		/* the campaign's end is its messages' expiry (the dispatcher's expiry path) */
+		if (campaign_row.not_after != 0 &&
+			(PG_ARGISNULL(ARG_EXPIRES_AT) ||
+			 PG_GETARG_TIMESTAMPTZ(ARG_EXPIRES_AT) > campaign_row.not_after))
+		{
+			values[MSG_EXPIRES_AT] = TimestampTzGetDatum(campaign_row.not_after);
+			nulls[MSG_EXPIRES_AT] = ' ';
+		}
+		if (campaign_row.not_before > next_at)
+			next_at = campaign_row.not_before;
+		if (campaign_row.paused)
+			next_at = DT_NOEND;
+	}
+	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(next_at);
 	/* the role that called us, not the definer we run as */
 	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
 												  CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
 	values[MSG_PRIORITY] = Int16GetDatum(priority);
 	values[MSG_TRAFFIC_CLASS] = CStringGetTextDatum(traffic_class);
+	values[MSG_CAMPAIGN] = campaign ? CStringGetTextDatum(campaign) : (Datum) 0;
+	nulls[MSG_CAMPAIGN] = campaign ? ' ' : 'n';
 
 	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
 	{

@@ -21,6 +21,7 @@
  *-------------------------------------------------------------------------
  */
 #include "twilio_outbox.h"
+#include "campaign.h"
 
 #include <math.h>
 
@@ -119,6 +120,16 @@ refuse_claimed(OutboxMessage *m, const char *reason, const char *why)
 }
 
 /*
+ * Claimed messages their campaign does not admit now (campaign.c): put
+ * back by defer_claimed() in the claim's own transaction.  Sized for a
+ * whole claim by outbox_claim().
+ */
+static int	ndeferred;
+static Datum *deferred_ids;
+static Datum *deferred_at;
+static Datum *deferred_cancel;
+
+/*
  * Take the rows one claim statement returned: each becomes a message with
  * its request built, in the batch context (created on the first row).
  * Rows that must not be sent are decided here, never sent.
@@ -156,6 +167,7 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		Datum		d;
 		char	   *account = SPI_getvalue(tup, desc, 4);
 		char	   *sender_account = SPI_getvalue(tup, desc, 18);
+		char	   *campaign;
 		bool		account_exists;
 		int64		sender_id;
 
@@ -182,6 +194,27 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			m->sender->claim_got++;
 		d = SPI_getbinval(tup, desc, 19, &isnull);
 		account_exists = !isnull && DatumGetBool(d);
+		campaign = SPI_getvalue(tup, desc, 20);
+
+		/*
+		 * Its campaign's pace, pause or cancel (issue 12): put back, never
+		 * sent, its sender's bucket untouched.
+		 */
+		if (campaign != NULL && account != NULL)
+		{
+			TimestampTz defer_to;
+			bool		cancel;
+
+			if (!outbox_campaign_admit(account, campaign, now, &defer_to, &cancel))
+			{
+				deferred_ids[ndeferred] = Int64GetDatum(m->id);
+				deferred_at[ndeferred] = TimestampTzGetDatum(defer_to);
+				deferred_cancel[ndeferred] = BoolGetDatum(cancel);
+				ndeferred++;
+				pfree(m);
+				continue;
+			}
+		}
 
 		/*
 		 * A row the dispatcher cannot send (written around twilio_enqueue,
@@ -248,6 +281,43 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 	return claimed;
 }
 
+/*
+ * Put back the claimed messages their campaign did not admit: queued again
+ * (the claim's attempt undone), due when the campaign's bucket has room
+ * for them (or at infinity while it is paused), or canceled with their
+ * campaign.  In the claim's transaction, so no one sees them claimed.
+ */
+static void
+defer_claimed(const char *account)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[4] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, BOOLARRAYOID, TEXTOID};
+	Datum		values[4];
+	int			rc;
+
+	if (ndeferred == 0)
+		return;
+	outbox_prepare(&plan,
+			"UPDATE twilio_outbox.messages m SET"
+			"  state = CASE WHEN d.cancel THEN 'canceled' ELSE 'queued' END::twilio_outbox.message_state,"
+			"  next_attempt_at = CASE WHEN d.cancel THEN m.next_attempt_at ELSE d.at END,"
+			"  attempts = m.attempts - 1, lease_until = NULL, worker_pid = NULL, updated_at = now(),"
+			"  finished_at = CASE WHEN d.cancel THEN now() ELSE m.finished_at END,"
+			"  last_error_message = CASE WHEN d.cancel THEN 'its campaign was canceled'"
+			"   ELSE m.last_error_message END"
+			" FROM unnest($1::int8[], $2::timestamptz[], $3::bool[]) AS d(id, at, cancel)"
+			" WHERE m.id = d.id AND m.account = $4 AND " GUARD_STATE("sending"),
+			4, types);
+	values[0] = outbox_make_array(deferred_ids, NULL, ndeferred, INT8OID);
+	values[1] = outbox_make_array(deferred_at, NULL, ndeferred, TIMESTAMPTZOID);
+	values[2] = outbox_make_array(deferred_cancel, NULL, ndeferred, BOOLOID);
+	values[3] = CStringGetTextDatum(account);
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "putting back campaign messages failed: %s", SPI_result_code_string(rc));
+	ndeferred = 0;
+}
+
 /* The smallest share of an account's room a sender is asked for at once. */
 #define CLAIM_MIN_SHARE		16
 
@@ -295,6 +365,10 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 	List	   *claimed = NIL;
 
 	*more = false;
+	ndeferred = 0;
+	deferred_ids = palloc(sizeof(Datum) * Max(capacity, 1));
+	deferred_at = palloc(sizeof(Datum) * Max(capacity, 1));
+	deferred_cancel = palloc(sizeof(Datum) * Max(capacity, 1));
 	/* More than one dispatcher: each account's share left to this one (partition.c). */
 	outbox_partition_reserve(now);
 	/* Share the capacity over the accounts that may send. */
@@ -392,7 +466,8 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
 			/* what the row's sender and account are now, for the checks below */
 			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
-			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account)",
+			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account),"
+			"  m.campaign",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)
@@ -449,6 +524,12 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
 		claimed = take_claimed(claimed, &batch, now);
+		if (ndeferred > 0)
+		{
+			/* the room is not used up: the next claim may find others */
+			*more = true;
+			defer_claimed(a->name);
+		}
 
 		/*
 		 * The room filled: more may be due, and a sender that got less than
@@ -478,6 +559,9 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 				snd->dry_epoch = dry_epoch;
 		}
 	}
+	/* every row claimed was put back: nothing for the batch to hold */
+	if (batch != NULL && batch->pending == 0)
+		MemoryContextDelete(batch->cxt);
 	return claimed;
 }
 
