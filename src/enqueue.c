@@ -665,9 +665,10 @@ enum
 };
 
 static bool
-insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int64 *id)
+insert_message(bool dedupe, bool v0_1, Datum *values, const char *nulls, Snapshot snap, int64 *id)
 {
-	static SPIPlanPtr plans[2];
+	/* by dedupe, and by schema: the 0.1 schema has none of 0.2's columns */
+	static SPIPlanPtr plans[2][2];
 	static Oid	argtypes[MSG_NCOLUMNS] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
@@ -677,22 +678,22 @@ insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int
 	bool		isnull;
 	int			rc;
 
-	if (plans[dedupe] == NULL)
-		outbox_prepare(&plans[dedupe],
+	if (plans[v0_1][dedupe] == NULL)
+		outbox_prepare(&plans[v0_1][dedupe],
 					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
-								" expires_at, next_attempt_at, enqueued_by,"
-								" priority, traffic_class, campaign)"
+								" expires_at, next_attempt_at, enqueued_by%s)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-								" $14, $15, $16, $17, $18, $19,"
-								" $20, $21, $22)%s RETURNING id",
+								" $14, $15, $16, $17, $18, $19%s)%s RETURNING id",
+								v0_1 ? "" : ", priority, traffic_class, campaign",
+								v0_1 ? "" : ", $20, $21, $22",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
-					   MSG_NCOLUMNS, argtypes);
+					   v0_1 ? MSG_PRIORITY : MSG_NCOLUMNS, argtypes);
 
-	rc = insert_quietly(plans[dedupe], values, nulls, snap);
+	rc = insert_quietly(plans[v0_1][dedupe], values, nulls, snap);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -1023,7 +1024,11 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	values[MSG_CAMPAIGN] = campaign ? CStringGetTextDatum(campaign) : (Datum) 0;
 	nulls[MSG_CAMPAIGN] = campaign ? ' ' : 'n';
 
-	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
+	/*
+	 * Called through the 0.1 SQL signature: the schema is 0.1's (not yet
+	 * updated), without 0.2's columns, and none of 0.2's arguments exist.
+	 */
+	if (!insert_message(dedupe_key != NULL, PG_NARGS() <= ARG_PARAMS + 1, values, nulls, snap, &id))
 	{
 		/* the key exists: the message it names, if it is this one */
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);

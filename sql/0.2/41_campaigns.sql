@@ -222,7 +222,7 @@ BEGIN
 	UPDATE twilio_outbox.campaigns x SET state = 'active', updated_at = pg_catalog.now()
 	WHERE x.account OPERATOR(pg_catalog.=) c.account AND x.name OPERATOR(pg_catalog.=) c.name;
 	UPDATE twilio_outbox.messages m
-	SET next_attempt_at = pg_catalog.greatest(pg_catalog.now(), m.send_after, c.not_before),
+	SET next_attempt_at = GREATEST(pg_catalog.now(), m.send_after, c.not_before),
 		updated_at = pg_catalog.now()
 	WHERE m.account OPERATOR(pg_catalog.=) c.account AND m.campaign OPERATOR(pg_catalog.=) c.name
 	  AND m.state OPERATOR(pg_catalog.=) 'queued'
@@ -290,7 +290,8 @@ COMMENT ON FUNCTION twilio_outbox.set_campaign_pace(text, numeric, numeric, text
  * messages over the slower of its pace and the sum of the rates of the
  * senders they wait on (a sender's rate as the dispatcher takes it: NULL is
  * its kind's default; a Messaging Service without one counts as unlimited),
- * or over the current rate when neither limits it.  NULL while paused or
+ * or over the current rate when neither limits it, from now or from its
+ * not_before if later.  NULL while paused or
  * when nothing says.  Reads each campaign's messages through
  * messages_campaign.
  */
@@ -300,11 +301,11 @@ SELECT c.account, c.name AS campaign, c.state, c.pace, c.burst, c.not_before, c.
 	pg_catalog.round(s.sent_last_minute OPERATOR(pg_catalog./) 60.0, 3) AS rate_per_second,
 	CASE WHEN s.queued OPERATOR(pg_catalog.=) 0 THEN NULL
 		 WHEN c.state OPERATOR(pg_catalog.<>) 'active' THEN NULL
-		 ELSE pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs =>
+		 ELSE GREATEST(pg_catalog.now(), c.not_before) OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs =>
 			(s.queued::float8 OPERATOR(pg_catalog./) NULLIF(
-				CASE WHEN pg_catalog.least(coalesce(c.pace::float8, 'Infinity'), coalesce(r.rate, 'Infinity'))
+				CASE WHEN LEAST(coalesce(c.pace::float8, 'Infinity'), coalesce(r.rate, 'Infinity'))
 						OPERATOR(pg_catalog.<) 'Infinity'
-					 THEN pg_catalog.least(coalesce(c.pace::float8, 'Infinity'), coalesce(r.rate, 'Infinity'))
+					 THEN LEAST(coalesce(c.pace::float8, 'Infinity'), coalesce(r.rate, 'Infinity'))
 					 ELSE s.sent_last_minute OPERATOR(pg_catalog./) 60.0 END, 0))::numeric(20, 3)::float8)
 	END AS estimated_completion
 FROM twilio_outbox.campaigns c
@@ -317,7 +318,7 @@ CROSS JOIN LATERAL (
 		pg_catalog.count(*) FILTER (WHERE m.state OPERATOR(pg_catalog.=) 'dead' AND d.suppressed) AS suppressed,
 		pg_catalog.count(*) FILTER (WHERE m.state OPERATOR(pg_catalog.=) 'dead' AND NOT d.suppressed) AS dead,
 		pg_catalog.count(*) FILTER (WHERE m.state OPERATOR(pg_catalog.=) 'canceled') AS canceled,
-		pg_catalog.count(*) FILTER (WHERE m.sent_at OPERATOR(pg_catalog.>) pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 minute') AS sent_last_minute
+		pg_catalog.count(*) FILTER (WHERE m.sent_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 minute')) AS sent_last_minute
 	FROM twilio_outbox.messages m
 	LEFT JOIN LATERAL (SELECT EXISTS (SELECT FROM twilio_outbox.dead_letters l
 			WHERE l.message_id OPERATOR(pg_catalog.=) m.id AND l.account OPERATOR(pg_catalog.=) m.account
