@@ -13,8 +13,8 @@
  * by INSERT ... ON CONFLICT DO NOTHING, then read again.
  *
  * Dispatcher: a campaign with a pace has a token bucket (pace messages per
- * second, burst at once) in the dispatcher's memory, refilled as the
- * senders' are.  A claimed message its bucket cannot admit is put back in
+ * second, burst at once) in the dispatcher's memory; the claim reads the
+ * campaign's row with each of its messages, so changes apply at once.  A claimed message its bucket cannot admit is put back in
  * the claim's own transaction (nobody ever sees it claimed), due at the
  * next free slot of the campaign, the slots spaced 1/pace apart: the
  * messages that cannot go now leave the head of the due index, so the
@@ -34,6 +34,7 @@
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -131,160 +132,132 @@ outbox_use_campaign(const char *account, const char *name, OutboxCampaignRow *ro
 
 /* --- the dispatcher's side ------------------------------------------- */
 
+/*
+ * A campaign's bucket, by "account\0name".  The claim returns each
+ * campaign message's campaign row as it is now (a primary-key probe per
+ * message), so a pace, pause or cancel applies from the first claim after
+ * it commits, without a refresh; only the bucket lives here.
+ */
+#define CAMPAIGN_KEY_LEN	(NAMEDATALEN + 4 * OUTBOX_MAX_CAMPAIGN_CHARS + 2)
+
 typedef struct Campaign
 {
-	char	   *account;
-	char	   *name;
-	double		pace;			/* messages per second; 0: unpaced */
+	char		key[CAMPAIGN_KEY_LEN];	/* hash key: account, NUL, name */
+	double		pace;			/* messages per second */
 	double		burst;
 	double		tokens;
 	TimestampTz refilled_at;
 	TimestampTz next_slot;		/* the next time a put-back message is due */
-	bool		paused;
-	bool		canceled;
-	bool		seen;
 } Campaign;
 
-/* The campaigns that restrict anything: paced, paused or canceled. */
-static List *campaigns = NIL;
+static HTAB *buckets = NULL;
 
 static Campaign *
-find_campaign(const char *account, const char *name)
+find_bucket(const char *account, const char *name, bool create)
 {
-	ListCell   *lc;
+	char		key[CAMPAIGN_KEY_LEN];
+	size_t		alen = strlen(account);
+	size_t		nlen = strlen(name);
+	bool		found;
+	Campaign   *c;
 
-	foreach(lc, campaigns)
+	if (buckets == NULL)
 	{
-		Campaign   *c = lfirst(lc);
+		HASHCTL		ctl;
 
-		if (c->seen && strcmp(c->name, name) == 0 && strcmp(c->account, account) == 0)
-			return c;
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = CAMPAIGN_KEY_LEN;
+		ctl.entrysize = sizeof(Campaign);
+		ctl.hcxt = outbox_worker_cxt;
+		buckets = hash_create("twilio_outbox campaign buckets", 64, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	return NULL;
-}
-
-/*
- * Reload the campaigns that restrict anything.  A bucket keeps its tokens
- * over a reload (within a changed burst); a new one starts full.  Structs
- * are kept (marked unseen) when a campaign no longer restricts anything.
- */
-void
-outbox_refresh_campaigns(TimestampTz now)
-{
-	static SPIPlanPtr plan = NULL;
-	ListCell   *lc;
-	uint64		i;
-
-	outbox_prepare(&plan,
-				   "SELECT account, name, coalesce(pace::float8, 0), burst::float8, state"
-				   " FROM twilio_outbox.campaigns"
-				   " WHERE pace IS NOT NULL OR state <> 'active'",
-				   0, NULL);
-	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read campaigns");
-	foreach(lc, campaigns)
-		((Campaign *) lfirst(lc))->seen = false;
-	for (i = 0; i < SPI_processed; i++)
+	/* names longer than the table allows (a superuser's rows): no bucket */
+	if (alen + 1 + nlen + 1 > CAMPAIGN_KEY_LEN)
+		return NULL;
+	memset(key, 0, sizeof(key));
+	memcpy(key, account, alen);
+	memcpy(key + alen + 1, name, nlen);
+	c = hash_search(buckets, key, create ? HASH_ENTER : HASH_FIND, &found);
+	if (c != NULL && !found)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *account = SPI_getvalue(tup, desc, 1);
-		char	   *name = SPI_getvalue(tup, desc, 2);
-		char	   *state = SPI_getvalue(tup, desc, 5);
-		bool		isnull;
-		double		pace = DatumGetFloat8(SPI_getbinval(tup, desc, 3, &isnull));
-		double		burst = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
-		Campaign   *c = NULL;
-
-		if (account == NULL || name == NULL)
-			continue;
-		foreach(lc, campaigns)
-		{
-			Campaign   *x = lfirst(lc);
-
-			if (strcmp(x->name, name) == 0 && strcmp(x->account, account) == 0)
-			{
-				c = x;
-				break;
-			}
-		}
-		if (c == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(outbox_worker_cxt);
-
-			c = palloc0(sizeof(Campaign));
-			c->account = pstrdup(account);
-			c->name = pstrdup(name);
-			campaigns = lappend(campaigns, c);
-			MemoryContextSwitchTo(old);
-		}
-		/* the table's ranges, whatever a superuser wrote */
-		if (isnan(pace) || pace <= 0)
-			pace = 0;
-		pace = Min(pace, 1000000.0);
-		if (isnan(burst) || burst < 1)
-			burst = 1;
-		burst = Min(burst, 1000000.0);
-		if (c->refilled_at == 0 || c->pace <= 0)
-			c->tokens = burst;	/* new, or newly paced: full */
-		else
-			c->tokens = Min(c->tokens + (double) (now - c->refilled_at) / USECS_PER_SEC * c->pace,
-							burst);
-		if (pace != c->pace)
-			c->next_slot = 0;	/* slots spaced at the new pace from now on */
-		c->refilled_at = now;
-		c->pace = pace;
-		c->burst = burst;
-		c->paused = state != NULL && strcmp(state, "paused") == 0;
-		c->canceled = state != NULL && strcmp(state, "canceled") == 0;
-		c->seen = true;
+		/* dynahash leaves all but the key to us: a new, full bucket next */
+		c->pace = 0;
+		c->burst = 1;
+		c->tokens = 0;
+		c->refilled_at = 0;
+		c->next_slot = 0;
 	}
+	return c;
 }
 
 /*
  * Whether a claimed message of this campaign may be sent now (one token
- * taken).  If not: *cancel for a canceled campaign, else *defer_to says
- * when it is due again (infinity while paused).
+ * taken).  state, pace (0 or NaN: unpaced) and burst are the campaign
+ * row's as the claim read it (state NULL: no row).  If not: *cancel for a
+ * canceled campaign, else *defer_to says when it is due again (infinity
+ * while paused).
  */
 bool
-outbox_campaign_admit(const char *account, const char *name, TimestampTz now,
+outbox_campaign_admit(const char *account, const char *name, const char *state,
+					  double pace, double burst, TimestampTz now,
 					  TimestampTz *defer_to, bool *cancel)
 {
-	Campaign   *c = find_campaign(account, name);
+	Campaign   *c;
 	TimestampTz at;
 
 	*cancel = false;
 	*defer_to = 0;
-	if (c == NULL)
-		return true;
-	if (c->canceled)
+	if (state != NULL && strcmp(state, "canceled") == 0)
 	{
 		*cancel = true;
 		return false;
 	}
-	if (c->paused)
+	if (state != NULL && strcmp(state, "paused") == 0)
 	{
 		*defer_to = DT_NOEND;
 		return false;
 	}
-	if (c->pace <= 0)
+	/* the table's ranges, whatever a superuser wrote */
+	if (isnan(pace) || pace <= 0)
 		return true;
-	if (now > c->refilled_at)
+	pace = Min(pace, 1000000.0);
+	if (isnan(burst) || burst < 1)
+		burst = 1;
+	burst = Min(burst, 1000000.0);
+
+	c = find_bucket(account, name, true);
+	if (c == NULL)
+		return true;
+	if (c->refilled_at == 0)
 	{
-		c->tokens = Min(c->tokens + (double) (now - c->refilled_at) / USECS_PER_SEC * c->pace,
-						c->burst);
+		/* new: a full bucket */
+		c->tokens = burst;
 		c->refilled_at = now;
+		c->next_slot = 0;
 	}
+	else
+	{
+		/* refill at the pace it had until now, then take the new settings */
+		if (now > c->refilled_at)
+			c->tokens += (double) (now - c->refilled_at) / USECS_PER_SEC * c->pace;
+		c->refilled_at = Max(c->refilled_at, now);
+		if (pace != c->pace)
+			c->next_slot = 0;	/* slots spaced at the new pace from now on */
+	}
+	c->pace = pace;
+	c->burst = burst;
+	c->tokens = Min(c->tokens, burst);
 	if (c->tokens >= 1.0)
 	{
 		c->tokens -= 1.0;
 		return true;
 	}
 	/* the next free slot: when the bucket holds a token, then 1/pace apart */
-	at = now + (TimestampTz) ceil((1.0 - c->tokens) / c->pace * USECS_PER_SEC);
+	at = now + (TimestampTz) ceil((1.0 - c->tokens) / pace * USECS_PER_SEC);
 	if (c->next_slot > at)
 		at = c->next_slot;
-	c->next_slot = at + (TimestampTz) ceil(USECS_PER_SEC / c->pace);
+	c->next_slot = at + (TimestampTz) ceil(USECS_PER_SEC / pace);
 	*defer_to = at;
 	return false;
 }

@@ -29,8 +29,8 @@ extern void outbox_use_campaign(const char *account, const char *name,
 								OutboxCampaignRow *row);
 
 /* dispatcher side */
-extern void outbox_refresh_campaigns(TimestampTz now);
 extern bool outbox_campaign_admit(const char *account, const char *name,
+								  const char *state, double pace, double burst,
 								  TimestampTz now, TimestampTz *defer_to,
 								  bool *cancel);
 

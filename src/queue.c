@@ -202,10 +202,17 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		 */
 		if (campaign != NULL && account != NULL)
 		{
+			char	   *row = SPI_getvalue(tup, desc, 21);
+			char		state[16] = "";
+			double		pace = NAN;
+			double		burst = 1;
 			TimestampTz defer_to;
 			bool		cancel;
 
-			if (!outbox_campaign_admit(account, campaign, now, &defer_to, &cancel))
+			if (row != NULL && sscanf(row, "%15s %lf %lf", state, &pace, &burst) != 3)
+				pace = NAN;
+			if (!outbox_campaign_admit(account, campaign, row ? state : NULL, pace, burst,
+									   now, &defer_to, &cancel))
 			{
 				deferred_ids[ndeferred] = Int64GetDatum(m->id);
 				deferred_at[ndeferred] = TimestampTzGetDatum(defer_to);
@@ -467,7 +474,12 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			/* what the row's sender and account are now, for the checks below */
 			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
 			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account),"
-			"  m.campaign",
+			/*
+			 * its campaign's row as it is now, "state pace burst" (one
+			 * primary-key probe; campaign.c)
+			 */
+			"  m.campaign, (SELECT k.state || ' ' || coalesce(k.pace::float8, 'NaN') || ' ' || k.burst::float8"
+			"   FROM twilio_outbox.campaigns k WHERE k.account = m.account AND k.name = m.campaign)",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)

@@ -20,7 +20,6 @@
  *-------------------------------------------------------------------------
  */
 #include "twilio_outbox.h"
-#include "campaign.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -426,7 +425,6 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 			outbox_refresh_accounts(now);
 			outbox_accounts_read_at = now;	/* partition.c */
 			outbox_refresh_senders(now);
-			outbox_refresh_campaigns(now);	/* campaign.c */
 			self->last_refresh = now;
 			self->refresh_pending = false;
 		}
