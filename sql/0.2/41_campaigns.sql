@@ -279,10 +279,25 @@ BEGIN
 	SET pace = set_campaign_pace.pace, burst = coalesce(set_campaign_pace.burst, x.burst),
 		updated_at = pg_catalog.now()
 	WHERE x.account OPERATOR(pg_catalog.=) c.account AND x.name OPERATOR(pg_catalog.=) c.name;
+	/*
+	 * The messages the old pace put off (never attempted, due later than
+	 * their own send_after and the campaign's start) are due again now, so
+	 * that the dispatcher spaces them at the new pace.  Held (paused) and
+	 * retrying messages keep their times.
+	 */
+	IF c.state OPERATOR(pg_catalog.=) 'active' THEN
+		UPDATE twilio_outbox.messages m
+		SET next_attempt_at = GREATEST(pg_catalog.now(), m.send_after, c.not_before),
+			updated_at = pg_catalog.now()
+		WHERE m.account OPERATOR(pg_catalog.=) c.account AND m.campaign OPERATOR(pg_catalog.=) c.name
+		  AND m.state OPERATOR(pg_catalog.=) 'queued' AND m.attempts OPERATOR(pg_catalog.=) 0
+		  AND m.next_attempt_at OPERATOR(pg_catalog.<>) 'infinity'
+		  AND m.next_attempt_at OPERATOR(pg_catalog.>) GREATEST(pg_catalog.now(), m.send_after, c.not_before);
+	END IF;
 	PERFORM twilio_outbox.wake_worker();
 END
 $$;
-COMMENT ON FUNCTION twilio_outbox.set_campaign_pace(text, numeric, numeric, text) IS 'Change a campaign''s pace (NULL: unpaced) and burst at run time';
+COMMENT ON FUNCTION twilio_outbox.set_campaign_pace(text, numeric, numeric, text) IS 'Change a campaign''s pace (NULL: unpaced) and burst at run time; the messages the old pace put off are due again';
 
 /*
  * Per campaign: its settings, its messages by outcome, the rate it sends

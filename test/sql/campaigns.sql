@@ -84,7 +84,18 @@ WHERE m.campaign = 'spring';
 
 -- set_campaign_pace at run time; errors.
 SELECT twilio_outbox.set_campaign_pace('black-friday', 0.5);
+-- a message the old pace put off (never attempted, due later) is due
+-- again, to be spaced at the new pace; a retrying one keeps its time
+UPDATE twilio_outbox.messages SET next_attempt_at = now() + interval '1 hour'
+WHERE account = 'other' AND campaign = 'black-friday';
+INSERT INTO twilio_outbox.messages (account, sender_id, to_number, body, encoding, segments,
+	idempotency_key, attempts, failures, next_attempt_at, campaign)
+SELECT 'other', id, '+14155552690', 'retrying', 'GSM-7', 1, gen_random_uuid(), 1, 1,
+	now() + interval '1 hour', 'black-friday'
+FROM twilio_outbox.senders WHERE account = 'other';
 SELECT twilio_outbox.set_campaign_pace('black-friday', 10, burst => 20, account => 'other');
+SELECT body, next_attempt_at <= now() AS due_now FROM twilio_outbox.messages
+WHERE account = 'other' AND campaign = 'black-friday' ORDER BY id;
 SELECT account, name, pace, burst FROM twilio_outbox.campaigns WHERE name = 'black-friday' ORDER BY account;
 SELECT twilio_outbox.set_campaign_pace('black-friday', NULL);
 SELECT pace FROM twilio_outbox.campaigns WHERE account = 'main' AND name = 'black-friday';

@@ -82,6 +82,26 @@ $t = arrivals('+1415101');
 ok($t->[-1] - $t->[0] < (20 - 3) / 4 * 0.9,
 	sprintf('at the new pace: 20 messages in %.1f s, less than the old pace allowed', $t->[-1] - $t->[0]));
 
+# Re-paced while the old pace has put messages off: they come due again
+# and go at the new pace (at 0.2/s the last would wait 45 s).
+OutboxTest::query($node, q{SELECT twilio_outbox.create_campaign('slow', pace => 0.2, burst => 1)});
+OutboxTest::query($node, q{
+	SELECT twilio_enqueue('+1415106' || lpad(n::text, 4, '0'), 'slow ' || n, campaign => 'slow')
+	FROM generate_series(1, 10) n});
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 1 FROM twilio_outbox.messages WHERE campaign = 'slow' AND state = 'sent'},
+	'the slow campaign sent its first');
+is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.messages
+	WHERE campaign = 'slow' AND state = 'queued' AND next_attempt_at > now()}),
+	'9', 'the others are put off to the campaign\'s slots');
+OutboxTest::query($node, q{SELECT twilio_outbox.set_campaign_pace('slow', 100, burst => 10)});
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 10 FROM twilio_outbox.messages WHERE campaign = 'slow' AND state = 'sent'},
+	'after set_campaign_pace the slow campaign is sent');
+$t = arrivals('+1415106');
+ok($t->[-1] - $t->[1] < 9 / 0.2 * 0.5,
+	sprintf('the nine put off went at the new pace (in %.1f s, not about 45)', $t->[-1] - $t->[1]));
+
 # ---------- pause and resume ----------
 OutboxTest::query($node, q{SELECT twilio_outbox.create_campaign('held')});
 OutboxTest::query($node, q{SELECT twilio_outbox.pause_campaign('held')});
