@@ -63,6 +63,8 @@ measure()
 		kind=${mode#force_}
 		kind=${kind%_plan}
 		{
+			# as the dispatcher runs it (src/worker.c: jit off)
+			echo "SET jit = off;"
 			echo "SET plan_cache_mode = $mode;"
 			echo "PREPARE claim(int8[], text[], int4[], float8[], bool[], int4[], int4, int4, text) AS"
 			cat "$BENCH_DIR/claim.sql"
