@@ -33,13 +33,13 @@ CREATE INDEX messages_due ON twilio_outbox.messages (account, sender_id, priorit
 	WHERE state OPERATOR(pg_catalog.=) 'queued';
 
 /* Names of the levels, for views and documentation. */
-CREATE FUNCTION twilio_outbox.priority_name(level smallint) RETURNS text
+CREATE FUNCTION twilio_outbox.priority_name(level integer) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT (ARRAY['high', 'normal', 'low'])[level OPERATOR(pg_catalog.+) 1]
 $$;
-COMMENT ON FUNCTION twilio_outbox.priority_name(smallint) IS 'The name of a priority level: 0 high, 1 normal, 2 low';
+COMMENT ON FUNCTION twilio_outbox.priority_name(integer) IS 'The name of a priority level: 0 high, 1 normal, 2 low';
 
 /*
  * Campaigns.  A campaign is a name on messages (twilio_enqueue's campaign
@@ -354,7 +354,7 @@ CROSS JOIN LATERAL (
 COMMENT ON VIEW twilio_outbox.campaigns_overview IS 'Per campaign: state, pace, window, messages queued/sending/sent/delivered/failed/suppressed/dead/canceled, the rate over the last minute, and the estimated completion from its pace and its senders'' rates';
 
 /* Privileges: the operator functions for the admin role, the table and view for monitoring too. */
-REVOKE ALL ON FUNCTION twilio_outbox.priority_name(smallint),
+REVOKE ALL ON FUNCTION twilio_outbox.priority_name(integer),
 	twilio_outbox.campaign_row(text, text),
 	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz),
 	twilio_outbox.pause_campaign(text, text), twilio_outbox.resume_campaign(text, text),
@@ -362,7 +362,7 @@ REVOKE ALL ON FUNCTION twilio_outbox.priority_name(smallint),
 	twilio_outbox.set_campaign_pace(text, numeric, numeric, text)
 	FROM PUBLIC;
 REVOKE ALL ON twilio_outbox.campaigns, twilio_outbox.campaigns_overview FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION twilio_outbox.priority_name(smallint) TO twilio_outbox_monitor, twilio_outbox_admin;
+GRANT EXECUTE ON FUNCTION twilio_outbox.priority_name(integer) TO twilio_outbox_monitor, twilio_outbox_admin;
 GRANT EXECUTE ON FUNCTION twilio_outbox.campaign_row(text, text),
 	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz),
 	twilio_outbox.pause_campaign(text, text), twilio_outbox.resume_campaign(text, text),
