@@ -18,6 +18,7 @@
  *-------------------------------------------------------------------------
  */
 #include "twilio_outbox.h"
+#include "campaign.h"
 
 #include <ctype.h>
 
@@ -79,9 +80,6 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 		int			arg;
 		const char *name;
 	}			unbuilt[] = {
-		{ARG_PRIORITY, "priority"},
-		{ARG_TRAFFIC_CLASS, "traffic_class"},
-		{ARG_CAMPAIGN, "campaign"},
 		{ARG_TIME_ZONE, "time_zone"},
 	};
 
@@ -90,6 +88,46 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("%s is not supported yet", unbuilt[i].name)));
+}
+
+/*
+ * priority => 'high' | 'normal' | 'low', stored as 0, 1, 2 (the order of
+ * the due index); NULL is 'normal', what every 0.1 call gets.
+ */
+static int16
+priority_arg(FunctionCallInfo fcinfo)
+{
+	static const char *const levels[] = {"high", "normal", "low"};
+	char	   *s;
+
+	if (PG_NARGS() <= ARG_PRIORITY || PG_ARGISNULL(ARG_PRIORITY))
+		return 1;
+	s = text_to_cstring(PG_GETARG_TEXT_PP(ARG_PRIORITY));
+	for (int i = 0; i < (int) lengthof(levels); i++)
+		if (strcmp(s, levels[i]) == 0)
+			return (int16) i;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid priority \"%s\"", outbox_clip(s)),
+			 errhint("The priorities are high, normal (the default) and low.")));
+	return 1;					/* not reached */
+}
+
+/* traffic_class => 'transactional' (the default) | 'marketing' */
+static const char *
+traffic_class_arg(FunctionCallInfo fcinfo)
+{
+	char	   *s;
+
+	if (PG_NARGS() <= ARG_TRAFFIC_CLASS || PG_ARGISNULL(ARG_TRAFFIC_CLASS))
+		return "transactional";
+	s = text_to_cstring(PG_GETARG_TEXT_PP(ARG_TRAFFIC_CLASS));
+	if (strcmp(s, "transactional") != 0 && strcmp(s, "marketing") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid traffic class \"%s\"", outbox_clip(s)),
+				 errhint("The traffic classes are transactional (the default) and marketing.")));
+	return s;
 }
 
 #define MAX_DEDUPE_KEY_BYTES 255
@@ -621,31 +659,33 @@ enum
 	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
 	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
 	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY,
+	MSG_PRIORITY, MSG_TRAFFIC_CLASS, MSG_CAMPAIGN,	/* issue 12 */
 	MSG_CHANNEL, MSG_CHAIN_STEP, MSG_FALLBACK, MSG_FALLBACK_AT,	/* fallback chains */
 	MSG_NCOLUMNS
 };
 
 /*
- * A message of a fallback chain (chain) also writes the chain's columns
- * (MSG_CHANNEL on); a plain one does not name them, so that this library
- * still enqueues into a 0.1 schema, which has none of them.
+ * Called through the 0.1 SQL signature (v0_1: the library is 0.2, the
+ * schema not updated yet), the insert names 0.1's columns only; otherwise
+ * all of them (a plain message's chain columns are null).
  */
 static bool
-insert_message(bool dedupe, bool chain, Datum *values, const char *nulls, Snapshot snap,
-			   int64 *id)
+insert_message(bool dedupe, bool v0_1, Datum *values, const char *nulls, Snapshot snap, int64 *id)
 {
+	/* by schema, and by dedupe */
 	static SPIPlanPtr plans[2][2];
 	static Oid	argtypes[MSG_NCOLUMNS] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID,
+		INT2OID, TEXTOID, TEXTOID,
 		TEXTOID, INT4OID, JSONBOID, TIMESTAMPTZOID
 	};
 	bool		isnull;
 	int			rc;
 
-	if (plans[dedupe][chain] == NULL)
-		outbox_prepare(&plans[dedupe][chain],
+	if (plans[v0_1][dedupe] == NULL)
+		outbox_prepare(&plans[v0_1][dedupe],
 					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
@@ -653,13 +693,14 @@ insert_message(bool dedupe, bool chain, Datum *values, const char *nulls, Snapsh
 								" expires_at, next_attempt_at, enqueued_by%s)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
 								" $14, $15, $16, $17, $18, $19%s)%s RETURNING id",
-								chain ? ", channel, chain_step, fallback, fallback_at" : "",
-								chain ? ", $20, $21, $22, $23" : "",
+								v0_1 ? "" : ", priority, traffic_class, campaign,"
+								" channel, chain_step, fallback, fallback_at",
+								v0_1 ? "" : ", $20, $21, $22, $23, $24, $25, $26",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
-					   chain ? MSG_NCOLUMNS : MSG_CHANNEL, argtypes);
+					   v0_1 ? MSG_PRIORITY : MSG_NCOLUMNS, argtypes);
 
-	rc = insert_quietly(plans[dedupe][chain], values, nulls, snap);
+	rc = insert_quietly(plans[v0_1][dedupe], values, nulls, snap);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -819,8 +860,17 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	char		nulls[MSG_NCOLUMNS];
 	int64		id;
 	OutboxPinnedPath pinned;
+	int16		priority;
+	const char *traffic_class;
+	char	   *campaign = PG_NARGS() > ARG_CAMPAIGN ? text_arg(fcinfo, ARG_CAMPAIGN, "campaign") : NULL;
+	OutboxCampaignRow campaign_row;
+	TimestampTz next_at;
 
 	refuse_unbuilt(fcinfo);
+	priority = priority_arg(fcinfo);
+	traffic_class = traffic_class_arg(fcinfo);
+	if (campaign)
+		outbox_check_campaign_name(campaign);
 
 	/* The recipient. */
 	if (PG_ARGISNULL(ARG_TO))
@@ -953,6 +1003,24 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				 errmsg("sender \"%s\" cannot send to \"%s\"", sender.from_number, to),
 				 errdetail("Sender and recipient must use the same channel.")));
 
+	/*
+	 * The campaign (created on first use): its window bounds the message's
+	 * due time and expiry, and a paused one holds it (due at infinity
+	 * until resume_campaign()).
+	 */
+	if (campaign)
+	{
+		outbox_use_campaign(sender.account, campaign, &campaign_row);
+		if (campaign_row.not_after != 0 && !PG_ARGISNULL(ARG_SEND_AFTER) &&
+			PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) >= campaign_row.not_after)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("send_after must be earlier than the end of campaign \"%s\"",
+							outbox_clip(campaign)),
+					 errdetail("The campaign's not_after is %s.",
+							   timestamptz_to_str(campaign_row.not_after))));
+	}
+
 	memset(nulls, ' ', sizeof(nulls));
 	values[MSG_ACCOUNT] = CStringGetTextDatum(sender.account);
 	values[MSG_SENDER_ID] = Int64GetDatum(sender.sender_id);
@@ -983,19 +1051,42 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	values[MSG_EXPIRES_AT] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
 	nulls[MSG_EXPIRES_AT] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
 	/* GREATEST(send_after, now()): now() is the transaction's start */
-	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(
-		!PG_ARGISNULL(ARG_SEND_AFTER) &&
+	next_at = !PG_ARGISNULL(ARG_SEND_AFTER) &&
 		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) > GetCurrentTransactionStartTimestamp() ?
-		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : GetCurrentTransactionStartTimestamp());
+		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : GetCurrentTransactionStartTimestamp();
+	if (campaign)
+	{
+		/* the campaign's end is its messages' expiry (the dispatcher's expiry path) */
+		if (campaign_row.not_after != 0 &&
+			(PG_ARGISNULL(ARG_EXPIRES_AT) ||
+			 PG_GETARG_TIMESTAMPTZ(ARG_EXPIRES_AT) > campaign_row.not_after))
+		{
+			values[MSG_EXPIRES_AT] = TimestampTzGetDatum(campaign_row.not_after);
+			nulls[MSG_EXPIRES_AT] = ' ';
+		}
+		if (campaign_row.not_before > next_at)
+			next_at = campaign_row.not_before;
+		if (campaign_row.paused)
+			next_at = DT_NOEND;
+	}
+	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(next_at);
 	/* the role that called us, not the definer we run as */
 	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
 												  CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
+	values[MSG_PRIORITY] = Int16GetDatum(priority);
+	values[MSG_TRAFFIC_CLASS] = CStringGetTextDatum(traffic_class);
+	values[MSG_CAMPAIGN] = campaign ? CStringGetTextDatum(campaign) : (Datum) 0;
+	nulls[MSG_CAMPAIGN] = campaign ? ' ' : 'n';
 	/* a plain message: no chain */
 	nulls[MSG_CHANNEL] = nulls[MSG_CHAIN_STEP] = nulls[MSG_FALLBACK] = nulls[MSG_FALLBACK_AT] = 'n';
 	if (PG_NARGS() > ARG_FALLBACK && !PG_ARGISNULL(ARG_FALLBACK))
 		check_fallback(PG_GETARG_JSONB_P(ARG_FALLBACK), &sender, to, body, snap, values, nulls);
 
-	if (!insert_message(dedupe_key != NULL, nulls[MSG_CHANNEL] != 'n', values, nulls, snap, &id))
+	/*
+	 * Called through the 0.1 SQL signature: the schema is 0.1's (not yet
+	 * updated), without 0.2's columns, and none of 0.2's arguments exist.
+	 */
+	if (!insert_message(dedupe_key != NULL, PG_NARGS() <= ARG_PARAMS + 1, values, nulls, snap, &id))
 	{
 		/* the key exists: the message it names, if it is this one */
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);

@@ -21,6 +21,7 @@
  *-------------------------------------------------------------------------
  */
 #include "twilio_outbox.h"
+#include "campaign.h"
 
 #include <math.h>
 
@@ -121,6 +122,16 @@ refuse_claimed(OutboxMessage *m, const char *reason, const char *why)
 }
 
 /*
+ * Claimed messages their campaign does not admit now (campaign.c): put
+ * back by defer_claimed() in the claim's own transaction.  Sized for a
+ * whole claim by outbox_claim().
+ */
+static int	ndeferred;
+static Datum *deferred_ids;
+static Datum *deferred_at;
+static Datum *deferred_cancel;
+
+/*
  * Take the rows one claim statement returned: each becomes a message with
  * its request built, in the batch context (created on the first row).
  * Rows that must not be sent are decided here, never sent.
@@ -158,6 +169,7 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		Datum		d;
 		char	   *account = SPI_getvalue(tup, desc, 4);
 		char	   *sender_account = SPI_getvalue(tup, desc, 18);
+		char	   *campaign;
 		bool		account_exists;
 		int64		sender_id;
 
@@ -185,6 +197,34 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			m->sender->claim_got++;
 		d = SPI_getbinval(tup, desc, 19, &isnull);
 		account_exists = !isnull && DatumGetBool(d);
+		campaign = SPI_getvalue(tup, desc, 24);
+
+		/*
+		 * Its campaign's pace, pause or cancel (issue 12): put back, never
+		 * sent, its sender's bucket untouched.
+		 */
+		if (campaign != NULL && account != NULL)
+		{
+			char	   *row = SPI_getvalue(tup, desc, 25);
+			char		state[16] = "";
+			double		pace = NAN;
+			double		burst = 1;
+			TimestampTz defer_to;
+			bool		cancel;
+
+			if (row != NULL && sscanf(row, "%15s %lf %lf", state, &pace, &burst) != 3)
+				pace = NAN;
+			if (!outbox_campaign_admit(account, campaign, row ? state : NULL, pace, burst,
+									   now, &defer_to, &cancel))
+			{
+				deferred_ids[ndeferred] = Int64GetDatum(m->id);
+				deferred_at[ndeferred] = TimestampTzGetDatum(defer_to);
+				deferred_cancel[ndeferred] = BoolGetDatum(cancel);
+				ndeferred++;
+				pfree(m);
+				continue;
+			}
+		}
 
 		/*
 		 * A row the dispatcher cannot send (written around twilio_enqueue,
@@ -283,6 +323,43 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 	return claimed;
 }
 
+/*
+ * Put back the claimed messages their campaign did not admit: queued again
+ * (the claim's attempt undone), due when the campaign's bucket has room
+ * for them (or at infinity while it is paused), or canceled with their
+ * campaign.  In the claim's transaction, so no one sees them claimed.
+ */
+static void
+defer_claimed(const char *account)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[4] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, BOOLARRAYOID, TEXTOID};
+	Datum		values[4];
+	int			rc;
+
+	if (ndeferred == 0)
+		return;
+	outbox_prepare(&plan,
+			"UPDATE twilio_outbox.messages m SET"
+			"  state = CASE WHEN d.cancel THEN 'canceled' ELSE 'queued' END::twilio_outbox.message_state,"
+			"  next_attempt_at = CASE WHEN d.cancel THEN m.next_attempt_at ELSE d.at END,"
+			"  attempts = m.attempts - 1, lease_until = NULL, worker_pid = NULL, updated_at = now(),"
+			"  finished_at = CASE WHEN d.cancel THEN now() ELSE m.finished_at END,"
+			"  last_error_message = CASE WHEN d.cancel THEN 'its campaign was canceled'"
+			"   ELSE m.last_error_message END"
+			" FROM unnest($1::int8[], $2::timestamptz[], $3::bool[]) AS d(id, at, cancel)"
+			" WHERE m.id = d.id AND m.account = $4 AND " GUARD_STATE("sending"),
+			4, types);
+	values[0] = outbox_make_array(deferred_ids, NULL, ndeferred, INT8OID);
+	values[1] = outbox_make_array(deferred_at, NULL, ndeferred, TIMESTAMPTZOID);
+	values[2] = outbox_make_array(deferred_cancel, NULL, ndeferred, BOOLOID);
+	values[3] = CStringGetTextDatum(account);
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "putting back campaign messages failed: %s", SPI_result_code_string(rc));
+	ndeferred = 0;
+}
+
 /* The smallest share of an account's room a sender is asked for at once. */
 #define CLAIM_MIN_SHARE		16
 
@@ -330,6 +407,10 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 	List	   *claimed = NIL;
 
 	*more = false;
+	ndeferred = 0;
+	deferred_ids = palloc(sizeof(Datum) * Max(capacity, 1));
+	deferred_at = palloc(sizeof(Datum) * Max(capacity, 1));
+	deferred_cancel = palloc(sizeof(Datum) * Max(capacity, 1));
 	/* More than one dispatcher: each account's share left to this one (partition.c). */
 	outbox_partition_reserve(now);
 	/* Share the capacity over the accounts that may send. */
@@ -369,26 +450,37 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
 			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
 			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
-			/* per sender: its oldest due messages, as many segments as its bucket holds */
+			/*
+			 * per sender: its due messages by priority level, then oldest
+			 * first, as many segments as its bucket holds.  Each level is
+			 * its own range scan of messages_due (account, sender, level,
+			 * next_attempt_at, id) that stops at max_n rows, so the cost is
+			 * O(batch) whatever is due at lower levels or later.
+			 */
 			" per_sender AS ("
-			"  SELECT z.id, q.account, q.account_room, q.turn, z.rn"
+			"  SELECT z.id, q.account, q.account_room, q.turn, z.priority, z.rn"
 			"  FROM q CROSS JOIN LATERAL ("
-			"   SELECT y.id, y.next_attempt_at, y.rn FROM ("
-			"    SELECT x.id, x.next_attempt_at,"
-			"     sum(x.segments) OVER (ORDER BY x.next_attempt_at, x.id) AS cum,"
-			"     row_number() OVER (ORDER BY x.next_attempt_at, x.id) AS rn"
-			"    FROM (SELECT m.id, m.next_attempt_at,"
-			"     least(greatest(coalesce(m.segments, 1), 1), 1000) AS segments"
-			"     FROM twilio_outbox.messages m"
-			"     WHERE m.state = 'queued' AND m.account = $9 AND m.sender_id = q.sender_id"
-			"     AND m.next_attempt_at <= now()"
-			"     AND (m.expires_at IS NULL OR m.expires_at > now())"
-			"     ORDER BY m.next_attempt_at, m.id LIMIT q.max_n) x) y"
+			"   SELECT y.id, y.priority, y.rn FROM ("
+			"    SELECT x.id, x.priority,"
+			"     sum(x.segments) OVER (ORDER BY x.priority, x.next_attempt_at, x.id) AS cum,"
+			"     row_number() OVER (ORDER BY x.priority, x.next_attempt_at, x.id) AS rn"
+			"    FROM (SELECT l.* FROM unnest('{0,1,2}'::int2[]) AS lv(level)"
+			"     CROSS JOIN LATERAL (SELECT m.id, m.priority, m.next_attempt_at,"
+			"      least(greatest(coalesce(m.segments, 1), 1), 1000) AS segments"
+			"      FROM twilio_outbox.messages m"
+			"      WHERE m.state = 'queued' AND m.account = $9 AND m.sender_id = q.sender_id"
+			"      AND m.priority = lv.level AND m.next_attempt_at <= now()"
+			"      AND (m.expires_at IS NULL OR m.expires_at > now())"
+			"      ORDER BY m.next_attempt_at, m.id LIMIT q.max_n) l"
+			"     ORDER BY l.priority, l.next_attempt_at, l.id LIMIT q.max_n) x) y"
 			"   WHERE y.cum <= q.budget OR (y.rn = 1 AND q.full_bucket)) z),"
-			/* round-robin over the account's senders, within its room */
+			/*
+			 * round-robin over the account's senders, within its room; a
+			 * higher level before a lower one across senders too
+			 */
 			" pick AS ("
 			"  SELECT p.id FROM (SELECT per_sender.*, row_number() OVER ("
-			"    PARTITION BY account ORDER BY rn, turn) AS arn"
+			"    PARTITION BY account ORDER BY priority, rn, turn) AS arn"
 			"   FROM per_sender) p"
 			"  WHERE p.arn <= p.account_room),"
 			" c AS MATERIALIZED ("
@@ -419,7 +511,13 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account),"
 			"  m.ambiguous_attempts,"
 			/* a call (a voice step of a fallback chain, fallback.c) */
-			"  m.channel = \'voice\', m.voice_options->>\'voice\', m.voice_options->>\'language\'",
+			"  m.channel = 'voice', m.voice_options->>'voice', m.voice_options->>'language',"
+			/*
+			 * its campaign's row as it is now, "state pace burst" (one
+			 * primary-key probe; campaign.c)
+			 */
+			"  m.campaign, (SELECT k.state || ' ' || coalesce(k.pace::float8, 'NaN') || ' ' || k.burst::float8"
+			"   FROM twilio_outbox.campaigns k WHERE k.account = m.account AND k.name = m.campaign)",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)
@@ -476,6 +574,12 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
 		claimed = take_claimed(claimed, &batch, now);
+		if (ndeferred > 0)
+		{
+			/* the room is not used up: the next claim may find others */
+			*more = true;
+			defer_claimed(a->name);
+		}
 
 		/*
 		 * The room filled: more may be due, and a sender that got less than
@@ -505,6 +609,9 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 				snd->dry_epoch = dry_epoch;
 		}
 	}
+	/* every row claimed was put back: nothing for the batch to hold */
+	if (batch != NULL && batch->pending == 0)
+		MemoryContextDelete(batch->cxt);
 	return claimed;
 }
 
@@ -666,7 +773,7 @@ outbox_sweep_orphans(void)
 	outbox_prepare(&plan,
 			"WITH x AS (SELECT m.id FROM twilio_outbox.messages m"
 			"  WHERE m.state = 'queued' AND m.account = $1 AND m.sender_id = $2"
-			"  ORDER BY m.next_attempt_at, m.id LIMIT $5 FOR UPDATE SKIP LOCKED),"
+			"  ORDER BY m.priority, m.next_attempt_at, m.id LIMIT $5 FOR UPDATE SKIP LOCKED),"
 			" u AS (UPDATE twilio_outbox.messages m SET state = 'dead',"
 			"  finished_at = now(), updated_at = now(), last_error_message = $4"
 			"  FROM x WHERE m.id = x.id AND m.account = $1 AND " GUARD_STATE("queued")
@@ -1098,9 +1205,13 @@ outbox_next_due(TimestampTz now)
 	outbox_prepare(&plan,
 			"SELECT s.sender_id, n.next_attempt_at, n.segments"
 			" FROM unnest($1::int8[], $2::text[]) AS s(sender_id, account)"
-			" CROSS JOIN LATERAL (SELECT m.next_attempt_at, m.segments FROM twilio_outbox.messages m"
-			"  WHERE m.state = 'queued' AND m.account = s.account AND m.sender_id = s.sender_id"
-			"  ORDER BY m.next_attempt_at LIMIT 1) n",
+			/* the earliest of each priority level's first (messages_due) */
+			" CROSS JOIN LATERAL (SELECT l.next_attempt_at, l.segments"
+			"  FROM unnest('{0,1,2}'::int2[]) AS lv(level) CROSS JOIN LATERAL ("
+			"   SELECT m.next_attempt_at, m.segments FROM twilio_outbox.messages m"
+			"   WHERE m.state = 'queued' AND m.account = s.account AND m.sender_id = s.sender_id"
+			"   AND m.priority = lv.level ORDER BY m.next_attempt_at LIMIT 1) l"
+			"  ORDER BY l.next_attempt_at LIMIT 1) n",
 			2, types);
 	values[0] = outbox_make_array(ids, NULL, n, INT8OID);
 	values[1] = outbox_make_array(names, NULL, n, TEXTOID);

@@ -102,6 +102,8 @@ BEGIN
 	UPDATE twilio_outbox.account_credentials SET account = new_name WHERE account OPERATOR(pg_catalog.=) old_name;
 	UPDATE twilio_outbox.suppressed_recipients SET account = new_name WHERE account OPERATOR(pg_catalog.=) old_name;
 	UPDATE twilio_outbox.account_roles SET account = new_name WHERE account OPERATOR(pg_catalog.=) old_name;
+	/* campaigns (41_campaigns.sql) move with their messages */
+	UPDATE twilio_outbox.campaigns SET account = new_name WHERE account OPERATOR(pg_catalog.=) old_name;
 	DELETE FROM twilio_outbox.accounts WHERE name OPERATOR(pg_catalog.=) old_name;
 	UPDATE twilio_outbox.accounts SET is_default = was_default WHERE name OPERATOR(pg_catalog.=) new_name;
 END

@@ -5,7 +5,7 @@ SELECT plan(47);
 SELECT has_schema('twilio_outbox');
 SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
 	'messages', 'attempts', 'dead_letters', 'error_policy', 'suppressed_recipients',
-	'status_events', 'account_roles', 'debugger_events']);
+	'status_events', 'account_roles', 'debugger_events', 'campaigns']);
 SELECT has_function('public', 'twilio_enqueue', 'twilio_enqueue is in the extension''s schema');
 SELECT is_definer('public', 'twilio_enqueue',
 	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',
@@ -52,7 +52,7 @@ SELECT is((SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prola
 	'c', 'purge is in C: no expression of its own for a caller''s operator to replace');
 
 -- The claim path: a partial index on queued rows, per sender in due order.
-SELECT has_index('twilio_outbox', 'messages', 'messages_due', ARRAY['account', 'sender_id', 'next_attempt_at', 'id']);
+SELECT has_index('twilio_outbox', 'messages', 'messages_due', ARRAY['account', 'sender_id', 'priority', 'next_attempt_at', 'id']);
 SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
 		   WHERE indexrelid = 'twilio_outbox.messages_due'::regclass),
 	'(state = ''queued''::twilio_outbox.message_state)',

@@ -1,0 +1,37 @@
+/*-------------------------------------------------------------------------
+ *
+ * campaign.h
+ *		Campaigns (issue 12): what twilio_enqueue needs of a campaign's row,
+ *		and the dispatcher's pace buckets.  See campaign.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TWILIO_OUTBOX_CAMPAIGN_H
+#define TWILIO_OUTBOX_CAMPAIGN_H
+
+#include "datatype/timestamp.h"
+
+/* The most characters a campaign name has (campaigns_name_valid). */
+#define OUTBOX_MAX_CAMPAIGN_CHARS	64
+
+/* A campaign's row as twilio_enqueue reads it. */
+typedef struct OutboxCampaignRow
+{
+	bool		paused;
+	bool		canceled;
+	TimestampTz not_before;		/* 0: none */
+	TimestampTz not_after;		/* 0: none */
+} OutboxCampaignRow;
+
+/* enqueue side: SPI connected, under the pinned search path */
+extern void outbox_check_campaign_name(const char *name);
+extern void outbox_use_campaign(const char *account, const char *name,
+								OutboxCampaignRow *row);
+
+/* dispatcher side */
+extern bool outbox_campaign_admit(const char *account, const char *name,
+								  const char *state, double pace, double burst,
+								  TimestampTz now, TimestampTz *defer_to,
+								  bool *cancel);
+
+#endif
