@@ -45,7 +45,7 @@ OutboxTest::wait_until($node,
 	'the next dispatcher sends the SMS again, dead-letters it and makes the call');
 is(OutboxTest::query($node, qq{
 		SELECT string_agg(outcome::text, ',' ORDER BY attempt) FROM twilio_outbox.attempts WHERE message_id = $head}),
-	'lost,dead', 'the SMS: one lost attempt (the crash), then the refusal');
+	'lost,not_found,dead', 'the SMS: one lost attempt (the crash), reconciled (not at Twilio), then the refusal');
 
 # What else may ask for the same step again makes nothing.
 my $sid = 'SM' . ('cd' x 16);
