@@ -27,7 +27,9 @@ OBJS = \
 	src/ratelimit.o \
 	src/operations.o \
 	src/callback.o \
-	src/lookup.o
+	src/lookup.o \
+	src/quiet.o \
+	src/guards.o
 
 # Install scripts are built from one file per concern (sql/README.md).
 # The released 0.1 script is committed as released and never rebuilt:

@@ -80,9 +80,7 @@ refuse_unbuilt(FunctionCallInfo fcinfo)
 		const char *name;
 	}			unbuilt[] = {
 		{ARG_PRIORITY, "priority"},
-		{ARG_TRAFFIC_CLASS, "traffic_class"},
 		{ARG_CAMPAIGN, "campaign"},
-		{ARG_TIME_ZONE, "time_zone"},
 		{ARG_FALLBACK, "fallback"},
 	};
 
@@ -518,6 +516,35 @@ resolve_sender_sql(const char *account, const char *from, const char *service,
 }
 
 /*
+ * The account's quiet hours and guards, through SQL under snap: for when
+ * the sender was resolved through SQL too (enqueue_lookup.c could not
+ * probe).  Nothing before the update (the columns do not exist yet).
+ */
+static void
+policy_sql(OutboxResolvedSender *out, Snapshot snap)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		value;
+	OutboxPolicyColumns cols;
+	Oid			nsp = get_namespace_oid(OUTBOX_SCHEMA, true);
+	Oid			accounts = OidIsValid(nsp) ? get_relname_relid("accounts", nsp) : InvalidOid;
+
+	if (!OidIsValid(accounts) || get_attnum(accounts, "allowed_country_codes") == InvalidAttrNumber)
+		return;
+	outbox_prepare(&plan,
+				   "SELECT * FROM twilio_outbox.accounts a WHERE a.name OPERATOR(pg_catalog.=) $1",
+				   1, argtypes);
+	value = CStringGetTextDatum(out->account);
+	if (SPI_execute_snapshot(plan, &value, NULL, snap, InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "account lookup failed");
+	if (SPI_processed != 1)
+		return;
+	outbox_policy_columns(SPI_tuptable->tupdesc, &cols);
+	outbox_read_policy(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, &cols, out);
+}
+
+/*
  * What was found, or the error that says why the message cannot go: the
  * first thing said is whether the caller may use the account at all, so
  * that a role of another account learns nothing of its senders,
@@ -621,35 +648,43 @@ enum
 	MSG_ACCOUNT, MSG_SENDER_ID, MSG_TO, MSG_FROM, MSG_SERVICE, MSG_BODY, MSG_MEDIA,
 	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
 	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
-	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY, MSG_NCOLUMNS
+	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY,
+	/* 0.2's columns: written only through the 0.2 signature (after the update) */
+	MSG_TRAFFIC_CLASS, MSG_QUIET_ZONE,
+	MSG_NCOLUMNS
 };
+#define MSG_NCOLUMNS_0_1 MSG_TRAFFIC_CLASS
 
 static bool
-insert_message(bool dedupe, Datum *values, const char *nulls, Snapshot snap, int64 *id)
+insert_message(bool v0_2, bool dedupe, Datum *values, const char *nulls, Snapshot snap,
+			   int64 *id)
 {
-	static SPIPlanPtr plans[2];
+	static SPIPlanPtr plans[2][2];
 	static Oid	argtypes[MSG_NCOLUMNS] = {
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID,
+		TEXTOID, TEXTOID
 	};
 	bool		isnull;
 	int			rc;
 
-	if (plans[dedupe] == NULL)
-		outbox_prepare(&plans[dedupe],
+	if (plans[v0_2][dedupe] == NULL)
+		outbox_prepare(&plans[v0_2][dedupe],
 					   psprintf("INSERT INTO twilio_outbox.messages (account, sender_id,"
 								" to_number, from_number, messaging_service_sid, body, media_urls,"
 								" content_sid, content_variables, status_callback, params,"
 								" encoding, segments, idempotency_key, dedupe_key, send_after,"
-								" expires_at, next_attempt_at, enqueued_by)"
+								" expires_at, next_attempt_at, enqueued_by%s)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-								" $14, $15, $16, $17, $18, $19)%s RETURNING id",
+								" $14, $15, $16, $17, $18, $19%s)%s RETURNING id",
+								v0_2 ? ", traffic_class, quiet_zone" : "",
+								v0_2 ? ", $20, $21" : "",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
-					   MSG_NCOLUMNS, argtypes);
+					   v0_2 ? MSG_NCOLUMNS : MSG_NCOLUMNS_0_1, argtypes);
 
-	rc = insert_quietly(plans[dedupe], values, nulls, snap);
+	rc = insert_quietly(plans[v0_2][dedupe], values, nulls, snap);
 	if (rc != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "insert into the outbox failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -745,6 +780,11 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	char	   *dedupe_key = text_arg(fcinfo, ARG_DEDUPE, "dedupe_key");
 	char	   *account = text_arg(fcinfo, ARG_ACCOUNT, "account");
 	char	   *content_sid = text_arg(fcinfo, ARG_CONTENT_SID, "content_sid");
+	bool		v0_2 = PG_NARGS() > ARG_TIME_ZONE;
+	char	   *traffic_class = v0_2 ? text_arg(fcinfo, ARG_TRAFFIC_CLASS, "traffic_class") : NULL;
+	char	   *time_zone = v0_2 ? text_arg(fcinfo, ARG_TIME_ZONE, "time_zone") : NULL;
+	char	   *quiet_zone = NULL;
+	TimestampTz next_at;
 	bool		has_vars = !PG_ARGISNULL(ARG_CONTENT_VARS);
 	bool		has_params = !PG_ARGISNULL(ARG_PARAMS);
 	bool		has_schedule = false;
@@ -848,6 +888,24 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				 errdetail("A dedupe key has at most %d bytes.", MAX_DEDUPE_KEY_BYTES)));
 	/* it is shown in monitoring and quoted in errors, never sent */
 	check_no_control(dedupe_key, "dedupe_key");
+	if (traffic_class && strcmp(traffic_class, "transactional") != 0 &&
+		strcmp(traffic_class, "marketing") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid traffic_class \"%s\"", outbox_clip(traffic_class)),
+				 errdetail("A traffic class is transactional (the default) or marketing.")));
+	if (time_zone)
+	{
+		char	   *canonical = outbox_zone_canonical(time_zone);
+
+		if (canonical == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown time zone \"%s\"", outbox_clip(time_zone)),
+					 errdetail("time_zone is the recipient's zone, a name of the IANA time zone database such as America/New_York."),
+					 errhint("SELECT name FROM pg_timezone_names lists them.")));
+		time_zone = canonical;
+	}
 	if (has_params)
 		outbox_check_params(PG_GETARG_JSONB_P(ARG_PARAMS),
 					 PG_ARGISNULL(ARG_SEND_AFTER) ? now :
@@ -881,8 +939,15 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	snap = GetActiveSnapshot();
 	if (!outbox_lookup_sender(account, from, service, to, roles, GetOuterUserId(), snap,
 							  &found_account, &sender))
+	{
 		resolve_sender_sql(account, from, service, to, roles, snap, &found_account, &sender);
+		if (found_account && sender.allowed)
+			policy_sql(&sender, snap);
+	}
 	check_sender(account, from, service, to, found_account, &sender);
+	/* the account's guards: the country first, the counts once inserted */
+	if (sender.has_policy)
+		outbox_check_country(sender.account, to, sender.country_codes, sender.ncountry_codes);
 	if (service_param && sender.service_sid == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -926,19 +991,46 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	values[MSG_EXPIRES_AT] = PG_GETARG_DATUM(ARG_EXPIRES_AT);
 	nulls[MSG_EXPIRES_AT] = PG_ARGISNULL(ARG_EXPIRES_AT) ? 'n' : ' ';
 	/* GREATEST(send_after, now()): now() is the transaction's start */
-	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(
-		!PG_ARGISNULL(ARG_SEND_AFTER) &&
+	next_at = !PG_ARGISNULL(ARG_SEND_AFTER) &&
 		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) > GetCurrentTransactionStartTimestamp() ?
-		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : GetCurrentTransactionStartTimestamp());
+		PG_GETARG_TIMESTAMPTZ(ARG_SEND_AFTER) : GetCurrentTransactionStartTimestamp();
+
+	/*
+	 * Quiet hours: marketing traffic (and transactional, if the account
+	 * says so) due in the recipient's quiet window waits for its end.  Only
+	 * such a message pays for the zone lookup, and only it stores the zone,
+	 * for the dispatcher to check again when a retry comes due.  It expires
+	 * as any other if the window outlasts it.
+	 */
+	if (sender.has_policy && sender.quiet &&
+		((traffic_class && strcmp(traffic_class, "marketing") == 0) ||
+		 sender.quiet_transactional))
+	{
+		TimestampTz until;
+
+		quiet_zone = time_zone ? time_zone : outbox_zone_for_number(to, snap);
+		if (quiet_zone == NULL)
+			quiet_zone = sender.default_zone;
+		until = outbox_quiet_until(quiet_zone, sender.quiet_start, sender.quiet_end, next_at);
+		if (until != 0)
+			next_at = until;
+	}
+	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(next_at);
 	/* the role that called us, not the definer we run as */
 	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
 												  CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
 
-	if (!insert_message(dedupe_key != NULL, values, nulls, snap, &id))
+	values[MSG_TRAFFIC_CLASS] = CStringGetTextDatum(traffic_class ? traffic_class : "transactional");
+	values[MSG_QUIET_ZONE] = quiet_zone ? CStringGetTextDatum(quiet_zone) : (Datum) 0;
+	nulls[MSG_QUIET_ZONE] = quiet_zone ? ' ' : 'n';
+
+	if (!insert_message(v0_2, dedupe_key != NULL, values, nulls, snap, &id))
 	{
 		/* the key exists: the message it names, if it is this one */
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);
 	}
+	else if (sender.has_policy)
+		outbox_count_recipient(sender.account, to, sender.max_per_hour, sender.max_per_day, now);
 	PopActiveSnapshot();
 	SPI_finish();
 	OUTBOX_UNPIN_SEARCH_PATH(pinned);
