@@ -999,21 +999,26 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	 * Quiet hours: marketing traffic (and transactional, if the account
 	 * says so) due in the recipient's quiet window waits for its end.  Only
 	 * such a message pays for the zone lookup, and only it stores the zone,
-	 * for the dispatcher to check again when a retry comes due.  It expires
-	 * as any other if the window outlasts it.
+	 * for the dispatcher to check again at claim time (a retry, a window
+	 * set or changed since).  A marketing message stores it even while the
+	 * account has no window, so that one set later holds it too.  It
+	 * expires as any other if the window outlasts it.
 	 */
-	if (sender.has_policy && sender.quiet &&
+	if (sender.has_policy &&
 		((traffic_class && strcmp(traffic_class, "marketing") == 0) ||
-		 sender.quiet_transactional))
+		 (sender.quiet && sender.quiet_transactional)))
 	{
-		TimestampTz until;
-
 		quiet_zone = time_zone ? time_zone : outbox_zone_for_number(to, snap);
 		if (quiet_zone == NULL)
 			quiet_zone = sender.default_zone;
-		until = outbox_quiet_until(quiet_zone, sender.quiet_start, sender.quiet_end, next_at);
-		if (until != 0)
-			next_at = until;
+		if (sender.quiet)
+		{
+			TimestampTz until = outbox_quiet_until(quiet_zone, sender.quiet_start,
+												   sender.quiet_end, next_at);
+
+			if (until != 0)
+				next_at = until;
+		}
 	}
 	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(next_at);
 	/* the role that called us, not the definer we run as */
