@@ -80,7 +80,7 @@ outbox_count_recipient(const char *account, const char *to, int32 max_hour, int3
 				   "WITH old AS (DELETE FROM twilio_outbox.recipient_counts c"
 				   "  WHERE c.account OPERATOR(pg_catalog.=) $1"
 				   "  AND c.to_number OPERATOR(pg_catalog.=) $2"
-				   "  AND c.hour OPERATOR(pg_catalog.<) $3 OPERATOR(pg_catalog.-) interval '23 hours'),"
+				   "  AND c.hour OPERATOR(pg_catalog.<) ($3 OPERATOR(pg_catalog.-) interval '23 hours')),"
 				   " up AS (INSERT INTO twilio_outbox.recipient_counts AS c (account, to_number, hour, n)"
 				   "  VALUES ($1, $2, $3, 1) ON CONFLICT (account, to_number, hour)"
 				   "  DO UPDATE SET n = c.n OPERATOR(pg_catalog.+) 1 RETURNING c.n)"
@@ -88,7 +88,7 @@ outbox_count_recipient(const char *account, const char *to, int32 max_hour, int3
 				   "  (SELECT up.n FROM up) OPERATOR(pg_catalog.+) coalesce((SELECT pg_catalog.sum(c.n)"
 				   "   FROM twilio_outbox.recipient_counts c"
 				   "   WHERE c.account OPERATOR(pg_catalog.=) $1 AND c.to_number OPERATOR(pg_catalog.=) $2"
-				   "   AND c.hour OPERATOR(pg_catalog.>=) $3 OPERATOR(pg_catalog.-) interval '23 hours'"
+				   "   AND c.hour OPERATOR(pg_catalog.>=) ($3 OPERATOR(pg_catalog.-) interval '23 hours')"
 				   "   AND c.hour OPERATOR(pg_catalog.<) $3), 0)::pg_catalog.int8",
 				   3, types);
 	values[0] = CStringGetTextDatum(account);

@@ -47,14 +47,14 @@ COMMENT ON FUNCTION twilio_outbox.quiet_until(text, time, time, timestamptz) IS 
  *     number may start with, as Twilio's geo permissions would allow.
  */
 CREATE FUNCTION twilio_outbox.calling_codes_valid(codes text[]) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT pg_catalog.array_ndims(codes) IS NOT DISTINCT FROM 1
+	SELECT coalesce(pg_catalog.array_ndims(codes), 1) OPERATOR(pg_catalog.=) 1
 		AND NOT EXISTS (SELECT FROM pg_catalog.unnest(codes) c
 						WHERE c IS NULL OR c OPERATOR(pg_catalog.!~) '^[1-9][0-9]{0,2}$')
 $$;
-COMMENT ON FUNCTION twilio_outbox.calling_codes_valid(text[]) IS 'A one-dimensional array of calling codes: 1 to 3 digits, not starting with 0, no NULL';
+COMMENT ON FUNCTION twilio_outbox.calling_codes_valid(text[]) IS 'A one-dimensional (or empty) array of calling codes: 1 to 3 digits, not starting with 0, no NULL';
 
 ALTER TABLE twilio_outbox.accounts
 	ADD COLUMN quiet_start time DEFAULT '21:00',
@@ -226,8 +226,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	WITH gone AS (
 		DELETE FROM twilio_outbox.recipient_counts
-		WHERE hour OPERATOR(pg_catalog.<) pg_catalog.date_trunc('hour', pg_catalog.now(), 'UTC')
-			OPERATOR(pg_catalog.-) interval '23 hours'
+		WHERE hour OPERATOR(pg_catalog.<) (pg_catalog.date_trunc('hour', pg_catalog.now(), 'UTC')
+			OPERATOR(pg_catalog.-) interval '23 hours')
 		RETURNING 1)
 	SELECT pg_catalog.count(*) FROM gone
 $$;
@@ -251,7 +251,7 @@ AS $$
 			'81', '82', '84', '86', '90', '91', '92', '93', '94', '95', '98'])
 			THEN pg_catalog.left(d, 2)
 		ELSE pg_catalog.left(d, 3) END
-	FROM (SELECT pg_catalog.substring(number FROM '\+([0-9]+)$') AS d) x
+	FROM (SELECT pg_catalog.substring(number, '\+([0-9]+)$') AS d) x
 $$;
 COMMENT ON FUNCTION twilio_outbox.calling_code(text) IS 'The ITU calling code a number (+E.164, or a channel address ending in one) starts with';
 
@@ -291,14 +291,14 @@ AS $$
 	), recent AS (
 		SELECT m.account, m.to_number, twilio_outbox.calling_code(m.to_number) AS cc
 		FROM twilio_outbox.messages m
-		WHERE m.created_at OPERATOR(pg_catalog.>) pg_catalog.now() OPERATOR(pg_catalog.-) interval '5 minutes'
+		WHERE m.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '5 minutes')
 	), history AS (
 		/* the same hour of day (now +- 30 minutes) on each of the 7 days before */
 		SELECT m.account, twilio_outbox.calling_code(m.to_number) AS cc
 		FROM pg_catalog.generate_series(1, 7) AS d(k)
 		JOIN twilio_outbox.messages m
-		  ON m.created_at OPERATOR(pg_catalog.>=) pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => d.k) OPERATOR(pg_catalog.-) interval '30 minutes'
-		 AND m.created_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => d.k) OPERATOR(pg_catalog.+) interval '30 minutes'
+		  ON m.created_at OPERATOR(pg_catalog.>=) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => d.k, mins => 30))
+		 AND m.created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => d.k, mins => -30))
 		WHERE EXISTS (SELECT FROM recent r WHERE r.account OPERATOR(pg_catalog.=) m.account)
 	), norm AS (
 		/* 7 days x 12 five-minute slots per hour */
@@ -322,14 +322,14 @@ AS $$
 		   pg_catalog.round(pg_catalog.greatest(s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0), s.min_count), 1)
 	FROM by_account b CROSS JOIN s LEFT JOIN norm n ON n.account OPERATOR(pg_catalog.=) b.account
 	WHERE b.n OPERATOR(pg_catalog.>=) s.min_count
-	  AND b.n OPERATOR(pg_catalog.>) s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0)
+	  AND b.n OPERATOR(pg_catalog.>) (s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0))
 	UNION ALL
 	SELECT c.account, 'country', '+' OPERATOR(pg_catalog.||) c.cc, c.n, pg_catalog.round(coalesce(n.per5, 0), 1),
 		   pg_catalog.round(pg_catalog.greatest(s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0), s.min_count), 1)
 	FROM by_cc c CROSS JOIN s
 	LEFT JOIN norm_cc n ON n.account OPERATOR(pg_catalog.=) c.account AND n.cc OPERATOR(pg_catalog.=) c.cc
 	WHERE c.cc IS NOT NULL AND c.n OPERATOR(pg_catalog.>=) s.min_count
-	  AND c.n OPERATOR(pg_catalog.>) s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0)
+	  AND c.n OPERATOR(pg_catalog.>) (s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0))
 	UNION ALL
 	SELECT g.account, 'range', g.block OPERATOR(pg_catalog.||) 'xxx', g.n, NULL, s.range_count
 	FROM by_range g CROSS JOIN s
