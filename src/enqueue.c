@@ -1011,6 +1011,10 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 		quiet_zone = time_zone ? time_zone : outbox_zone_for_number(to, snap);
 		if (quiet_zone == NULL)
 			quiet_zone = sender.default_zone;
+		/* stored as the zone database spells it (the tables take any case) */
+		quiet_zone = outbox_zone_canonical(quiet_zone);
+		if (quiet_zone == NULL)
+			quiet_zone = "UTC";
 		if (sender.quiet)
 		{
 			TimestampTz until = outbox_quiet_until(quiet_zone, sender.quiet_start,

@@ -128,7 +128,7 @@ SELECT twilio_enqueue('+12125550124', 'tokyo', traffic_class => 'marketing',
 SELECT id = :late AS late, id = :day AS day, id = :otp AS otp, id = :early AS early, id = :tokyo AS tokyo,
 	send_after = local_at(z, CASE id WHEN :late THEN '23:00'::time WHEN :day THEN '10:00'
 		WHEN :otp THEN '23:00' WHEN :early THEN '05:00' ELSE '23:00' END) AS send_after_kept,
-	next_attempt_at AS due, next_attempt_at AT TIME ZONE z AS due_local,
+	(next_attempt_at AT TIME ZONE z)::time AS due_local_time,
 	next_attempt_at = local_at(z, '08:00', 3) AS next_morning,
 	next_attempt_at = local_at(z, '08:00', 2) AS same_morning,
 	next_attempt_at = send_after AS not_moved
