@@ -74,8 +74,10 @@ ALTER TABLE twilio_outbox.accounts
 		CHECK (twilio_outbox.calling_codes_valid(allowed_country_codes)),
 	ADD CONSTRAINT accounts_quiet_hours_both_or_neither
 		CHECK ((quiet_start IS NULL) OPERATOR(pg_catalog.=) (quiet_end IS NULL)
-			   AND quiet_start IS DISTINCT FROM quiet_end
-			   AND quiet_start OPERATOR(pg_catalog.<) '24:00' AND quiet_end OPERATOR(pg_catalog.<) '24:00');
+			   AND (quiet_start IS NULL
+					OR (quiet_start OPERATOR(pg_catalog.<>) quiet_end
+						AND quiet_start OPERATOR(pg_catalog.<) '24:00'
+						AND quiet_end OPERATOR(pg_catalog.<) '24:00')));
 COMMENT ON COLUMN twilio_outbox.accounts.quiet_start IS 'start of the recipients'' quiet hours, local time (NULL with quiet_end: none); marketing traffic waits them out';
 COMMENT ON COLUMN twilio_outbox.accounts.quiet_end IS 'end of the recipients'' quiet hours, local time; may be earlier than quiet_start (the window wraps past midnight)';
 COMMENT ON COLUMN twilio_outbox.accounts.quiet_transactional IS 'transactional traffic waits out quiet hours too';
@@ -319,13 +321,13 @@ AS $$
 		GROUP BY 1, 2
 	)
 	SELECT b.account, 'rate', 'all recipients', b.n, pg_catalog.round(coalesce(n.per5, 0), 1),
-		   pg_catalog.round(pg_catalog.greatest(s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0), s.min_count), 1)
+		   pg_catalog.round(GREATEST(s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0), s.min_count), 1)
 	FROM by_account b CROSS JOIN s LEFT JOIN norm n ON n.account OPERATOR(pg_catalog.=) b.account
 	WHERE b.n OPERATOR(pg_catalog.>=) s.min_count
 	  AND b.n OPERATOR(pg_catalog.>) (s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0))
 	UNION ALL
 	SELECT c.account, 'country', '+' OPERATOR(pg_catalog.||) c.cc, c.n, pg_catalog.round(coalesce(n.per5, 0), 1),
-		   pg_catalog.round(pg_catalog.greatest(s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0), s.min_count), 1)
+		   pg_catalog.round(GREATEST(s.factor OPERATOR(pg_catalog.*) coalesce(n.per5, 0), s.min_count), 1)
 	FROM by_cc c CROSS JOIN s
 	LEFT JOIN norm_cc n ON n.account OPERATOR(pg_catalog.=) c.account AND n.cc OPERATOR(pg_catalog.=) c.cc
 	WHERE c.cc IS NOT NULL AND c.n OPERATOR(pg_catalog.>=) s.min_count
