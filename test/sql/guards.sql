@@ -81,7 +81,7 @@ INSERT INTO twilio_outbox.recipient_counts VALUES
 SELECT twilio_enqueue('+14155550300', 'five') > 0 AS five,
 	twilio_enqueue('+14155550300', 'six') > 0 AS six;
 SELECT try($$SELECT twilio_enqueue('+14155550300', 'seven')$$);
-SELECT to_number, now() - hour AS age, n FROM twilio_outbox.recipient_counts
+SELECT to_number, date_trunc('hour', now()) - hour AS hours_ago, n FROM twilio_outbox.recipient_counts
 WHERE to_number IN ('+14155550300', '+14155550399')
 ORDER BY to_number, hour;
 -- The rest goes with purge_recipient_counts().
