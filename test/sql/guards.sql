@@ -35,7 +35,7 @@ SELECT try($$SELECT twilio_enqueue('whatsapp:+33612345678', 'fr', from_number =>
 SELECT try($$SELECT twilio_enqueue('+4312345678', 'at')$$);
 SELECT try($$SELECT twilio_enqueue('+33612345678', 'fr', account => 'other')$$) AS other_account;
 -- The error in full.
-\set VERBOSITY verbose
+\set VERBOSITY default
 SELECT twilio_enqueue('+33612345678', 'fr');
 \set VERBOSITY default
 -- An empty list allows no country.
@@ -52,7 +52,7 @@ SELECT twilio_enqueue('+14155550200', 'one') > 0 AS one,
 	twilio_enqueue('+14155550200', 'two') > 0 AS two,
 	twilio_enqueue('+14155550200', 'three') > 0 AS three;
 SELECT try($$SELECT twilio_enqueue('+14155550200', 'four')$$);
-\set VERBOSITY verbose
+\set VERBOSITY default
 SELECT twilio_enqueue('+14155550200', 'four');
 \set VERBOSITY default
 -- The refused one left no count; others are not held back.
