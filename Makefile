@@ -31,7 +31,9 @@ OBJS = \
 	src/lookup.o \
 	src/reconcile.o \
 	src/fallback.o \
-	src/campaign.o
+	src/campaign.o \
+	src/quiet.o \
+	src/guards.o
 
 # Install scripts are built from one file per concern (sql/README.md).
 # The released 0.1 script is committed as released and never rebuilt:
@@ -60,10 +62,10 @@ EXTRA_CLEAN = $(RECEIVER)
 # preloaded (test/postgresql.conf).
 # test/sql and test/expected (pgvector's layout); results go to test/results.
 # Each file makes its own database and fixtures, so any one runs alone.
-REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks reconcile fallback limits priorities campaigns upgrade_0_1
+REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks reconcile fallback limits priorities campaigns quiet_hours guards upgrade_0_1
 REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
-ISOLATION = dedupe account_roles enqueue_lookup
+ISOLATION = dedupe account_roles enqueue_lookup recipient_cap
 ISOLATION_OPTS = --encoding=UTF8 --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
 TAP_TESTS = 1

@@ -69,28 +69,6 @@ enum
 };
 
 /*
- * 0.2's parameters whose feature is not built yet: refused, never ignored.
- * Each feature takes its parameter out of here when it lands.
- */
-static void
-refuse_unbuilt(FunctionCallInfo fcinfo)
-{
-	static const struct
-	{
-		int			arg;
-		const char *name;
-	}			unbuilt[] = {
-		{ARG_TIME_ZONE, "time_zone"},
-	};
-
-	for (int i = 0; i < (int) lengthof(unbuilt); i++)
-		if (PG_NARGS() > unbuilt[i].arg && !PG_ARGISNULL(unbuilt[i].arg))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("%s is not supported yet", unbuilt[i].name)));
-}
-
-/*
  * priority => 'high' | 'normal' | 'low', stored as 0, 1, 2 (the order of
  * the due index); NULL is 'normal', what every 0.1 call gets.
  */
@@ -555,6 +533,35 @@ resolve_sender_sql(const char *account, const char *from, const char *service,
 }
 
 /*
+ * The account's quiet hours and guards, through SQL under snap: for when
+ * the sender was resolved through SQL too (enqueue_lookup.c could not
+ * probe).  Nothing before the update (the columns do not exist yet).
+ */
+static void
+policy_sql(OutboxResolvedSender *out, Snapshot snap)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		value;
+	OutboxPolicyColumns cols;
+	Oid			nsp = get_namespace_oid(OUTBOX_SCHEMA, true);
+	Oid			accounts = OidIsValid(nsp) ? get_relname_relid("accounts", nsp) : InvalidOid;
+
+	if (!OidIsValid(accounts) || get_attnum(accounts, "allowed_country_codes") == InvalidAttrNumber)
+		return;
+	outbox_prepare(&plan,
+				   "SELECT * FROM twilio_outbox.accounts a WHERE a.name OPERATOR(pg_catalog.=) $1",
+				   1, argtypes);
+	value = CStringGetTextDatum(out->account);
+	if (SPI_execute_snapshot(plan, &value, NULL, snap, InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "account lookup failed");
+	if (SPI_processed != 1)
+		return;
+	outbox_policy_columns(SPI_tuptable->tupdesc, &cols);
+	outbox_read_policy(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, &cols, out);
+}
+
+/*
  * What was found, or the error that says why the message cannot go: the
  * first thing said is whether the caller may use the account at all, so
  * that a role of another account learns nothing of its senders,
@@ -659,7 +666,7 @@ enum
 	MSG_CONTENT_SID, MSG_CONTENT_VARS, MSG_CALLBACK, MSG_PARAMS, MSG_ENCODING,
 	MSG_SEGMENTS, MSG_IDEMPOTENCY_KEY, MSG_DEDUPE_KEY, MSG_SEND_AFTER, MSG_EXPIRES_AT,
 	MSG_NEXT_ATTEMPT_AT, MSG_ENQUEUED_BY,
-	MSG_PRIORITY, MSG_TRAFFIC_CLASS, MSG_CAMPAIGN,	/* issue 12 */
+	MSG_PRIORITY, MSG_TRAFFIC_CLASS, MSG_CAMPAIGN, MSG_QUIET_ZONE,	/* issue 12 */
 	MSG_CHANNEL, MSG_CHAIN_STEP, MSG_FALLBACK, MSG_FALLBACK_AT,	/* fallback chains */
 	MSG_NCOLUMNS
 };
@@ -678,7 +685,7 @@ insert_message(bool dedupe, bool v0_1, Datum *values, const char *nulls, Snapsho
 		TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
 		TEXTOID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, INT4OID, UUIDOID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, NAMEOID,
-		INT2OID, TEXTOID, TEXTOID,
+		INT2OID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, INT4OID, JSONBOID, TIMESTAMPTZOID
 	};
 	bool		isnull;
@@ -693,9 +700,9 @@ insert_message(bool dedupe, bool v0_1, Datum *values, const char *nulls, Snapsho
 								" expires_at, next_attempt_at, enqueued_by%s)"
 								" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
 								" $14, $15, $16, $17, $18, $19%s)%s RETURNING id",
-								v0_1 ? "" : ", priority, traffic_class, campaign,"
+								v0_1 ? "" : ", priority, traffic_class, campaign, quiet_zone,"
 								" channel, chain_step, fallback, fallback_at",
-								v0_1 ? "" : ", $20, $21, $22, $23, $24, $25, $26",
+								v0_1 ? "" : ", $20, $21, $22, $23, $24, $25, $26, $27",
 								dedupe ? " ON CONFLICT (account, dedupe_key)"
 								" WHERE dedupe_key IS NOT NULL DO NOTHING" : ""),
 					   v0_1 ? MSG_PRIORITY : MSG_NCOLUMNS, argtypes);
@@ -843,6 +850,8 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	char	   *dedupe_key = text_arg(fcinfo, ARG_DEDUPE, "dedupe_key");
 	char	   *account = text_arg(fcinfo, ARG_ACCOUNT, "account");
 	char	   *content_sid = text_arg(fcinfo, ARG_CONTENT_SID, "content_sid");
+	char	   *time_zone = PG_NARGS() > ARG_TIME_ZONE ? text_arg(fcinfo, ARG_TIME_ZONE, "time_zone") : NULL;
+	char	   *quiet_zone = NULL;
 	bool		has_vars = !PG_ARGISNULL(ARG_CONTENT_VARS);
 	bool		has_params = !PG_ARGISNULL(ARG_PARAMS);
 	bool		has_schedule = false;
@@ -866,7 +875,6 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	OutboxCampaignRow campaign_row;
 	TimestampTz next_at;
 
-	refuse_unbuilt(fcinfo);
 	priority = priority_arg(fcinfo);
 	traffic_class = traffic_class_arg(fcinfo);
 	if (campaign)
@@ -955,6 +963,18 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 				 errdetail("A dedupe key has at most %d bytes.", MAX_DEDUPE_KEY_BYTES)));
 	/* it is shown in monitoring and quoted in errors, never sent */
 	check_no_control(dedupe_key, "dedupe_key");
+	if (time_zone)
+	{
+		char	   *canonical = outbox_zone_canonical(time_zone);
+
+		if (canonical == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown time zone \"%s\"", outbox_clip(time_zone)),
+					 errdetail("time_zone is the recipient's zone, a name of the IANA time zone database such as America/New_York."),
+					 errhint("SELECT name FROM pg_timezone_names lists them.")));
+		time_zone = canonical;
+	}
 	if (has_params)
 		outbox_check_params(PG_GETARG_JSONB_P(ARG_PARAMS),
 					 PG_ARGISNULL(ARG_SEND_AFTER) ? now :
@@ -988,8 +1008,15 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	snap = GetActiveSnapshot();
 	if (!outbox_lookup_sender(account, from, service, to, roles, GetOuterUserId(), snap,
 							  &found_account, &sender))
+	{
 		resolve_sender_sql(account, from, service, to, roles, snap, &found_account, &sender);
+		if (found_account && sender.allowed)
+			policy_sql(&sender, snap);
+	}
 	check_sender(account, from, service, to, found_account, &sender);
+	/* the account's guards: the country first, the counts once inserted */
+	if (sender.has_policy)
+		outbox_check_country(sender.account, to, sender.country_codes, sender.ncountry_codes);
 	if (service_param && sender.service_sid == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1069,6 +1096,36 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 		if (campaign_row.paused)
 			next_at = DT_NOEND;
 	}
+
+	/*
+	 * Quiet hours: marketing traffic (and transactional, if the account
+	 * says so) due in the recipient's quiet window waits for its end.  Only
+	 * such a message pays for the zone lookup, and only it stores the zone,
+	 * for the dispatcher to check again at claim time (a retry, a window
+	 * set or changed since).  A marketing message stores it even while the
+	 * account has no window, so that one set later holds it too.  It
+	 * expires as any other if the window outlasts it.
+	 */
+	if (sender.has_policy &&
+		((traffic_class && strcmp(traffic_class, "marketing") == 0) ||
+		 (sender.quiet && sender.quiet_transactional)))
+	{
+		quiet_zone = time_zone ? time_zone : outbox_zone_for_number(to, snap);
+		if (quiet_zone == NULL)
+			quiet_zone = sender.default_zone;
+		/* stored as the zone database spells it (the tables take any case) */
+		quiet_zone = outbox_zone_canonical(quiet_zone);
+		if (quiet_zone == NULL)
+			quiet_zone = "UTC";
+		if (sender.quiet && !TIMESTAMP_NOT_FINITE(next_at))
+		{
+			TimestampTz until = outbox_quiet_until(quiet_zone, sender.quiet_start,
+												   sender.quiet_end, next_at);
+
+			if (until != 0)
+				next_at = until;
+		}
+	}
 	values[MSG_NEXT_ATTEMPT_AT] = TimestampTzGetDatum(next_at);
 	/* the role that called us, not the definer we run as */
 	values[MSG_ENQUEUED_BY] = DirectFunctionCall1(namein,
@@ -1082,6 +1139,9 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	if (PG_NARGS() > ARG_FALLBACK && !PG_ARGISNULL(ARG_FALLBACK))
 		check_fallback(PG_GETARG_JSONB_P(ARG_FALLBACK), &sender, to, body, snap, values, nulls);
 
+	values[MSG_QUIET_ZONE] = quiet_zone ? CStringGetTextDatum(quiet_zone) : (Datum) 0;
+	nulls[MSG_QUIET_ZONE] = quiet_zone ? ' ' : 'n';
+
 	/*
 	 * Called through the 0.1 SQL signature: the schema is 0.1's (not yet
 	 * updated), without 0.2's columns, and none of 0.2's arguments exist.
@@ -1091,6 +1151,8 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 		/* the key exists: the message it names, if it is this one */
 		id = find_dedupe(sender.account, dedupe_key, sender.sender_id, values, nulls);
 	}
+	else if (sender.has_policy)
+		outbox_count_recipient(sender.account, to, sender.max_per_hour, sender.max_per_day, now);
 	PopActiveSnapshot();
 	SPI_finish();
 	OUTBOX_UNPIN_SEARCH_PATH(pinned);

@@ -87,6 +87,7 @@ typedef struct LookupCache
 	AttrNumber	sender_from;
 	AttrNumber	sender_service;
 	AttrNumber	sender_is_default;
+	OutboxPolicyColumns policy; /* quiet hours and guards (guards.c) */
 } LookupCache;
 
 static LookupCache cache;
@@ -223,6 +224,12 @@ build_cache(void)
 		cache.sender_from = get_attnum(senders, "from_number");
 		cache.sender_service = get_attnum(senders, "messaging_service_sid");
 		cache.sender_is_default = get_attnum(senders, "is_default");
+		{
+			Relation	rel = table_open(accounts, AccessShareLock);
+
+			outbox_policy_columns(RelationGetDescr(rel), &cache.policy);
+			table_close(rel, AccessShareLock);
+		}
 		ok = cache.account_name > 0 && cache.account_is_default > 0 && cache.sender_id > 0 &&
 			cache.sender_from > 0 && cache.sender_service > 0 && cache.sender_is_default > 0 &&
 			(!OidIsValid(roles) || cache.role_role > 0);
@@ -291,6 +298,7 @@ account_row(HeapTuple tuple, TupleDesc desc, void *arg)
 	if (!is_default_row(tuple, desc, c->check_default))
 		return true;
 	c->out->account = TextDatumGetCString(heap_getattr(tuple, cache.account_name, desc, &isnull));
+	outbox_read_policy(tuple, desc, &cache.policy, c->out);
 	c->found = true;
 	return false;
 }

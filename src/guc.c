@@ -48,6 +48,10 @@ static int	outbox_health_due_age_s = 300;
 static int	outbox_health_min_count = 20;
 static int	outbox_health_final_status_after_s = 3600;
 static int	outbox_health_reconcile_age_s = 600;
+/* the anomaly check: read by SQL only (twilio_outbox.anomalies(), 42_guards.sql) */
+static double outbox_health_anomaly_factor = 10;
+static int	outbox_health_anomaly_min_count = 100;
+static int	outbox_health_anomaly_range_count = 20;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
@@ -247,6 +251,18 @@ outbox_guc_init(void)
 							"How long a message may wait to be looked up at Twilio (on_ambiguous = reconcile) before the health view warns (critical at twice).",
 							NULL, &outbox_health_reconcile_age_s, 600, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomRealVariable("twilio_outbox.health_anomaly_factor",
+							 "How many times an account's norm (same hour of day, last 7 days) its enqueues of the last 5 minutes, in all or to one country, must be for the anomaly check to warn.",
+							 NULL, &outbox_health_anomaly_factor, 10, 1, 1000000,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.health_anomaly_min_count",
+							"Fewest messages of an account (or to one country) in 5 minutes before the anomaly check judges their rate.",
+							NULL, &outbox_health_anomaly_min_count, 100, 1, 100000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.health_anomaly_range_count",
+							"Different numbers of one block of 1,000 (all digits but the last three) an account enqueues to in 5 minutes for the anomaly check to warn.",
+							NULL, &outbox_health_anomaly_range_count, 20, 2, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("twilio_outbox.secrets_dir",
 							   "Directory of the files that account_credentials.secret_file names.",
 							   "Empty: secrets from files are disabled.",

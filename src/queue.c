@@ -32,6 +32,7 @@
 #include "storage/fd.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -132,19 +133,63 @@ static Datum *deferred_at;
 static Datum *deferred_cancel;
 
 /*
+ * Quiet hours (quiet.c): put claimed messages back, queued again with
+ * next_attempt_at the end of their recipient's quiet window and their
+ * attempt count as before the claim: no attempt is made or recorded, nothing
+ * is charged.  ids, attempts and untils are n rows of account's claim.
+ */
+static void
+put_back_quiet(const char *account, Datum *ids, Datum *attempts, Datum *untils, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[4] = {INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID, TEXTOID};
+	Datum		values[4];
+	int			rc;
+
+	outbox_prepare(&plan,
+			"UPDATE twilio_outbox.messages m SET state = 'queued',"
+			"  attempts = greatest(m.attempts - 1, 0), next_attempt_at = d.until,"
+			"  lease_until = NULL, worker_pid = NULL, updated_at = now()"
+			" FROM unnest($1::int8[], $2::int4[], $3::timestamptz[]) AS d(id, attempt, until)"
+			" WHERE m.id = d.id AND m.account = $4 AND " GUARD_STATE("sending")
+			" AND m.attempts = d.attempt",
+			4, types);
+	values[0] = outbox_make_array(ids, NULL, n, INT8OID);
+	values[1] = outbox_make_array(attempts, NULL, n, INT4OID);
+	values[2] = outbox_make_array(untils, NULL, n, TIMESTAMPTZOID);
+	values[3] = CStringGetTextDatum(account);
+	rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "putting back messages in quiet hours failed: %s", SPI_result_code_string(rc));
+	ereport(DEBUG1,
+			(errmsg("twilio_outbox put back %d messages of account \"%s\" until their recipients' quiet hours end",
+					n, account)));
+}
+
+/*
  * Take the rows one claim statement returned: each becomes a message with
  * its request built, in the batch context (created on the first row).
- * Rows that must not be sent are decided here, never sent.
+ * Rows that must not be sent are decided here, never sent; rows whose
+ * recipient is in quiet hours are put back (put_back_quiet).
  */
 static List *
 take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 {
 	OutboxBatch *batch = *batchp;
+	bool		new_batch = (batch == NULL);
 	MemoryContext old;
 	int			i;
+	int			nquiet = 0;
+	Datum	   *quiet_ids;
+	Datum	   *quiet_attempts;
+	Datum	   *quiet_untils;
+	char	   *quiet_account = NULL;
 
 	if (SPI_processed == 0)
 		return claimed;
+	quiet_ids = palloc(sizeof(Datum) * SPI_processed);
+	quiet_attempts = palloc(sizeof(Datum) * SPI_processed);
+	quiet_untils = palloc(sizeof(Datum) * SPI_processed);
 	if (batch == NULL)
 	{
 		MemoryContext cxt = AllocSetContextCreate(outbox_worker_cxt, "twilio_outbox batch",
@@ -263,6 +308,33 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			batch->pending++;
 			continue;
 		}
+		/*
+		 * Quiet hours apply (the zone was stored at enqueue) and the
+		 * account's window holds now in the recipient's zone: back it goes,
+		 * uncharged, until the window ends.
+		 */
+		d = SPI_getbinval(tup, desc, 26, &isnull);
+		if (!isnull && m->account != NULL && m->sender != NULL)
+		{
+			char	   *zone = TextDatumGetCString(d);
+			bool		start_null;
+			bool		end_null;
+			Datum		start = SPI_getbinval(tup, desc, 27, &start_null);
+			Datum		end = SPI_getbinval(tup, desc, 28, &end_null);
+			TimestampTz until = start_null || end_null ? 0 :
+				outbox_quiet_until(zone, DatumGetTimeADT(start), DatumGetTimeADT(end), now);
+
+			if (until != 0)
+			{
+				quiet_ids[nquiet] = Int64GetDatum(m->id);
+				quiet_attempts[nquiet] = Int32GetDatum(m->attempt);
+				quiet_untils[nquiet] = TimestampTzGetDatum(until);
+				quiet_account = m->account_name;
+				nquiet++;
+				m->sender->claim_got--;
+				continue;
+			}
+		}
 		if (m->account == NULL || m->sender == NULL)
 		{
 			/* changed between the refresh and this claim: next time */
@@ -320,6 +392,16 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		batch->pending++;
 	}
 	MemoryContextSwitchTo(old);
+	if (nquiet > 0)
+	{
+		/* quiet_account lives in the batch context: put back first */
+		put_back_quiet(quiet_account, quiet_ids, quiet_attempts, quiet_untils, nquiet);
+		if (new_batch && batch->pending == 0)
+		{
+			MemoryContextDelete(batch->cxt);
+			*batchp = NULL;
+		}
+	}
 	return claimed;
 }
 
@@ -517,7 +599,13 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			 * primary-key probe; campaign.c)
 			 */
 			"  m.campaign, (SELECT k.state || ' ' || coalesce(k.pace::float8, 'NaN') || ' ' || k.burst::float8"
-			"   FROM twilio_outbox.campaigns k WHERE k.account = m.account AND k.name = m.campaign)",
+			"   FROM twilio_outbox.campaigns k WHERE k.account = m.account AND k.name = m.campaign),"
+			/* quiet hours (quiet.c): the recipient's zone, the account's window */
+			"  m.quiet_zone,"
+			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT a.quiet_start"
+			"   FROM twilio_outbox.accounts a WHERE a.name = m.account) END,"
+			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT a.quiet_end"
+			"   FROM twilio_outbox.accounts a WHERE a.name = m.account) END",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)

@@ -25,6 +25,9 @@
 
 /* Project-specific SQLSTATE: the recipient is on the suppression list. */
 #define ERRCODE_OUTBOX_RECIPIENT_SUPPRESSED MAKE_SQLSTATE('T','W','0','0','1')
+/* Abuse guards (guards.c): a per-recipient limit, a country not allowed. */
+#define ERRCODE_OUTBOX_RECIPIENT_LIMIT MAKE_SQLSTATE('T','W','0','0','2')
+#define ERRCODE_OUTBOX_COUNTRY_NOT_ALLOWED MAKE_SQLSTATE('T','W','0','0','3')
 
 /* Twilio's documented limits. */
 #define OUTBOX_MAX_BODY_CHARS	1600
@@ -387,6 +390,17 @@ typedef struct OutboxResolvedSender
 	char	   *from_number;	/* NULL for a Messaging Service */
 	char	   *service_sid;	/* NULL for a from-number */
 	bool		suppressed;		/* the recipient, in this account */
+	/* quiet hours and guards (0.2 columns; all unset before the update) */
+	bool		has_policy;		/* the account's columns below were read */
+	bool		quiet;			/* quiet_start and quiet_end are set */
+	int64		quiet_start;	/* TimeADT */
+	int64		quiet_end;
+	bool		quiet_transactional;
+	char	   *default_zone;
+	int32		max_per_hour;	/* 0: no limit */
+	int32		max_per_day;
+	char	  **country_codes;	/* NULL: every country */
+	int			ncountry_codes;
 } OutboxResolvedSender;
 
 struct SnapshotData;
@@ -394,6 +408,32 @@ extern bool outbox_lookup_sender(const char *account, const char *from,
 								 const char *service, const char *to, bool roles,
 								 Oid user, struct SnapshotData *snap,
 								 bool *found_account, OutboxResolvedSender *out);
+
+/* quiet.c: recipients' time zones and quiet hours */
+extern char *outbox_zone_canonical(const char *name);
+extern TimestampTz outbox_quiet_until(const char *zone, int64 start, int64 end, TimestampTz t);
+extern char *outbox_zone_for_number(const char *to, struct SnapshotData *snap);
+
+/* guards.c: abuse guards at enqueue */
+extern void outbox_check_country(const char *account, const char *to, char **codes, int ncodes);
+extern void outbox_count_recipient(const char *account, const char *to, int32 max_hour,
+								   int32 max_day, TimestampTz now);
+/* Column numbers of an account row's policy columns; all 0 before the update. */
+typedef struct OutboxPolicyColumns
+{
+	int16		quiet_start;
+	int16		quiet_end;
+	int16		quiet_transactional;
+	int16		default_zone;
+	int16		max_hour;
+	int16		max_day;
+	int16		codes;
+} OutboxPolicyColumns;
+struct HeapTupleData;
+struct TupleDescData;
+extern void outbox_policy_columns(struct TupleDescData *desc, OutboxPolicyColumns *cols);
+extern void outbox_read_policy(struct HeapTupleData *tuple, struct TupleDescData *desc,
+							   const OutboxPolicyColumns *cols, OutboxResolvedSender *out);
 
 /* spi_plan.c: plans prepared once per backend */
 struct _SPI_plan;

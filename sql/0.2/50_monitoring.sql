@@ -394,6 +394,26 @@ SELECT 'paused',
 		'. Resume with twilio_outbox.resume_account(name) or resume_sender(id) once the cause is fixed.' END
 FROM paused p
 UNION ALL
+/* H5: enqueue anomalies, twilio_outbox.anomalies() (42_guards.sql) */
+SELECT 'anomaly',
+	CASE WHEN an.n > 0 THEN 'warning' ELSE 'ok' END,
+	an.n::text,
+	pg_catalog.format('0 findings (rate or one country: > %s x the norm and >= %s in 5 minutes; one 1,000-number block: >= %s numbers)',
+		coalesce(pg_catalog.current_setting('twilio_outbox.health_anomaly_factor', true), '10'),
+		coalesce(pg_catalog.current_setting('twilio_outbox.health_anomaly_min_count', true), '100'),
+		coalesce(pg_catalog.current_setting('twilio_outbox.health_anomaly_range_count', true), '20')),
+	CASE WHEN an.n > 0 THEN 'Unusual enqueues in the last 5 minutes: ' || an.which ||
+		'. Look for SMS pumping (one-time codes requested for premium-rate numbers) or a misbehaving client; stop it with accounts.allowed_country_codes, max_per_recipient_hour or pause_account(). The figures: SELECT * FROM twilio_outbox.anomalies();' END
+FROM (SELECT pg_catalog.count(*) AS n,
+			 pg_catalog.string_agg(CASE x.kind
+				WHEN 'rate' THEN pg_catalog.format('account %s enqueued %s messages, its norm at this hour is %s per 5 minutes (threshold %s)',
+					x.account, x.last_5min, x.norm_5min, x.threshold)
+				WHEN 'country' THEN pg_catalog.format('account %s enqueued %s messages to %s, its norm there at this hour is %s per 5 minutes (threshold %s)',
+					x.account, x.last_5min, x.subject, x.norm_5min, x.threshold)
+				ELSE pg_catalog.format('account %s enqueued to %s different numbers of %s (threshold %s)',
+					x.account, x.last_5min, x.subject, x.threshold) END, '; ') AS which
+	  FROM twilio_outbox.anomalies() x) an
+UNION ALL
 SELECT 'library_version',
 	CASE WHEN w.running AND w.library_version IS DISTINCT FROM v.extversion THEN 'warning' ELSE 'ok' END,
 	coalesce(w.library_version, 'no dispatcher') || ' / ' || coalesce(v.extversion, '?'),

@@ -143,3 +143,26 @@ REVOKE ALL ON twilio_outbox.sender_rates FROM PUBLIC;
 REVOKE ALL ON FUNCTION twilio_outbox.pool_rate(integer, integer, integer) FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.sender_rates TO twilio_outbox_monitor;
 GRANT EXECUTE ON FUNCTION twilio_outbox.pool_rate(integer, integer, integer) TO twilio_outbox_monitor;
+
+/*
+ * H5: quiet hours and guards (42_guards.sql).  The tables are the admin's
+ * to edit and the monitor's to read; the functions are for both (the
+ * anomaly check reads messages' account, to_number and created_at, which
+ * the monitor role may read).
+ */
+REVOKE ALL ON twilio_outbox.number_time_zones, twilio_outbox.recipient_counts FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON twilio_outbox.number_time_zones,
+	twilio_outbox.recipient_counts TO twilio_outbox_admin;
+GRANT SELECT ON twilio_outbox.number_time_zones, twilio_outbox.recipient_counts
+	TO twilio_outbox_monitor;
+REVOKE ALL ON FUNCTION twilio_outbox.time_zone_known(text), twilio_outbox.time_zone_name(text),
+	twilio_outbox.quiet_until(text, time, time, timestamptz),
+	twilio_outbox.calling_codes_valid(text[]), twilio_outbox.calling_code(text),
+	twilio_outbox.purge_recipient_counts(), twilio_outbox.anomalies()
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION twilio_outbox.time_zone_known(text), twilio_outbox.time_zone_name(text),
+	twilio_outbox.quiet_until(text, time, time, timestamptz),
+	twilio_outbox.calling_codes_valid(text[]), twilio_outbox.calling_code(text),
+	twilio_outbox.anomalies()
+	TO twilio_outbox_admin, twilio_outbox_monitor;
+GRANT EXECUTE ON FUNCTION twilio_outbox.purge_recipient_counts() TO twilio_outbox_admin;
