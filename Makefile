@@ -27,7 +27,8 @@ OBJS = \
 	src/ratelimit.o \
 	src/operations.o \
 	src/callback.o \
-	src/lookup.o
+	src/lookup.o \
+	src/failover.o
 
 # Install scripts are built from one file per concern (sql/README.md).
 # The released 0.1 script is committed as released and never rebuilt:

@@ -51,6 +51,7 @@ extern int	outbox_rate_limit_jitter_ms;
 extern int	outbox_connect_timeout_ms;
 extern int	outbox_request_timeout_ms;
 extern int	outbox_lease_s;
+extern int	outbox_failover_window_s;
 extern char *outbox_idempotency_header;
 extern bool outbox_allow_insecure_http;
 extern int	outbox_ambiguous_policy;
@@ -429,6 +430,9 @@ extern bool outbox_sender_mine(const OutboxSender *s);
 extern void outbox_partition_reserve(TimestampTz now);
 extern void outbox_partition_settle(OutboxSlot *slot, OutboxDispatcherSlot *mine);
 extern Datum outbox_live_dispatchers(bool include_self);
+
+/* failover.c: a promotion found at the dispatcher's start (issue 11) */
+extern void outbox_failover_check(void);
 
 /* callback.c: webhooks from Twilio (signature check, counters) */
 extern void outbox_callback_init(void);
