@@ -75,7 +75,9 @@ $primary->backup('async');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($primary, 'async', has_streaming => 1);
 # The dispatcher registered with the server: it must wait for a promotion.
-$standby->append_conf('postgresql.conf', "twilio_outbox.databases = 'postgres'\n");
+# Two of them: one handles the promotion, the other waits for it, then joins.
+$standby->append_conf('postgresql.conf',
+	"twilio_outbox.databases = 'postgres'\ntwilio_outbox.dispatchers_per_database = 2\n");
 $standby->start;
 
 # Batch 1: sent, and known as sent on the standby.
@@ -150,8 +152,8 @@ OutboxTest::wait_until($standby,
 	q{SELECT timeline = 2 AND promotion_timeline IS NULL AND promotions = 1 FROM twilio_outbox.failover},
 	'the new primary\'s dispatcher handled the promotion and recorded timeline 2');
 OutboxTest::wait_until($standby,
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'twilio_outbox dispatcher'},
-	'the dispatcher runs on the new primary by itself');
+	q{SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'twilio_outbox dispatcher'},
+	'the two dispatchers run on the new primary by themselves');
 OutboxTest::wait_until($standby,
 	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher'},
 	'pg_cron runs on the new primary');
@@ -191,6 +193,11 @@ is($standby->safe_psql('postgres', q{
 		WHERE m.to_number LIKE '+1415100%'}), '10|10|0',
 	'batch 1, sent before the replication was cut, is left alone');
 is($standby->safe_psql('postgres', q{
+		SELECT count(*) FROM (SELECT message_id FROM twilio_outbox.attempts
+			WHERE transport_error LIKE 'the server was promoted%'
+			GROUP BY message_id HAVING count(*) > 1) x}), '0',
+	'two dispatchers: each message marked once');
+is($standby->safe_psql('postgres', q{
 		SELECT last_promotion_marked = (SELECT count(*) FROM twilio_outbox.attempts
 		                               WHERE transport_error LIKE 'the server was promoted%')
 		FROM twilio_outbox.failover}), 't', 'the failover row counts the marked messages');
@@ -208,10 +215,41 @@ is_deeply([ grep { $sent_at_standin->{$_} > 1 } sort keys %$sent_at_standin ], [
 # A restart on the same timeline is no promotion.
 $standby->restart;
 OutboxTest::wait_until($standby,
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'twilio_outbox dispatcher'},
-	'the dispatcher starts again after a restart');
+	q{SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'twilio_outbox dispatcher'},
+	'the dispatchers start again after a restart');
 is($standby->safe_psql('postgres', 'SELECT timeline || \'|\' || promotions FROM twilio_outbox.failover'),
 	'2|1', 'a restart is not taken for a promotion');
+
+# A crash in the middle of the handling: the row still says a promotion is
+# being handled, as the first batches leave it.  The next dispatcher
+# resumes it with the cutoff recorded: what changed after it was changed
+# on this server and is not marked.
+OutboxTest::query($standby, q{SELECT twilio_outbox.stop_worker(hold => '1 hour')});
+enqueue($standby, '500', 3, 'resume');
+OutboxTest::query($standby, q{
+	UPDATE twilio_outbox.messages SET state = 'sending', worker_pid = 999999,
+		lease_until = now() + interval '1 hour', attempts = 1
+	WHERE to_number = '+14155000001'});
+OutboxTest::query($standby, q{
+	UPDATE twilio_outbox.failover SET timeline = 1, promotion_timeline = 2,
+		promotion_cutoff = now(), promotion_window = '5 min', promotion_marked = 7});
+enqueue($standby, '600', 2, 'later');
+OutboxTest::query($standby, 'SELECT twilio_outbox.start_worker()');
+OutboxTest::wait_until($standby,
+	q{SELECT timeline = 2 AND promotion_timeline IS NULL AND promotions = 2 FROM twilio_outbox.failover},
+	'a half-handled promotion is finished by the next dispatcher');
+OutboxTest::wait_until($standby,
+	q{SELECT count(*) = 2 FROM twilio_outbox.messages WHERE state = 'sent' AND to_number LIKE '+1415600%'},
+	'messages enqueued after the cutoff are sent');
+is($standby->safe_psql('postgres', q{
+		SELECT string_agg(m.state || ':' || a.attempt || ':' || substring(a.transport_error from 'with the message (\w+)'),
+			',' ORDER BY m.to_number)
+		FROM twilio_outbox.messages m JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		WHERE m.to_number LIKE '+1415500%'}),
+	'ambiguous:1:sending,ambiguous:1:queued,ambiguous:1:queued',
+	'the messages before the cutoff are marked, each with one lost attempt');
+is($standby->safe_psql('postgres', 'SELECT last_promotion_marked FROM twilio_outbox.failover'),
+	'10', 'the count goes on from where the crash left it');
 
 $standby->stop;
 
