@@ -34,9 +34,10 @@
  * begin it twice; the cutoff and window are stored in the row, so the
  * marking, in bounded batches per account (account = $1), each its own
  * transaction, resumes where a crash left it; a marked row leaves the
- * states the batch reads, and a second dispatcher marking beside the first
- * skips the rows the first holds (SKIP LOCKED), which the first marks.  No
- * dispatcher claims before its own marking pass found nothing left.
+ * states the batch reads.  A second dispatcher takes turns with the first,
+ * batch by batch (each batch locks the row), and the end of the handling
+ * waits for a batch under way.  No dispatcher claims before its own
+ * marking pass found nothing left.
  *
  *-------------------------------------------------------------------------
  */
@@ -220,6 +221,15 @@ mark_batch(const char *account, Datum live)
 				   "  + (SELECT count(*) FROM a)"
 				   " WHERE promotion_timeline = $4 RETURNING (SELECT count(*) FROM a)::int4",
 				   4, types);
+	/*
+	 * One batch at a time, over all dispatchers: the row lock makes the
+	 * dispatcher that ends the handling wait for a batch under way (else
+	 * its count would miss that batch's), and a batch that waited for the
+	 * end sees it (a fresh snapshot per statement) and marks nothing.
+	 */
+	rc = SPI_execute("SELECT FROM twilio_outbox.failover FOR UPDATE", false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "failover row lock failed: %s", SPI_result_code_string(rc));
 	values[0] = CStringGetTextDatum(account);
 	values[1] = live;
 	values[2] = Int32GetDatum(FAILOVER_BATCH);
