@@ -28,6 +28,7 @@ OBJS = \
 	src/operations.o \
 	src/callback.o \
 	src/lookup.o \
+	src/reconcile.o \
 	src/failover.o
 
 # Install scripts are built from one file per concern (sql/README.md).
@@ -57,7 +58,7 @@ EXTRA_CLEAN = $(RECEIVER)
 # preloaded (test/postgresql.conf).
 # test/sql and test/expected (pgvector's layout); results go to test/results.
 # Each file makes its own database and fixtures, so any one runs alone.
-REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks upgrade_0_1 failover
+REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks upgrade_0_1 reconcile failover
 REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles enqueue_lookup

@@ -28,7 +28,9 @@ int			outbox_lease_s = 300;
 int			outbox_failover_window_s = 300;	/* failover.c */
 char	   *outbox_idempotency_header = NULL;
 bool		outbox_allow_insecure_http = false;
-int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RETRY;
+int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RECONCILE;
+int			outbox_reconcile_grace_ms = 10000;
+int			outbox_reconcile_clock_skew_s = 60;
 int			outbox_max_databases = 16;
 int			outbox_dispatchers_per_database = 1;
 char	   *outbox_secrets_dir = NULL;
@@ -46,10 +48,12 @@ static double outbox_health_failure_share = 0.02;
 static int	outbox_health_due_age_s = 300;
 static int	outbox_health_min_count = 20;
 static int	outbox_health_final_status_after_s = 3600;
+static int	outbox_health_reconcile_age_s = 600;
 
 static const struct config_enum_entry ambiguous_options[] = {
 	{"retry", OUTBOX_AMBIGUOUS_RETRY, false},
 	{"hold", OUTBOX_AMBIGUOUS_HOLD, false},
+	{"reconcile", OUTBOX_AMBIGUOUS_RECONCILE, false},
 	{NULL, 0, false}
 };
 
@@ -210,9 +214,19 @@ outbox_guc_init(void)
 							   PGC_SIGHUP, GUC_LIST_INPUT, check_secret_envs, NULL, NULL);
 	DefineCustomEnumVariable("twilio_outbox.on_ambiguous",
 							 "What to do when Twilio may have created a message without saying so.",
-							 "retry sends again with the same idempotency key; hold parks the message in state ambiguous for an operator.",
-							 &outbox_ambiguous_policy, OUTBOX_AMBIGUOUS_RETRY, ambiguous_options,
+							 "reconcile looks the message up at Twilio before sending it again; retry sends again with the same idempotency key; hold parks the message in state ambiguous for an operator.",
+							 &outbox_ambiguous_policy, OUTBOX_AMBIGUOUS_RECONCILE, ambiguous_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.reconcile_grace",
+							"How long after an ambiguous attempt the dispatcher first looks the message up at Twilio.",
+							"Twilio's list of messages may not show a message at once; a lookup that finds nothing before this has passed is not trusted.",
+							&outbox_reconcile_grace_ms, 10000, 0, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.reconcile_clock_skew",
+							"Margin for the difference between this server's clock and Twilio's when reconciling.",
+							"A message Twilio created up to this long before the first ambiguous attempt started (by this server's clock) still matches it.",
+							&outbox_reconcile_clock_skew_s, 60, 1, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomRealVariable("twilio_outbox.health_rate_limited_share",
 							 "Share of attempts answered 429 over 5 minutes above which the health view warns (critical at twice).",
 							 NULL, &outbox_health_rate_limited_share, 0.05, 0.0, 1.0,
@@ -234,6 +248,10 @@ outbox_guc_init(void)
 							"How long after sending a message whose account has a status_callback_url may stay without a final status before the health view counts it.",
 							"no_final_status judges the messages sent in the hour before this; 0 turns that check off.",
 							&outbox_health_final_status_after_s, 3600, 0, 7 * 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.health_reconcile_age",
+							"How long a message may wait to be looked up at Twilio (on_ambiguous = reconcile) before the health view warns (critical at twice).",
+							NULL, &outbox_health_reconcile_age_s, 600, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("twilio_outbox.secrets_dir",
 							   "Directory of the files that account_credentials.secret_file names.",

@@ -50,6 +50,8 @@
 #include "utils/varlena.h"
 
 #define RESPONSE_BODY_CAP	16384
+/* a page of Messages.json: 50 messages of up to 1,600 characters, each escaped */
+#define LIST_BODY_CAP		(1024 * 1024)
 /* Below the idle timeout of Twilio's load balancers, so a reused connection is alive. */
 #define MAX_CONNECTION_AGE_S 30L
 
@@ -232,6 +234,7 @@ on_read(char *buffer, size_t size, size_t nitems, void *userdata)
 
 	memcpy(buffer, t->m->form + t->form_pos, n);
 	t->form_pos += n;
+	t->m->resp.form_handed_out = t->form_pos >= t->form_len;
 	return n;
 }
 
@@ -280,6 +283,7 @@ outbox_http_start(OutboxMessage *m)
 	const char *refusal;
 	MemoryContext old;
 	bool		create = m->kind == OUTBOX_REQUEST_CREATE;
+	size_t		cap;
 	/* a lookup's URL is its account's messages_url with the SID: the same checks */
 	const char *target = create ? a->messages_url : m->request_url;
 
@@ -294,8 +298,15 @@ outbox_http_start(OutboxMessage *m)
 	}
 	t = MemoryContextAllocZero(cxt, sizeof(Transfer));
 
-	m->resp.body_cap = RESPONSE_BODY_CAP;
-	m->resp.body = MemoryContextAlloc(cxt, RESPONSE_BODY_CAP);
+	/* a page of the message list is far longer than one message; its buffer is reused page after page */
+	cap = m->kind == OUTBOX_REQUEST_LIST ? LIST_BODY_CAP : RESPONSE_BODY_CAP;
+	if (m->resp.body == NULL || m->resp.body_cap != cap)
+	{
+		m->resp.body_cap = cap;
+		m->resp.body = MemoryContextAlloc(cxt, cap);
+	}
+	m->resp.body_len = 0;
+	m->resp.body_truncated = false;
 	m->resp.body[0] = '\0';
 	m->resp.concurrent_requests = -1;
 	m->resp.request_duration = -1;
@@ -386,6 +397,10 @@ finish(OutboxMessage *m, CURLcode rc)
 	OutboxResponse *r = &m->resp;
 	curl_off_t	total_us = 0;
 	curl_off_t	pretransfer_us = 0;
+	curl_off_t	uploaded = 0;
+	curl_off_t	starttransfer_us = 0;
+	curl_off_t	form_len = m->form != NULL ? (curl_off_t) strlen(m->form) : 0;
+	bool		connected;
 
 	curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->http_status);
 	curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total_us);
@@ -398,14 +413,30 @@ finish(OutboxMessage *m, CURLcode rc)
 	/* libcurl's messages may quote what the peer sent */
 	outbox_clean_string(r->transport_error, sizeof(r->transport_error));
 
+	curl_easy_getinfo(e, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+	curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &starttransfer_us);
+
 	/*
-	 * Whether Twilio may have seen the request: not when resolving or
-	 * connecting failed, nor when the transfer never got to sending.
+	 * Whether Twilio may have acted on the request (the ambiguity
+	 * classification, README "Ambiguous outcomes"): not when resolving or
+	 * connecting failed, nor when the transfer never got to sending; and
+	 * for a create, only once its whole body was written.  Its headers
+	 * announce a Content-Length, and To, From and Body are all in the
+	 * body: a server that saw only part of it cannot have created the
+	 * message.  Written is what libcurl counts as uploaded (bytes the
+	 * socket took), or every byte handed to libcurl on a transfer whose
+	 * answer had begun to arrive.  The read callback alone says little:
+	 * it hands a small form over at once, before a byte is written.
 	 */
-	r->request_sent = rc == CURLE_OK ||
-		(pretransfer_us > 0 &&
-		 rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_CONNECT &&
-		 rc != CURLE_SSL_CONNECT_ERROR && rc != CURLE_PEER_FAILED_VERIFICATION);
+	connected = pretransfer_us > 0 &&
+		rc != CURLE_COULDNT_RESOLVE_HOST && rc != CURLE_COULDNT_CONNECT &&
+		rc != CURLE_SSL_CONNECT_ERROR && rc != CURLE_PEER_FAILED_VERIFICATION;
+	if (m->kind == OUTBOX_REQUEST_CREATE)
+		r->request_sent = rc == CURLE_OK ||
+			(connected && (uploaded >= form_len ||
+						   (r->form_handed_out && starttransfer_us > 0)));
+	else
+		r->request_sent = rc == CURLE_OK || connected;
 
 	curl_multi_remove_handle(multi, e);
 	curl_easy_cleanup(e);

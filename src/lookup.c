@@ -3,9 +3,12 @@
  * lookup.c
  *		Requests other than create, one mechanism for all of them: looking
  *		up a message whose status callback never came (GET
- *		.../Messages/{Sid}.json, accounts.poll_after) and deleting a
+ *		.../Messages/{Sid}.json, accounts.poll_after), deleting a
  *		finished message's data at Twilio (DELETE .../Messages/{Sid}.json,
- *		accounts.twilio_retention in its daily window).
+ *		accounts.twilio_retention in its daily window), and looking for an
+ *		ambiguous message in Twilio's list (GET .../Messages.json?To=...,
+ *		on_ambiguous = reconcile: what to ask and what the pages say is
+ *		src/reconcile.c's; every account, first of its lookups).
  *
  * Sends always go first.  The worker calls outbox_lookup_phase() in its
  * database phase after its own claim, with the capacity that claim left;
@@ -50,6 +53,13 @@
 #define LOOKUP_IDLE_MS			1000
 /* How soon to ask again when sends left no room. */
 #define LOOKUP_NO_ROOM_MS		100
+/*
+ * An account with neither polling nor retention, with no message waiting
+ * for reconciliation, is asked again this late; the dispatcher's own
+ * ambiguous outcomes bring it forward (outbox_lookup_reconcile_soon), so
+ * this bounds only how late a row marked by someone else is seen.
+ */
+#define RECONCILE_IDLE_MS		60000
 /* Wrong credentials: sends pause the account; lookups look again this late. */
 #define LOOKUP_AUTH_PAUSE_MS	60000
 /* A deletion Twilio refused (not 404, not 429): tried again this late. */
@@ -84,6 +94,7 @@ typedef struct Lookup
 	LookupAction action;
 	TimestampTz until;			/* LOOKUP_PAUSED: when it may go again */
 	char	   *status;			/* LOOKUP_POLLED */
+	OutboxReconcile *rec;		/* OUTBOX_REQUEST_LIST: reconcile.c's */
 } Lookup;
 
 /* An account's lookup settings and runtime state. */
@@ -139,7 +150,10 @@ find_lookup_account(const char *name)
 
 /* ---------- settings ---------- */
 
-/* Reload the settings of accounts with polling or retention. */
+/*
+ * Reload the lookup settings of every account: any may have messages to
+ * reconcile; those with polling or retention have more to look up.
+ */
 static void
 refresh(TimestampTz now)
 {
@@ -155,8 +169,7 @@ refresh(TimestampTz now)
 				   "  OR lookups_per_second < 0.01 THEN 5::float8"
 				   "  WHEN lookups_per_second > 100 THEN 100::float8"
 				   "  ELSE lookups_per_second::float8 END"
-				   " FROM twilio_outbox.accounts"
-				   " WHERE poll_after IS NOT NULL OR twilio_retention IS NOT NULL",
+				   " FROM twilio_outbox.accounts",
 				   0, NULL);
 	rc = SPI_execute_plan(plan, NULL, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
@@ -343,6 +356,44 @@ claim_account(LookupAccount *la, OutboxAccount *a, int n, OutboxBatch *batch)
 }
 
 /*
+ * Claim up to n of an account's messages to reconcile (reconcile.c says
+ * which, and what to ask first).  Returns how many; appends them to
+ * claimed, in batch.
+ */
+static int
+claim_reconcile(LookupAccount *la, OutboxAccount *a, int n, OutboxBatch *batch)
+{
+	List	   *recs = outbox_reconcile_claim(la->name, n, batch->cxt);
+	ListCell   *lc;
+
+	foreach(lc, recs)
+	{
+		OutboxReconcile *rec = lfirst(lc);
+		MemoryContext old = MemoryContextSwitchTo(batch->cxt);
+		Lookup	   *l = palloc0(sizeof(Lookup));
+		OutboxMessage *m = &l->m;
+
+		m->batch = batch;
+		m->id = rec->id;
+		m->kind = OUTBOX_REQUEST_LIST;
+		m->account = a;
+		m->account_name = pstrdup(la->name);
+		m->resp.concurrent_requests = -1;
+		m->resp.request_duration = -1;
+		l->rec = rec;
+		/* decided at the claim: nothing to ask (reconcile.c said why) */
+		if (rec->error != NULL)
+			m->decided = true;
+		else
+			m->request_url = outbox_reconcile_first_url(rec, a->messages_url);
+		batch->pending++;
+		MemoryContextSwitchTo(old);
+		claimed = append(claimed, m);
+	}
+	return list_length(recs);
+}
+
+/*
  * Claim lookups with what sends left: capacity requests in all, and per
  * account the room its cap leaves after its in-flight requests and the
  * sends just claimed (sends), at most half its cap in lookups, within its
@@ -394,13 +445,26 @@ claim(TimestampTz now, int capacity, List *sends)
 			batch = MemoryContextAllocZero(cxt, sizeof(OutboxBatch));
 			batch->cxt = cxt;
 		}
-		got = claim_account(la, a, n, batch);
+		/* reconciliation first: a message waits for it to be sent at all */
+		got = claim_reconcile(la, a, n, batch);
+		if (got < n && (la->poll || la->retain))
+			got += claim_account(la, a, n - got, batch);
 		if (got > 0)
 			outbox_bucket_take(&la->bucket, got);
 		capacity -= got;
 		/* all it asked for: more may be due as soon as the bucket allows */
-		la->next_claim_at = got < n ? now + LOOKUP_IDLE_MS * 1000L :
-			outbox_bucket_ready_at(&la->bucket, now, 1);
+		if (got >= n)
+			la->next_claim_at = outbox_bucket_ready_at(&la->bucket, now, 1);
+		else if (la->poll || la->retain)
+			la->next_claim_at = now + LOOKUP_IDLE_MS * 1000L;
+		else
+		{
+			/* only reconciliation: when its next message comes due */
+			TimestampTz due = outbox_reconcile_next_due(la->name);
+
+			la->next_claim_at = due == 0 ? now + RECONCILE_IDLE_MS * 1000L :
+				Max(due, now + LOOKUP_IDLE_MS * 1000L);
+		}
 	}
 	if (batch != NULL && batch->pending == 0)
 		MemoryContextDelete(batch->cxt);
@@ -486,6 +550,7 @@ record(List *finished)
 	Datum	   *polls = palloc(sizeof(Datum) * n);
 	Datum		values[5];
 	List	   *polled = NIL;
+	List	   *reconciled = NIL;
 	ListCell   *lc;
 	int			i = 0;
 	int			rc;
@@ -494,6 +559,11 @@ record(List *finished)
 	{
 		Lookup	   *l = lfirst(lc);
 
+		if (l->rec != NULL)
+		{
+			reconciled = lappend(reconciled, l->rec);
+			continue;
+		}
 		if (l->action == LOOKUP_POLLED)
 			polled = lappend(polled, l);
 		ids[i] = Int64GetDatum(l->m.id);
@@ -507,6 +577,11 @@ record(List *finished)
 	}
 	if (polled != NIL)
 		record_statuses(polled);
+	if (reconciled != NIL)
+		outbox_reconcile_record(reconciled);
+	n = i;
+	if (n == 0)
+		return;
 
 	outbox_prepare(&plan,
 				   "WITH r AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::timestamptz[],"
@@ -613,6 +688,12 @@ outbox_lookup_committed(void)
 			l->action = LOOKUP_PAUSED;
 			l->until = now + USECS_PER_SEC;
 			m->error_message = pstrdup(m->resp.transport_error);
+			if (l->rec != NULL)
+			{
+				l->rec->verdict = OUTBOX_RECONCILE_PAUSED;
+				l->rec->until = l->until;
+				l->rec->error = m->error_message;
+			}
 			MemoryContextSwitchTo(old);
 		}
 		done = append(done, m);
@@ -651,6 +732,59 @@ pause_ms(LookupAccount *la)
 }
 
 /*
+ * A page of a reconciliation lookup came back (2xx): reconcile.c reads it.
+ * Returns true when the next page is in flight (it takes a token of the
+ * account's lookup budget, the bucket going below empty if it must: the
+ * claims after it wait); else the lookup is done, its verdict set.  In
+ * the lookup's batch context.
+ */
+static bool
+reconcile_page(Lookup *l, LookupAccount *la, TimestampTz now)
+{
+	OutboxMessage *m = &l->m;
+	char	   *next = NULL;
+	OutboxReconcilePage page;
+
+	page = outbox_reconcile_page(l->rec, &m->resp, m->account->messages_url, &next);
+	if (page == OUTBOX_PAGE_DONE)
+	{
+		l->rec->verdict = OUTBOX_RECONCILE_LISTED;
+		return false;
+	}
+	if (page == OUTBOX_PAGE_BAD)
+	{
+		l->action = LOOKUP_FAILED;
+		m->error_message = l->rec->error;
+		return false;
+	}
+	/* the same message struct goes out again: a fresh response, the body buffer kept */
+	{
+		char	   *body = m->resp.body;
+		size_t		cap = m->resp.body_cap;
+
+		memset(&m->resp, 0, sizeof(m->resp));
+		m->resp.body = body;
+		m->resp.body_cap = cap;
+		m->resp.concurrent_requests = -1;
+		m->resp.request_duration = -1;
+	}
+	m->request_url = next;
+	if (!outbox_http_start(m))
+	{
+		l->action = LOOKUP_PAUSED;
+		l->until = now + USECS_PER_SEC;
+		m->error_message = pstrdup(m->resp.transport_error);
+		return false;
+	}
+	if (la != NULL)
+	{
+		la->in_flight++;
+		outbox_bucket_take(&la->bucket, 1);
+	}
+	return true;
+}
+
+/*
  * libcurl finished a lookup: what came of it (no database access, never
  * throws on a bad response).  The response is judged by outbox_decide(),
  * as a send's is, for the one thing lookups share with sends: whether it
@@ -671,6 +805,7 @@ outbox_lookup_done(OutboxMessage *m)
 		la->in_flight--;
 	outbox_decide(m, now);
 	m->error_message = NULL;
+	l->action = LOOKUP_FAILED;
 	if (m->outcome == OUTCOME_RATE_LIMITED)
 	{
 		/* never processed: the account's lookups wait, sends do not */
@@ -697,6 +832,15 @@ outbox_lookup_done(OutboxMessage *m)
 			if (la != NULL)
 				la->paused_until = Max(la->paused_until, l->until);
 		}
+		else if (m->kind == OUTBOX_REQUEST_LIST && http >= 200 && http < 300)
+		{
+			if (reconcile_page(l, la, now))
+			{
+				/* the next page is in flight: not done yet */
+				MemoryContextSwitchTo(old);
+				return;
+			}
+		}
 		else if (m->kind == OUTBOX_REQUEST_DELETE && (http == 404 || (http >= 200 && http < 300)))
 			l->action = LOOKUP_DELETED;
 		else if (m->kind == OUTBOX_REQUEST_FETCH && http == 404)
@@ -721,8 +865,36 @@ outbox_lookup_done(OutboxMessage *m)
 						 http >= 200 && http < 300 ? " without a readable status" : "");
 		}
 	}
+	if (l->rec != NULL && l->rec->verdict != OUTBOX_RECONCILE_LISTED)
+	{
+		/* what reconcile.c records: never a resend on an error */
+		l->rec->verdict = l->action == LOOKUP_PAUSED ? OUTBOX_RECONCILE_PAUSED :
+			OUTBOX_RECONCILE_FAILED;
+		l->rec->until = l->until;
+		if (l->rec->error == NULL)
+			l->rec->error = m->error_message ? m->error_message :
+				psprintf("HTTP %ld", http);
+	}
 	done = append(done, m);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A message was put up for reconciliation (an ambiguous outcome recorded,
+ * rows taken back), due at at: every account is asked again by then.
+ */
+void
+outbox_lookup_reconcile_soon(TimestampTz at)
+{
+	ListCell   *lc;
+
+	foreach(lc, lookup_accounts)
+	{
+		LookupAccount *la = lfirst(lc);
+
+		if (la->next_claim_at > at)
+			la->next_claim_at = at;
+	}
 }
 
 /* Whether finished lookups wait to be recorded. */

@@ -74,6 +74,7 @@ static const char *const outcome_names[] = {
 	[OUTCOME_RATE_LIMITED] = "rate_limited",
 	[OUTCOME_HELD] = "held",
 	[OUTCOME_LOST] = "lost",
+	[OUTCOME_RECONCILE] = "reconcile",
 };
 
 /* The message state an outcome leads to. */
@@ -86,6 +87,7 @@ static const char *const outcome_states[] = {
 	[OUTCOME_RATE_LIMITED] = "queued",
 	[OUTCOME_HELD] = "ambiguous",
 	[OUTCOME_LOST] = "queued",
+	[OUTCOME_RECONCILE] = "ambiguous",
 };
 
 bool
@@ -165,6 +167,7 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		m->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		m->failures = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		m->ambiguous_before = DatumGetInt32(SPI_getbinval(tup, desc, 20, &isnull));
 		/* attempts.account and dead_letters.account are NOT NULL */
 		m->account_name = account ? account : "(none)";
 		m->to_number = SPI_getvalue(tup, desc, 5);
@@ -381,7 +384,8 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
 			/* what the row's sender and account are now, for the checks below */
 			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
-			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account)",
+			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account),"
+			"  m.ambiguous_attempts",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)
@@ -666,16 +670,19 @@ outbox_sweep_orphans(void)
  * its requests may still be in flight, and it records them itself.  One
  * statement per account with messages in flight (found by a skip scan, so
  * an account that no longer exists is included).
- * Their attempt is recorded as lost and ambiguous, not charged; the message
- * goes back to the queue with the same idempotency key, or is held when
- * twilio_outbox.on_ambiguous = hold.
+ * Their attempt is recorded as lost and ambiguous, not charged; by
+ * twilio_outbox.on_ambiguous, the message is looked up at Twilio after the
+ * grace (reconcile: state ambiguous with reconcile_at), goes back to the
+ * queue with the same idempotency key (retry), or is held (hold).
  */
 int
 outbox_rescue(bool all)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[5] = {BOOLOID, INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID};
-	Datum		values[5];
+	Oid			types[6] = {BOOLOID, INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID, INTERVALOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Interval	grace;
 	List	   *names = accounts_in_flight();
 	ListCell   *lc;
 	int			total = 0;
@@ -694,6 +701,9 @@ outbox_rescue(bool all)
 			"  state = $3::twilio_outbox.message_state, next_attempt_at = now(),"
 			"  ambiguous_attempts = least(m.ambiguous_attempts, 2147483646) + 1,"
 			"  lease_until = NULL, worker_pid = NULL, updated_at = now(),"
+			/* the claim set updated_at before the request went out (reconcile.c) */
+			"  ambiguous_since = least(m.ambiguous_since, m.updated_at),"
+			"  reconcile_at = now() + $6::interval,"
 			"  last_error_message = 'the dispatcher stopped while the request was in flight'"
 			"  FROM x WHERE m.id = x.id AND m.account = $4 AND " GUARD_STATE("sending")
 			"  RETURNING m.id, m.attempts, m.account, x.worker_pid)"
@@ -701,21 +711,29 @@ outbox_rescue(bool all)
 			"  started_at, outcome, ambiguous, transport_error, worker_pid)"
 			" SELECT id, attempts, account, now(), 'lost', true,"
 			"  'the dispatcher stopped while the request was in flight', worker_pid FROM u",
-			5, types);
+			6, types);
 	values[0] = BoolGetDatum(all);
 	values[1] = Int32GetDatum(MyProcPid);
-	values[2] = CStringGetTextDatum(outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_HOLD ?
-									"ambiguous" : "queued");
+	values[2] = CStringGetTextDatum(outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_RETRY ?
+									"queued" : "ambiguous");
+	/* reconcile: looked up after the grace; hold: for an operator (NULL) */
+	memset(&grace, 0, sizeof(grace));
+	grace.time = (int64) outbox_reconcile_grace_ms * 1000;
+	values[5] = IntervalPGetDatum(&grace);
+	if (outbox_ambiguous_policy != OUTBOX_AMBIGUOUS_RECONCILE)
+		nulls[5] = 'n';
 	/* the other dispatchers of this database that run (at start, not this one: its pid may be reused) */
 	values[4] = outbox_live_dispatchers(!all);
 	foreach(lc, names)
 	{
 		values[3] = CStringGetTextDatum((char *) lfirst(lc));
-		rc = SPI_execute_plan(plan, values, NULL, false, 0);
+		rc = SPI_execute_plan(plan, values, nulls, false, 0);
 		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "lease rescue failed: %s", SPI_result_code_string(rc));
 		total += (int) SPI_processed;
 	}
+	if (total > 0 && outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_RECONCILE)
+		outbox_lookup_reconcile_soon(GetCurrentTimestamp() + (int64) outbox_reconcile_grace_ms * 1000);
 	if (total > 0)
 		ereport(LOG,
 				(errmsg("twilio_outbox took back %d messages left in flight by a stopped dispatcher",
@@ -923,6 +941,10 @@ outbox_record(List *done)
 			"  twilio_segments = coalesce(r.tsegments, m.twilio_segments),"
 			"  last_http_status = r.http, last_error_code = r.code,"
 			"  last_error_message = r.errmsg, updated_at = $27,"
+			/* the earliest attempt that may have created it (reconcile.c) */
+			"  ambiguous_since = CASE WHEN r.ambiguous = 1"
+			"   THEN least(m.ambiguous_since, r.started_at) ELSE m.ambiguous_since END,"
+			"  reconcile_at = CASE WHEN r.outcome = 'reconcile' THEN r.next_at END,"
 			"  sent_at = CASE WHEN r.state = 'sent' THEN $27 ELSE m.sent_at END,"
 			"  finished_at = CASE WHEN r.state IN ('sent', 'dead') THEN $27 END"
 			"  FROM " OUTCOME_ROWS " WHERE m.id = r.id AND m.account = $26"
@@ -987,6 +1009,9 @@ outbox_record(List *done)
 			pause_account(m);
 		if (m->suppress)
 			suppress_recipient(m);
+		/* looked up at Twilio after the grace (reconcile.c) */
+		if (m->outcome == OUTCOME_RECONCILE)
+			outbox_lookup_reconcile_soon(m->next_attempt_at);
 	}
 }
 

@@ -142,14 +142,28 @@ retry_after_ms(const char *value, TimestampTz now)
 	return Max(0, Min(delta, RETRY_AFTER_MAX_S)) * 1000;
 }
 
-/* A retryable failure: back off, or give up when the budget is spent. */
+/*
+ * A retryable failure: back off, or give up when the budget is spent.
+ * With on_ambiguous = reconcile, a message that may exist at Twilio is
+ * looked up there (src/reconcile.c) before anything else: when this
+ * attempt was ambiguous, and when its attempts ran out after any of them
+ * was (found: it was sent; not found: dead letter, never a resend then).
+ */
 static void
 retry_or_give_up(OutboxMessage *m)
 {
+	bool		exhausted = m->failures + 1 >= outbox_max_attempts;
+
 	m->charged = true;
 	if (m->ambiguous && outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_HOLD)
 		m->outcome = OUTCOME_HELD;
-	else if (m->failures + 1 >= outbox_max_attempts)
+	else if (outbox_ambiguous_policy == OUTBOX_AMBIGUOUS_RECONCILE &&
+			 (m->ambiguous || (exhausted && m->ambiguous_before > 0)))
+	{
+		m->outcome = OUTCOME_RECONCILE;
+		m->delay_ms = outbox_reconcile_grace_ms;
+	}
+	else if (exhausted)
 	{
 		m->outcome = OUTCOME_DEAD;
 		m->dead_reason = "attempts_exhausted";

@@ -15,6 +15,7 @@
 
 #include "compat.h"
 #include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/lwlock.h"
 #include "utils/jsonb.h"
@@ -37,7 +38,8 @@
 typedef enum OutboxAmbiguousPolicy
 {
 	OUTBOX_AMBIGUOUS_RETRY,		/* retry with the same idempotency key */
-	OUTBOX_AMBIGUOUS_HOLD		/* park in state ambiguous for an operator */
+	OUTBOX_AMBIGUOUS_HOLD,		/* park in state ambiguous for an operator */
+	OUTBOX_AMBIGUOUS_RECONCILE	/* look it up at Twilio first (src/reconcile.c) */
 } OutboxAmbiguousPolicy;
 
 extern int	outbox_poll_interval_ms;
@@ -55,6 +57,8 @@ extern int	outbox_failover_window_s;
 extern char *outbox_idempotency_header;
 extern bool outbox_allow_insecure_http;
 extern int	outbox_ambiguous_policy;
+extern int	outbox_reconcile_grace_ms;
+extern int	outbox_reconcile_clock_skew_s;
 extern int	outbox_max_databases;
 extern int	outbox_dispatchers_per_database;
 extern char *outbox_secrets_dir;
@@ -230,7 +234,8 @@ typedef struct OutboxResponse
 {
 	TimestampTz started_at;
 	double		duration_ms;
-	bool		request_sent;	/* bytes may have reached Twilio */
+	bool		request_sent;	/* Twilio may have acted on it (a create: its whole body went out) */
+	bool		form_handed_out;	/* the read callback gave libcurl the whole body */
 	char		transport_error[256];
 	long		http_status;	/* 0 when no response */
 	int			twilio_code;	/* 0 when none */
@@ -260,7 +265,8 @@ typedef enum OutboxOutcome
 	OUTCOME_PAUSED,
 	OUTCOME_RATE_LIMITED,
 	OUTCOME_HELD,
-	OUTCOME_LOST
+	OUTCOME_LOST,
+	OUTCOME_RECONCILE			/* outcome unknown: looked up at Twilio first */
 } OutboxOutcome;
 
 struct OutboxBatch;
@@ -274,7 +280,8 @@ typedef enum OutboxRequestKind
 {
 	OUTBOX_REQUEST_CREATE = 0,	/* POST .../Messages.json */
 	OUTBOX_REQUEST_FETCH,		/* GET .../Messages/{Sid}.json */
-	OUTBOX_REQUEST_DELETE		/* DELETE .../Messages/{Sid}.json */
+	OUTBOX_REQUEST_DELETE,		/* DELETE .../Messages/{Sid}.json */
+	OUTBOX_REQUEST_LIST			/* GET .../Messages.json?To=...: reconciliation */
 } OutboxRequestKind;
 
 /* A claimed message, its request, and then its outcome. */
@@ -286,6 +293,7 @@ typedef struct OutboxMessage
 	int64		id;
 	int			attempt;		/* attempts after the claim: this attempt's number */
 	int			failures;		/* charged failures before this attempt */
+	int			ambiguous_before;	/* ambiguous attempts before this one */
 	OutboxAccount *account;		/* NULL when decided at the claim */
 	char	   *account_name;	/* the row's account, as recorded */
 	bool		decided;		/* outcome decided at the claim: never sent */
@@ -418,6 +426,54 @@ extern void outbox_lookup_aborted(void);
 extern void outbox_lookup_done(OutboxMessage *m);
 extern bool outbox_lookup_pending(void);
 extern TimestampTz outbox_lookup_wake_at(void);
+extern void outbox_lookup_reconcile_soon(TimestampTz at);
+
+/*
+ * reconcile.c: finding out at Twilio whether an ambiguous attempt created
+ * its message, through the Messages list resource.  lookup.c claims,
+ * sends (within each account's lookup budget) and pauses; reconcile.c
+ * says what to claim and ask, reads each page and records the verdict.
+ */
+typedef enum OutboxReconcileVerdict
+{
+	OUTBOX_RECONCILE_LISTED,	/* every page read: the candidates decide (set on the last page only) */
+	OUTBOX_RECONCILE_PAUSED,	/* not processed (429, credentials): again at until */
+	OUTBOX_RECONCILE_FAILED		/* no readable answer: looked up again later */
+} OutboxReconcileVerdict;
+
+typedef enum OutboxReconcilePage
+{
+	OUTBOX_PAGE_DONE,			/* the whole attempt window was read */
+	OUTBOX_PAGE_MORE,			/* next_url is the next page to read */
+	OUTBOX_PAGE_BAD				/* unreadable, or paging refused: error says why */
+} OutboxReconcilePage;
+
+/* One message being reconciled, in its lookup's batch context. */
+typedef struct OutboxReconcile
+{
+	int64		id;
+	int			lookups;		/* messages.reconcile_lookups after the claim: the guard */
+	char	   *to_number;
+	char	   *from_number;	/* NULL with a Messaging Service */
+	char	   *service_sid;	/* NULL with a from-number */
+	char	   *body;			/* UTF-8; "" when none */
+	int			media;			/* media URLs */
+	bool		unreliable;		/* Twilio may change the body: nothing is an exact match */
+	TimestampTz since;			/* ambiguous_since (or created_at) */
+	int			pages;			/* read so far */
+	StringInfoData exact;		/* SIDs matching in full, space-separated */
+	StringInfoData near;		/* unreliable: SIDs matching all but the body */
+	OutboxReconcileVerdict verdict;
+	TimestampTz until;			/* PAUSED */
+	char	   *error;			/* FAILED (and PAUSED): why; set at the claim: nothing to ask */
+} OutboxReconcile;
+
+extern List *outbox_reconcile_claim(const char *account, int n, MemoryContext cxt);
+extern char *outbox_reconcile_first_url(OutboxReconcile *rec, const char *messages_url);
+extern OutboxReconcilePage outbox_reconcile_page(OutboxReconcile *rec, OutboxResponse *r,
+												 const char *messages_url, char **next_url);
+extern void outbox_reconcile_record(List *recs);
+extern TimestampTz outbox_reconcile_next_due(const char *account);
 
 /*
  * partition.c: more than one dispatcher per database, each on its own

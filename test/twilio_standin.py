@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Local stand-in for Twilio's "create Message" endpoint, used by the TAP tests.
+"""Local stand-in for Twilio's Messages API (create, fetch, delete, list), used by the TAP tests.
 
 This file owns the fake Twilio HTTP server only; test/perl/TwilioStandIn.pm owns
 starting it and talking to its control endpoints from Perl.  Python 3.11
@@ -7,6 +7,7 @@ standard library only; listens on 127.0.0.1 only.
 
 Usage:
     python3 test/twilio_standin.py --port 0 --port-file /tmp/port [--quiet]
+        [--fault-rate r --fault-mix modes --fault-hang s --fault-seed n]
 Runs until SIGTERM/SIGINT, then exits 0.  --port 0 picks a free port; the bound
 port is written to --port-file (atomically) once the socket is listening.
 
@@ -28,6 +29,37 @@ Actions (JSON objects):
                          answer exactly these bytes, whatever they are (a broken
                          Twilio or proxy): each header line (name: value, no CRLF)
                          and the body base64-encoded; Content-Length is added
+    {"fault": mode [, "hang": s] [, "callbacks": false]}
+                         what makes a send ambiguous, or looks like it does:
+        create_500    create the message, then answer 500 (code 20500)
+        create_hang   create it, answer nothing for hang seconds (default 10), close
+        create_close  read the whole request, create it, close without answering
+        close_early   close (RST) without creating it; drawn at random it closes
+                      before the body is read, scripted (its To is in the body)
+                      after; a client whose small body sits in the kernel's
+                      buffers cannot tell the two apart
+        429           answer 429 (code 20429), nothing created (Twilio: never processed)
+        503           answer 503 (code 20500) before creating anything
+        A message created by a fault is stored, listed, counted (GET /_created)
+        and gets status callbacks (if configured) like any other, unless
+        "callbacks": false.
+    Random faults (--fault-rate r --fault-mix create_500:2,429,... --fault-hang s
+    --fault-seed n, or POST /_faults) answer a share r of the creates that no
+    script answers; the draw happens before any script is looked at.
+
+    GET /2010-04-01/Accounts/{AccountSid}/Messages.json
+        The list resource: the account's messages (every one created and not
+        deleted), newest first by date_created (whole seconds) then sid, each
+        shaped like the create answer.  Stored messages carry date_sent = their
+        date_created (the stand-in "sends" at once) unless told otherwise.
+        Filters To, From (exact), DateSent, DateSent<, DateSent> (YYYY-MM-DD,
+        against date_sent's UTC date, < on or before, > on or after; a message
+        with no date_sent never matches one).  PageSize 1..1000 (default 50),
+        Page (echoed; > 0 needs a PageToken), PageToken PA<sid> (the page after
+        that message) or PB<sid> (the page before): next_page_uri (null on the
+        last page), previous_page_uri, first_page_uri, uri, page, page_size,
+        start, end.  Invalid parameters: 400, code 20001.  Recorded (GET
+        /_lists); scripted errors (POST /_list_script) answer first.
 
     GET    /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
     DELETE /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json
@@ -50,7 +82,23 @@ Control endpoints (JSON in and out):
     GET  /_lookups  recorded fetches and deletions: {"t", "method", "sid", "account_sid",
                     "status", "auth_user", "concurrent"} (concurrent: fetches and
                     deletions in progress when it arrived, itself included)
-    POST /_reset    clear scripts, requests, rates, the steady action and messages
+    POST /_messages {"account_sid", "to" [, "from"] [, "messaging_service_sid"] [, "body"]
+                     [, "status" (default "sent")] [, "date_created" (ISO 8601 or RFC 2822)]
+                     [, "date_sent" (default date_created; null: not sent yet)]
+                     [, "idempotency_key"] [, "outbox_id"]}
+                    a message created "at Twilio" without a request: {"ok", "sid"}
+    POST /_message_status accepts "date_sent" too (null: not sent yet)
+    POST /_list_script {"actions": [{"status": >=400 [, "code"] [, "retry_after"]}, ...]}
+                    FIFO answers for the next list requests
+    GET  /_lists    recorded list requests: {"t", "account_sid", "query", "auth_user",
+                    "status", "count"}
+    GET  /_created  {"total": n, "by_key": {idempotency key: n}, "by_outbox_id": {id: n}}:
+                    messages created, per Idempotency-Key header (--idempotency-header)
+                    and per outbox_id of the StatusCallback URL
+    POST /_faults   {"rate": r, "mix": {mode: weight} | "create_500:2,...", "hang": s, "seed": n}
+    GET  /_faults   that configuration and {"injected": {mode: n}} (scripted faults too)
+    POST /_reset    clear scripts, requests, rates, the steady action, messages,
+                    counters, and turn random faults off
     GET  /_health   {"ok": true}
 Anything else gets a Twilio-shaped 404 (code 20404).
 
@@ -80,6 +128,7 @@ import http.client
 import math
 import os
 import queue
+import random
 import re
 import signal
 import socket
@@ -110,6 +159,19 @@ DEFAULT_MESSAGES = {
 }
 
 SUCCESS_KEYS = {"status", "twilio_status", "delay"}
+
+# Faults a create can meet.  The first three create the message and then lose
+# the answer (what makes a send ambiguous); the last three never create it.
+FAULT_MODES = {
+    "create_500": "create the message, then answer 500 (code 20500)",
+    "create_hang": "create the message, then answer nothing for `hang` seconds and close",
+    "create_close": "read the whole request, create the message, close without answering",
+    "close_early": "close (RST) before reading the request body; nothing created",
+    "429": "answer 429 (code 20429) without creating, as Twilio's rate limit does",
+    "503": "answer 503 (code 20500) before creating",
+}
+CREATING_FAULTS = {"create_500", "create_hang", "create_close"}
+DEFAULT_FAULT_HANG = 10.0
 ERROR_KEYS = {"status", "code", "message", "retry_after", "delay"}
 
 
@@ -157,11 +219,31 @@ def normalise_status_action(raw):
     return action
 
 
+def normalise_fault(raw):
+    """{"fault": mode [, "hang": s] [, "callbacks": false]}: see FAULT_MODES."""
+    check_keys(raw, {"fault", "hang", "callbacks"})
+    mode = raw["fault"]
+    if mode not in FAULT_MODES:
+        raise ActionError(f"fault must be one of {sorted(FAULT_MODES)}: {raw}")
+    action = {"fault": mode}
+    if "hang" in raw:
+        if mode != "create_hang":
+            raise ActionError(f"hang goes with create_hang only: {raw}")
+        action["hang"] = float(raw["hang"])
+    if "callbacks" in raw:
+        if not isinstance(raw["callbacks"], bool):
+            raise ActionError(f"callbacks must be true or false: {raw}")
+        action["callbacks"] = raw["callbacks"]
+    return action
+
+
 def normalise_action(raw):
     """Validate a scripted action and return it with canonical JSON types."""
     if not isinstance(raw, dict):
         raise ActionError(f"action must be a JSON object: {raw!r}")
     try:
+        if "fault" in raw:
+            return normalise_fault(raw)
         if "hang" in raw:
             check_keys(raw, {"hang"})
             return {"hang": float(raw["hang"])}
@@ -207,6 +289,67 @@ def normalise_config(raw):
     if burst < 1 or any(rate <= 0 for rate in rates.values()):
         raise ActionError("rates must be > 0 and burst >= 1")
     return rates, burst
+
+
+def parse_fault_mix(text):
+    """'create_500:2,429' -> {"create_500": 2.0, "429": 1.0}; '' or 'all' -> every mode once."""
+    if not text or text == "all":
+        return {mode: 1.0 for mode in FAULT_MODES}
+    mix = {}
+    for part in text.split(","):
+        mode, _, weight = part.strip().partition(":")
+        mix[mode] = float(weight or 1)
+    return mix
+
+
+class RandomFaults:
+    """Faults injected at random into creates that no script answers (--fault-rate, /_faults)."""
+
+    def __init__(self, rate=0.0, mix=None, hang=DEFAULT_FAULT_HANG, seed=None):
+        self.lock = threading.Lock()
+        self.injected = collections.Counter()
+        self.configure({"rate": rate, "mix": mix or parse_fault_mix(""), "hang": hang, "seed": seed})
+
+    def configure(self, cfg):
+        if not isinstance(cfg, dict):
+            raise ActionError('expected {"rate": r, "mix": {mode: weight}, "hang": s, "seed": n}')
+        try:
+            rate = float(cfg.get("rate", 0))
+            mix = cfg.get("mix") or parse_fault_mix("")
+            if isinstance(mix, str):
+                mix = parse_fault_mix(mix)
+            mix = {str(mode): float(w) for mode, w in mix.items()}
+            hang = float(cfg.get("hang", DEFAULT_FAULT_HANG))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ActionError(str(err)) from err
+        if not 0 <= rate <= 1 or hang < 0:
+            raise ActionError("rate must be in [0, 1] and hang >= 0")
+        unknown = set(mix) - set(FAULT_MODES)
+        if unknown or not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ActionError(f"mix: modes among {sorted(FAULT_MODES)} with weights >= 0, not all 0")
+        with self.lock:
+            self.rate, self.mix, self.hang = rate, mix, hang
+            self.rng = random.Random(cfg.get("seed"))
+
+    def draw(self):
+        """A fault action for the next create, or None (no fault this time)."""
+        with self.lock:
+            if self.rate <= 0 or self.rng.random() >= self.rate:
+                return None
+            mode = self.rng.choices(list(self.mix), weights=list(self.mix.values()))[0]
+            action = {"fault": mode, "random": True}
+            if mode == "create_hang":
+                action["hang"] = self.hang
+            return action
+
+    def count(self, mode):
+        with self.lock:
+            self.injected[mode] += 1
+
+    def stats(self):
+        with self.lock:
+            return {"rate": self.rate, "mix": dict(self.mix), "hang": self.hang,
+                    "injected": dict(self.injected)}
 
 
 # --- shared state ------------------------------------------------------------
@@ -263,10 +406,13 @@ class StandInState:
 
     def requests_for(self, to):
         with self.lock:
-            return [r for r in self.requests if to is None or first(r["form"], "To") == to]
+            return [r for r in self.requests
+                    if to is None or (r["form"] is not None and first(r["form"], "To") == to)]
 
-    def admit(self, fields, to, sender, now):
-        """Choose the action for a Messages request, record it, return the action."""
+    def admit(self, fields, to, sender, now, fault=None):
+        """Choose the action for a Messages request, record it, return the action.
+
+        fault: the random fault drawn for this request, used when no script answers it."""
         with self.lock:
             if not self._take_token(sender, now):
                 action = dict(RATE_LIMITED)
@@ -274,10 +420,17 @@ class StandInState:
                 action = self.scripts[to].popleft()
             elif self.default_script:
                 action = self.default_script.popleft()
+            elif fault is not None:
+                action = fault
             else:
                 action = dict(self.steady)
             self.requests.append({"seq": len(self.requests) + 1, **fields, "action": action})
             return action
+
+    def record(self, fields, action):
+        """Record a request answered without admit (a close_early drawn before its body)."""
+        with self.lock:
+            self.requests.append({"seq": len(self.requests) + 1, **fields, "action": action})
 
     def _take_token(self, sender, now):
         """Token bucket per sender: `burst` tokens, refilled at the sender's rate."""
@@ -292,19 +445,77 @@ class StandInState:
 
 
 class LookupStore:
-    """Messages the stand-in created, for fetching and deleting them, with its own lock."""
+    """Messages the stand-in created, for fetching, deleting and listing them, with its own lock."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.messages = {}
+        # sid -> (whole seconds of date_created, sid): the list's order, kept
+        # after a deletion so that a PageToken naming a deleted message still
+        # says where its page starts.
+        self.order = {}
+        self.created_by_key = collections.Counter()
+        self.created_by_outbox_id = collections.Counter()
+        self.created_total = 0
         self.requests = []
         self.script = collections.deque()
         self.delay = 0.0
         self.in_progress = 0
+        self.list_requests = []
+        self.list_script = collections.deque()
 
-    def remember(self, resource):
+    def remember(self, resource, key=None, outbox_id=None):
+        """Store a message created at "Twilio" and count it under its key and outbox id."""
         with self.lock:
             self.messages[resource["sid"]] = dict(resource)
+            when = email.utils.parsedate_to_datetime(resource["date_created"]).timestamp()
+            self.order[resource["sid"]] = (int(when), resource["sid"])
+            self.created_total += 1
+            if key:
+                self.created_by_key[key] += 1
+            if outbox_id:
+                self.created_by_outbox_id[outbox_id] += 1
+
+    def created(self):
+        """GET /_created: how many messages were created, per idempotency key and outbox id."""
+        with self.lock:
+            return {"total": self.created_total,
+                    "by_key": dict(self.created_by_key),
+                    "by_outbox_id": dict(self.created_by_outbox_id)}
+
+    def listed(self, account_sid, to, sender):
+        """The account's messages passing the To/From filters, newest first (date_created, sid)."""
+        with self.lock:
+            found = [dict(m) for m in self.messages.values()
+                     if m["account_sid"] == account_sid
+                     and (to is None or m["to"] == to)
+                     and (sender is None or m["from"] == sender)]
+            order = dict(self.order)
+        found.sort(key=lambda m: order[m["sid"]], reverse=True)
+        return found, order
+
+    def add_list_script(self, spec):
+        if not isinstance(spec, dict) or not isinstance(spec.get("actions"), list):
+            raise ActionError('expected {"actions": [...]}')
+        actions = []
+        for raw in spec["actions"]:
+            if not isinstance(raw, dict) or int(raw.get("status", 0)) < 400:
+                raise ActionError(f"a list action is an error status >= 400: {raw}")
+            actions.append(normalise_status_action(raw))
+        with self.lock:
+            self.list_script.extend(actions)
+
+    def next_list_action(self):
+        with self.lock:
+            return self.list_script.popleft() if self.list_script else None
+
+    def record_list(self, entry):
+        with self.lock:
+            self.list_requests.append(entry)
+
+    def recorded_lists(self):
+        with self.lock:
+            return list(self.list_requests)
 
     def fetch(self, account_sid, sid):
         with self.lock:
@@ -327,6 +538,7 @@ class LookupStore:
         code = spec.get("error_code")
         if code is not None and not isinstance(code, int):
             raise ActionError("error_code must be an integer or null")
+        date_sent = rfc2822_of(spec["date_sent"]) if spec.get("date_sent") is not None else None
         with self.lock:
             resource = self.messages.get(spec["sid"])
             if resource is None:
@@ -335,6 +547,8 @@ class LookupStore:
             resource["error_code"] = code
             resource["error_message"] = spec.get("error_message")
             resource["date_updated"] = rfc2822_now()
+            if "date_sent" in spec:
+                resource["date_sent"] = date_sent
 
     def add_script(self, spec):
         if not isinstance(spec, dict) or not ({"actions", "delay"} & set(spec)) \
@@ -445,6 +659,120 @@ def message_resource(account_sid, form, twilio_status):
     }
 
 
+def rfc2822_of(value):
+    """An RFC 2822 date (as Twilio writes them) from an ISO 8601 or RFC 2822 string."""
+    if not isinstance(value, str):
+        raise ActionError(f"a date is an ISO 8601 or RFC 2822 string: {value!r}")
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError) as err:
+            raise ActionError(f"not a date: {value!r}") from err
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return email.utils.format_datetime(when.astimezone(timezone.utc))
+
+
+def outbox_id_of(callback_url):
+    """The outbox message id the dispatcher puts in the StatusCallback URL, if any."""
+    if not callback_url:
+        return None
+    query = urllib.parse.urlsplit(callback_url).query
+    values = urllib.parse.parse_qs(query).get("outbox_id")
+    return values[0] if values else None
+
+
+class ListError(ValueError):
+    """A list request parameter Twilio would refuse with a 400."""
+
+
+LIST_FILTERS = ("To", "From", "DateSent", "DateSent<", "DateSent>")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def list_params(query):
+    """Validate a Messages list query: (filters, page size, page, page token)."""
+    filters = {name: query[name] for name in LIST_FILTERS if name in query}
+    for name in ("DateSent", "DateSent<", "DateSent>"):
+        if name in filters:
+            try:
+                if not DATE_ONLY.match(filters[name]):
+                    raise ValueError
+                filters[name] = datetime.strptime(filters[name], "%Y-%m-%d").date().isoformat()
+            except ValueError:
+                raise ListError(f"Invalid {name}: '{filters[name]}' is not a date of the form YYYY-MM-DD") from None
+    size = query.get("PageSize", str(DEFAULT_PAGE_SIZE))
+    if not re.match(r"^[0-9]+$", size) or not 1 <= int(size) <= MAX_PAGE_SIZE:
+        raise ListError(f"Invalid PageSize: '{size}' (an integer from 1 to {MAX_PAGE_SIZE})")
+    page = query.get("Page", "0")
+    if not re.match(r"^[0-9]+$", page):
+        raise ListError(f"Invalid Page: '{page}'")
+    token = query.get("PageToken")
+    if int(page) > 0 and not token:
+        raise ListError("Paged requests must include a PageToken")
+    if token is not None and not re.match(r"^P[AB](SM|MM)[0-9a-f]{32}$", token):
+        raise ListError(f"Invalid PageToken: '{token}'")
+    return filters, int(size), int(page), token
+
+
+def date_sent_matches(message, filters):
+    """DateSent filters compare date_sent's UTC date; a message not sent yet never matches one."""
+    wanted = [(name, filters[name]) for name in ("DateSent", "DateSent<", "DateSent>") if name in filters]
+    if not wanted:
+        return True
+    if message["date_sent"] is None:
+        return False
+    sent = email.utils.parsedate_to_datetime(message["date_sent"]).astimezone(timezone.utc).date().isoformat()
+    return all({"DateSent": sent == day, "DateSent<": sent <= day, "DateSent>": sent >= day}[name]
+               for name, day in wanted)
+
+
+def page_uri(account_sid, filters, size, page, token):
+    params = [(name, filters[name]) for name in LIST_FILTERS if name in filters]
+    params += [("PageSize", str(size)), ("Page", str(page))]
+    if token:
+        params.append(("PageToken", token))
+    return f"/{API_VERSION}/Accounts/{account_sid}/Messages.json?" + urllib.parse.urlencode(params)
+
+
+def list_page(account_sid, messages, order, filters, size, page, token):
+    """One page of the list, newest first; PageToken PA<sid>: the page after that message,
+    PB<sid>: the page before it (a token holds the place, not an offset, as new messages
+    arrive at the top)."""
+    messages = [m for m in messages if date_sent_matches(m, filters)]
+    keys = [order[m["sid"]] for m in messages]
+    if token is None:
+        start = 0
+    else:
+        mark = order.get(token[2:])
+        if mark is None:
+            raise ListError(f"Invalid PageToken: '{token}'")
+        if token.startswith("PA"):
+            start = next((i for i, k in enumerate(keys) if k < mark), len(keys))
+        else:
+            before = next((i for i, k in enumerate(keys) if k <= mark), len(keys))
+            start = max(0, before - size)
+    items = messages[start:start + size]
+    more = start + size < len(messages)
+    return {
+        "end": page * size + max(len(items) - 1, 0),
+        "first_page_uri": page_uri(account_sid, filters, size, 0, None),
+        "messages": items,
+        "next_page_uri": page_uri(account_sid, filters, size, page + 1, "PA" + items[-1]["sid"])
+        if items and more else None,
+        "page": page,
+        "page_size": size,
+        "previous_page_uri": page_uri(account_sid, filters, size, page - 1, "PB" + items[0]["sid"])
+        if items and start > 0 else None,
+        "start": page * size,
+        "uri": page_uri(account_sid, filters, size, page, token),
+    }
+
+
 def twilio_error(status, code, message):
     return {
         "code": code,
@@ -485,13 +813,23 @@ class Handler(BaseHTTPRequestHandler):
         self.state.begin()
         try:
             path, _, query = self.path.partition("?")
+            match = MESSAGES_PATH.match(path)
+            fault = None
+            if self.command == "POST" and match:
+                # Drawn before the body is read, so that close_early can
+                # really close before reading it.
+                fault = self.server.faults.draw()
+                if fault is not None and fault["fault"] == "close_early":
+                    self._close_early(match.group(1), path, fault)
+                    return
             body = self._read_body()
             route = CONTROL_ROUTES.get((self.command, path))
-            match = MESSAGES_PATH.match(path)
             if route:
                 route(self, parse_query(query), body)
             elif self.command == "POST" and match:
-                self._create_message(match.group(1), path, body)
+                self._create_message(match.group(1), path, body, fault)
+            elif self.command == "GET" and match:
+                self._list_messages(match.group(1), parse_query(query))
             elif self.command in ("GET", "DELETE") and MESSAGE_PATH.match(path):
                 self._message_instance(*MESSAGE_PATH.match(path).groups())
             else:
@@ -548,10 +886,9 @@ class Handler(BaseHTTPRequestHandler):
 
     # Twilio endpoint
 
-    def _create_message(self, account_sid, path, body):
-        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    def _request_fields(self, account_sid, path, form):
         user, password = parse_basic_auth(self.headers.get("Authorization"))
-        fields = {
+        return {
             "t": self.arrival,
             "method": self.command,
             "path": path,
@@ -561,8 +898,51 @@ class Handler(BaseHTTPRequestHandler):
             "auth_user": user,
             "auth_password": password,
         }
-        action = self.state.admit(fields, first(form, "To"), sender_of(form), time.monotonic())
+
+    def _create_message(self, account_sid, path, body, fault=None):
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        fields = self._request_fields(account_sid, path, form)
+        action = self.state.admit(fields, first(form, "To"), sender_of(form), time.monotonic(), fault)
         self._perform(action, account_sid, form)
+
+    def _close_early(self, account_sid, path, fault):
+        """A random close_early: recorded (form unknown: never read), then RST."""
+        self.state.record(self._request_fields(account_sid, path, None), fault)
+        self.server.faults.count("close_early")
+        self._reset_connection()
+
+    def _remember_created(self, account_sid, form, twilio_status):
+        """Create the message "at Twilio": stored for fetch and list, counted.
+
+        Its stored date_sent is its date_created (the stand-in sends at once;
+        POST /_message_status can make it null), while the create answer, as
+        Twilio's, has none yet."""
+        resource = message_resource(account_sid, form, twilio_status)
+        outbox_id = outbox_id_of(first(form, "StatusCallback"))
+        self.state.lookups.remember(dict(resource, date_sent=resource["date_created"]),
+                                    self.headers.get(self.server.idempotency_header), outbox_id)
+        return resource
+
+    def _perform_fault(self, action, account_sid, form):
+        mode = action["fault"]
+        self.server.faults.count(mode)
+        if mode == "close_early":
+            self._reset_connection()
+            return
+        if mode in ("429", "503"):
+            status = int(mode)
+            self._send_error(status, default_code(status), None)
+            return
+        resource = self._remember_created(account_sid, form, None)
+        if action.get("callbacks", True):
+            self.server.callbacks.after_create(account_sid, form, resource)
+        if mode == "create_500":
+            self._send_error(500, 20500, None)
+            return
+        if mode == "create_hang":
+            time.sleep(action.get("hang", DEFAULT_FAULT_HANG))
+        # create_hang, create_close: no answer at all, the connection closes.
+        self.close_connection = True
 
     def _send_raw(self, spec):
         """Status line, the given header lines byte for byte, Content-Length, body."""
@@ -574,6 +954,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _perform(self, action, account_sid, form):
+        if "fault" in action:
+            self._perform_fault(action, account_sid, form)
+            return
         if action.get("reset"):
             self._reset_connection()
             return
@@ -584,8 +967,7 @@ class Handler(BaseHTTPRequestHandler):
         if action.get("malformed"):
             self._send_bytes(201, MALFORMED_BODY)
         elif "hang" in action or action["status"] == 201:
-            resource = message_resource(account_sid, form, action.get("twilio_status"))
-            self.state.lookups.remember(resource)
+            resource = self._remember_created(account_sid, form, action.get("twilio_status"))
             self._send_json(201, resource)
             self.server.callbacks.after_create(account_sid, form, resource)
         else:
@@ -629,6 +1011,74 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, resource)
 
+    # the list resource (GET .../Messages.json)
+
+    def _list_messages(self, account_sid, query):
+        store = self.state.lookups
+        user, _ = parse_basic_auth(self.headers.get("Authorization"))
+        entry = {"t": self.arrival, "account_sid": account_sid, "query": query, "auth_user": user}
+        action = store.next_list_action()
+        if action is not None:
+            store.record_list({**entry, "status": action["status"], "count": 0})
+            retry = {"Retry-After": action["retry_after"]} if "retry_after" in action else None
+            self._send_error(action["status"], action["code"], action.get("message"), retry)
+            return
+        try:
+            filters, size, page, token = list_params(query)
+            messages, order = store.listed(account_sid, filters.get("To"), filters.get("From"))
+            answer = list_page(account_sid, messages, order, filters, size, page, token)
+        except ListError as err:
+            store.record_list({**entry, "status": 400, "count": 0})
+            self._send_error(400, 20001, str(err))
+            return
+        store.record_list({**entry, "status": 200, "count": len(answer["messages"])})
+        self._send_json(200, answer)
+
+    def _lists(self, query, body):
+        self._send_json(200, self.state.lookups.recorded_lists())
+
+    def _list_script(self, query, body):
+        self._control(body, self.state.lookups.add_list_script)
+
+    def _created(self, query, body):
+        self._send_json(200, self.state.lookups.created())
+
+    def _faults_set(self, query, body):
+        self._control(body, self.server.faults.configure)
+
+    def _faults_get(self, query, body):
+        self._send_json(200, self.server.faults.stats())
+
+    def _messages_create(self, query, body):
+        """POST /_messages: a message created "at Twilio" without a request of ours."""
+        try:
+            sid = self._create_directly(json.loads(body or b"{}"))
+        except (ValueError, ActionError) as err:
+            self._send_json(400, {"ok": False, "error": str(err)})
+            return
+        self._send_json(200, {"ok": True, "sid": sid})
+
+    def _create_directly(self, spec):
+        if not isinstance(spec, dict) or not isinstance(spec.get("account_sid"), str) \
+                or not isinstance(spec.get("to"), str):
+            raise ActionError('expected {"account_sid": "AC...", "to": "+1...", ...}')
+        check_keys(spec, {"account_sid", "to", "from", "messaging_service_sid", "body", "status",
+                          "date_created", "date_sent", "idempotency_key", "outbox_id"})
+        form = {"To": [spec["to"]], "Body": [str(spec.get("body", ""))]}
+        for key, name in (("from", "From"), ("messaging_service_sid", "MessagingServiceSid")):
+            if spec.get(key) is not None:
+                form[name] = [str(spec[key])]
+        resource = message_resource(spec["account_sid"], form, None)
+        if "date_created" in spec:
+            resource["date_created"] = resource["date_updated"] = rfc2822_of(spec["date_created"])
+        resource["status"] = str(spec.get("status", "sent"))
+        sent = spec.get("date_sent", resource["date_created"])
+        resource["date_sent"] = None if sent is None else rfc2822_of(sent)
+        outbox_id = spec.get("outbox_id")
+        self.state.lookups.remember(resource, spec.get("idempotency_key"),
+                                    None if outbox_id is None else str(outbox_id))
+        return resource["sid"]
+
     def _lookups(self, query, body):
         self._send_json(200, self.state.lookups.recorded())
 
@@ -663,6 +1113,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _reset(self, query, body):
         self.state.reset()
+        self.server.faults.configure({"rate": 0})
         self._send_json(200, {"ok": True})
 
     def _apply_script(self, spec):
@@ -709,6 +1160,12 @@ CONTROL_ROUTES = {
     ("POST", "/_callbacks"): Handler._callbacks,
     ("GET", "/_callbacks"): Handler._callback_stats,
     ("POST", "/_inbound"): Handler._inbound,
+    ("POST", "/_messages"): Handler._messages_create,
+    ("POST", "/_list_script"): Handler._list_script,
+    ("GET", "/_lists"): Handler._lists,
+    ("GET", "/_created"): Handler._created,
+    ("POST", "/_faults"): Handler._faults_set,
+    ("GET", "/_faults"): Handler._faults_get,
 }
 
 
@@ -850,9 +1307,11 @@ class StandInServer(ThreadingHTTPServer):
     request_queue_size = 512
     block_on_close = False
 
-    def __init__(self, port, quiet):
+    def __init__(self, port, quiet, faults=None, idempotency_header="Idempotency-Key"):
         self.state = StandInState()
         self.callbacks = CallbackSender()
+        self.faults = faults or RandomFaults()
+        self.idempotency_header = idempotency_header
         self.quiet = quiet
         super().__init__(("127.0.0.1", port), Handler)
 
@@ -869,12 +1328,26 @@ def parse_args(argv):
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0 = any free port)")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--quiet", action="store_true", help="no per-request logging")
+    parser.add_argument("--fault-rate", type=float, default=0.0,
+                        help="share of creates (no script answering them) that meet a random fault")
+    parser.add_argument("--fault-mix", default="all",
+                        help="modes and weights, e.g. create_500:2,create_close,429 (default: all, equally)")
+    parser.add_argument("--fault-hang", type=float, default=DEFAULT_FAULT_HANG,
+                        help="seconds a create_hang fault holds the connection")
+    parser.add_argument("--fault-seed", type=int, help="seed of the fault draws (repeatable runs)")
+    parser.add_argument("--idempotency-header", default="Idempotency-Key",
+                        help="request header counted as the idempotency key (GET /_created)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    server = StandInServer(args.port, args.quiet)
+    try:
+        faults = RandomFaults(args.fault_rate, parse_fault_mix(args.fault_mix), args.fault_hang, args.fault_seed)
+    except (ActionError, ValueError) as err:
+        print(f"twilio stand-in: {err}", file=sys.stderr)
+        return 2
+    server = StandInServer(args.port, args.quiet, faults, args.idempotency_header)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -254,7 +254,9 @@ BEGIN
 	WHERE x.twilio_sid OPERATOR(pg_catalog.=) sid AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
 	ORDER BY x.id LIMIT 1
 	FOR UPDATE;
-	IF NOT FOUND AND outbox_id IS NOT NULL THEN
+	/* never a SID another message holds (reconciliation: never adopt one twice) */
+	IF NOT FOUND AND outbox_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM twilio_outbox.messages o
+			WHERE o.twilio_sid OPERATOR(pg_catalog.=) sid) THEN
 		SELECT * INTO m FROM twilio_outbox.messages x
 		WHERE x.id OPERATOR(pg_catalog.=) outbox_id AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
 		FOR UPDATE;
@@ -292,7 +294,10 @@ BEGIN
 			 * has it, so it is never sent again; the dispatcher's own
 			 * record of that attempt then finds the row changed and keeps
 			 * the attempt only.  A final status ends polling: the next
-			 * lookup, if any, is a deletion counted from now.
+			 * lookup, if any, is a deletion counted from now.  An ambiguous
+			 * message adopts the SID: reconciliation (reconcile_at, a lookup
+			 * in flight included: its record finds the row changed) is over,
+			 * and an attempt row says how it was found.
 			 */
 			UPDATE twilio_outbox.messages x SET
 				state = new_state,
@@ -307,10 +312,17 @@ BEGIN
 					THEN pg_catalog.now() ELSE x.finished_at END,
 				next_lookup_at = CASE WHEN r_new OPERATOR(pg_catalog.>=) 4 THEN NULL
 					ELSE x.next_lookup_at END,
+				reconcile_at = NULL, reconcile_candidates = NULL,
 				updated_at = pg_catalog.now()
 			WHERE x.id OPERATOR(pg_catalog.=) m.id
 			  AND x.state OPERATOR(pg_catalog.=) m.state
 			  AND x.twilio_status IS NOT DISTINCT FROM m.twilio_status;
+			IF FOUND AND m.state OPERATOR(pg_catalog.=) 'ambiguous' THEN
+				INSERT INTO twilio_outbox.attempts (message_id, attempt, account, started_at,
+					outcome, ambiguous, twilio_sid)
+				VALUES (m.id, m.attempts, m.account, pg_catalog.now(),
+					'found', false, sid);
+			END IF;
 
 			/* a delivery error goes through the error policy */
 			IF err_code IS NOT NULL AND st OPERATOR(pg_catalog.=) ANY (ARRAY['undelivered', 'failed']) THEN

@@ -468,7 +468,8 @@ BEGIN
 	), requeued AS (
 		UPDATE twilio_outbox.messages m
 		SET state = 'queued', failures = 0, next_attempt_at = pg_catalog.now(),
-			finished_at = NULL, updated_at = pg_catalog.now()
+			finished_at = NULL, updated_at = pg_catalog.now(),
+			reconcile_at = NULL, reconcile_candidates = NULL
 		FROM candidates c WHERE m.id OPERATOR(pg_catalog.=) c.id
 		RETURNING m.id
 	), marked AS (
@@ -513,6 +514,7 @@ BEGIN
 	UPDATE twilio_outbox.messages m
 	SET state = 'sent', twilio_sid = coalesce(resolve_ambiguous.twilio_sid, m.twilio_sid),
 		sent_at = pg_catalog.now(), finished_at = pg_catalog.now(), updated_at = pg_catalog.now(),
+		reconcile_at = NULL, reconcile_candidates = NULL,
 		last_error_message = 'resolved as sent by ' OPERATOR(pg_catalog.||) SESSION_USER
 	WHERE m.id OPERATOR(pg_catalog.=) message_id AND m.state OPERATOR(pg_catalog.=) 'ambiguous';
 	IF NOT FOUND THEN

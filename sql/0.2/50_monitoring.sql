@@ -137,6 +137,7 @@ WITH settings AS (
 		   coalesce(pg_catalog.current_setting('twilio_outbox.health_due_age', true), '300s')::interval AS due_age,
 		   coalesce(pg_catalog.current_setting('twilio_outbox.health_min_count', true), '20')::bigint AS min_count,
 		   coalesce(pg_catalog.current_setting('twilio_outbox.health_final_status_after', true), '1h')::interval AS final_after,
+		   coalesce(pg_catalog.current_setting('twilio_outbox.health_reconcile_age', true), '10min')::interval AS reconcile_age,
 		   twilio_outbox.cron_database_name() AS cron_db
 ), w AS (
 	SELECT * FROM twilio_outbox.worker_status()
@@ -213,12 +214,21 @@ WITH settings AS (
 	FROM twilio_outbox.messages m
 	WHERE m.state = 'queued' AND m.next_attempt_at <= pg_catalog.now()
 ), ambiguous AS (
+	/* left for an operator: no lookup will settle them (reconcile_at NULL) */
 	SELECT pg_catalog.count(*) AS n, pg_catalog.min(m.updated_at) AS since,
 		   (SELECT pg_catalog.string_agg(f.id::text, ', ' ORDER BY f.id)
 			FROM (SELECT x.id FROM twilio_outbox.messages x WHERE x.state = 'ambiguous'
-				  ORDER BY x.id LIMIT 10) f) AS ids
+				  AND x.reconcile_at IS NULL ORDER BY x.id LIMIT 10) f) AS ids
 	FROM twilio_outbox.messages m
-	WHERE m.state = 'ambiguous'
+	WHERE m.state = 'ambiguous' AND m.reconcile_at IS NULL
+), reconciling AS (
+	/* waiting for the dispatcher to look them up at Twilio (src/reconcile.c) */
+	SELECT pg_catalog.count(*) AS n,
+		   pg_catalog.count(*) FILTER (WHERE coalesce(m.ambiguous_since, m.updated_at)
+				< pg_catalog.now() - s.reconcile_age) AS late,
+		   pg_catalog.min(coalesce(m.ambiguous_since, m.updated_at)) AS since
+	FROM settings s
+	JOIN twilio_outbox.messages m ON m.state = 'ambiguous' AND m.reconcile_at IS NOT NULL
 ), unusable AS (
 	SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s)', wa.account, wa.problem), '; ' ORDER BY wa.account) AS which,
 		   pg_catalog.count(*) AS listed
@@ -360,10 +370,21 @@ SELECT 'ambiguous',
 	am.n::text,
 	'0 (critical after 1 hour)',
 	CASE WHEN am.n > 0 THEN pg_catalog.format(
-		'%s message(s) wait in state ambiguous for an operator since %s (ids %s): Twilio may have created them. Look each up in the Twilio console by recipient and time, then twilio_outbox.resolve_ambiguous(id, ''SM...'') if Twilio has it, or twilio_outbox.requeue(message_ids => ARRAY[id]) to send it again (or twilio_outbox.cancel(id)).',
+		'%s message(s) wait in state ambiguous for an operator since %s (ids %s): Twilio may have created them. See twilio_outbox.ambiguous_messages (reconcile_candidates: the SIDs reconciliation found); look each up in the Twilio console by recipient and time, then twilio_outbox.resolve_ambiguous(id, ''SM...'') if Twilio has it, or twilio_outbox.requeue(message_ids => ARRAY[id]) to send it again (or twilio_outbox.cancel(id)).',
 		am.n, pg_catalog.date_trunc('second', am.since),
 		CASE WHEN am.n > 10 THEN am.ids || ', ...' ELSE am.ids END) END
 FROM ambiguous am
+UNION ALL
+SELECT 'reconcile',
+	CASE WHEN rc.late = 0 THEN 'ok'
+		 WHEN rc.since < pg_catalog.now() - 2 * s.reconcile_age THEN 'critical'
+		 ELSE 'warning' END,
+	pg_catalog.format('%s waiting, %s longer than the threshold', rc.n, rc.late),
+	s.reconcile_age::text || ' (critical at twice)',
+	CASE WHEN rc.late > 0 THEN pg_catalog.format(
+		'%s message(s) wait to be looked up at Twilio since %s: is the dispatcher running, its account paused or unusable, its lookups rate limited (lookups_per_second, 429s)? See twilio_outbox.ambiguous_messages (last_error_message says what the last lookup found).',
+		rc.late, pg_catalog.date_trunc('second', rc.since)) END
+FROM reconciling rc, settings s
 UNION ALL
 SELECT 'paused',
 	CASE WHEN p.n > 0 THEN 'warning' ELSE 'ok' END,
@@ -436,12 +457,16 @@ SELECT w.name AS "window",
 	 WHERE o.status = 'delivered' AND o.received_at >= pg_catalog.now() - w.span) AS p50_delivery_s,
 	(SELECT pg_catalog.round(pg_catalog.percentile_cont(0.95) WITHIN GROUP (ORDER BY o.after_s)::numeric, 3)
 	 FROM outcome o
-	 WHERE o.status = 'delivered' AND o.received_at >= pg_catalog.now() - w.span) AS p95_delivery_s
+	 WHERE o.status = 'delivered' AND o.received_at >= pg_catalog.now() - w.span) AS p95_delivery_s,
+	/* reconciliation (37_reconcile.sql: the values are compared as text) */
+	pg_catalog.count(a.id) FILTER (WHERE a.outcome::text = 'found') AS reconciled_found,
+	pg_catalog.count(a.id) FILTER (WHERE a.outcome::text = 'not_found') AS reconciled_resent,
+	pg_catalog.count(a.id) FILTER (WHERE a.outcome::text = 'for_operator') AS left_for_operator
 FROM w
 LEFT JOIN twilio_outbox.attempts a ON a.started_at >= pg_catalog.now() - w.span
 GROUP BY w.name, w.span
 ORDER BY w.span;
-COMMENT ON VIEW twilio_outbox.stats IS 'Over 1 min, 5 min, 1 hour: attempts, sends, retries, dead letters, 429 and 5xx shares, rate and Twilio latency; from status callbacks, messages delivered, undelivered and failed, and p50/p95 seconds from sent to the delivered callback';
+COMMENT ON VIEW twilio_outbox.stats IS 'Over 1 min, 5 min, 1 hour: attempts, sends, retries, dead letters, 429 and 5xx shares, rate and Twilio latency; from status callbacks, messages delivered, undelivered and failed, and p50/p95 seconds from sent to the delivered callback; reconciliation of ambiguous sends: found at Twilio, resent after none was found, left for an operator';
 
 /*
  * The outbox's figures for Prometheus, one row per sample: metric (a

@@ -120,3 +120,9 @@ GRANT SELECT ON twilio_outbox.worker_dispatchers TO twilio_outbox_monitor;
 REVOKE ALL ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, text, text, text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.twilio_enqueue(text, text, text, text, text[], text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, text, text, text, text, jsonb)
 	TO twilio_outbox_enqueue, twilio_outbox_admin;
+
+/* H2 (issue 11): the ambiguous backlog and the reconciliation columns, for the monitor. */
+REVOKE ALL ON twilio_outbox.ambiguous_messages FROM PUBLIC;
+GRANT SELECT ON twilio_outbox.ambiguous_messages TO twilio_outbox_monitor;
+GRANT SELECT (ambiguous_since, reconcile_at, reconcile_lookups, reconcile_candidates)
+	ON twilio_outbox.messages TO twilio_outbox_monitor;

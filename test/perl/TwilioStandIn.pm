@@ -107,8 +107,11 @@ sub lookups
 sub message_status
 {
 	my ($self, $sid, $status, %opt) = @_;
-	return $self->_post('/_message_status',
-		{ sid => $sid, status => $status, error_code => $opt{error_code}, error_message => $opt{error_message} });
+	my %spec = (sid => $sid, status => $status, error_code => $opt{error_code},
+		error_message => $opt{error_message});
+	# date_sent => undef: not sent yet (no DateSent filter finds it).
+	$spec{date_sent} = $opt{date_sent} if exists $opt{date_sent};
+	return $self->_post('/_message_status', \%spec);
 }
 
 # Error answers for the next fetches or deletions, whatever their SID.
@@ -123,6 +126,80 @@ sub lookup_delay
 {
 	my ($self, $seconds) = @_;
 	return $self->_post('/_lookup_script', { delay => $seconds });
+}
+
+# --- reconciliation: the list resource, faults, counters ------------------
+
+# GET .../Accounts/$account_sid/Messages.json with these query parameters (a
+# hashref, or a path and query as next_page_uri gives it): the HTTP status
+# and the decoded body.
+sub list_messages
+{
+	my ($self, $account_sid, $query) = @_;
+	my $url = ref $query
+	  ? $self->base_url . "/2010-04-01/Accounts/$account_sid/Messages.json"
+	  . (%$query ? '?' . $self->{http}->www_form_urlencode($query) : '')
+	  : $self->base_url . $query;
+	my $res = $self->{http}->get($url);
+	die "TwilioStandIn: GET $url failed: $res->{content}\n" if $res->{status} == 599;
+	return ($res->{status}, $JSON->decode($res->{content}));
+}
+
+# A message created "at Twilio" without a request of ours: { account_sid, to,
+# from, messaging_service_sid, body, status, date_created, date_sent (undef:
+# queued), idempotency_key, outbox_id }.  Returns its SID.
+sub create_message
+{
+	my ($self, $spec) = @_;
+	return $self->_post('/_messages', $spec)->{sid};
+}
+
+# The next $n creates to $to meet the fault $mode (create_500, create_hang,
+# create_close, close_early, 429, 503); options hang => $s, callbacks => 0.
+sub fault
+{
+	my ($self, $to, $mode, $n, %opt) = @_;
+	my %action = (fault => $mode, %opt);
+	$action{callbacks} = $action{callbacks} ? JSON::PP::true : JSON::PP::false
+	  if exists $action{callbacks};
+	return $self->script($to, map { {%action} } 1 .. ($n // 1));
+}
+
+# Random faults for creates no script answers: { rate => 0.1, mix =>
+# { create_500 => 1, ... }, hang => $s, seed => $n }; faults() reads the
+# configuration and how many of each were injected.
+sub set_faults
+{
+	my ($self, $cfg) = @_;
+	return $self->_post('/_faults', $cfg);
+}
+
+sub faults
+{
+	my ($self) = @_;
+	return $self->_check($self->{http}->get($self->base_url . '/_faults'), 'GET /_faults');
+}
+
+# How many messages were created: { total, by_key => {key => n},
+# by_outbox_id => {id => n} }.
+sub created
+{
+	my ($self) = @_;
+	return $self->_check($self->{http}->get($self->base_url . '/_created'), 'GET /_created');
+}
+
+# Error actions answering the next list requests, in order.
+sub list_script
+{
+	my ($self, @actions) = @_;
+	return $self->_post('/_list_script', { actions => \@actions });
+}
+
+# The recorded list requests: each { t, account_sid, query, auth_user, status, count }.
+sub lists
+{
+	my ($self) = @_;
+	return $self->_check($self->{http}->get($self->base_url . '/_lists'), 'GET /_lists');
 }
 
 sub stop
@@ -333,6 +410,38 @@ fetches or deletions, in order, whatever their SID.
 
 Every fetch and deletion from now on answers that many seconds late.
 
+=item C<< $s->list_messages($account_sid, \%query) >>, C<< $s->list_messages(undef, $next_page_uri) >>
+
+C<GET .../Messages.json>: C<($status, $decoded_body)>.  Query keys: C<To>,
+C<From>, C<DateSent>, C<< DateSent< >>, C<< DateSent> >>, C<PageSize>, C<Page>,
+C<PageToken>.
+
+=item C<< $s->create_message(\%spec) >>
+
+Creates a message "at Twilio" directly (a second candidate, or one an old
+page holds): C<{account_sid, to, from, messaging_service_sid, body, status,
+date_created, date_sent, idempotency_key, outbox_id}>; returns its SID.
+
+=item C<< $s->fault($to, $mode, $n, hang => $s, callbacks => 0) >>
+
+The next C<$n> creates to C<$to> meet fault C<$mode>: C<create_500>,
+C<create_hang>, C<create_close> (the message is created, the answer lost),
+C<close_early>, C<429>, C<503> (not created).
+
+=item C<< $s->set_faults({rate => $r, mix => {...}, hang => $s, seed => $n}) >>, C<< $s->faults >>
+
+Random faults for creates no script answers; C<faults> returns the
+configuration and C<injected> counts per mode.
+
+=item C<< $s->created >>
+
+C<{total, by_key => {...}, by_outbox_id => {...}}>: messages created, per
+idempotency key and per outbox id (from the StatusCallback URL).
+
+=item C<< $s->list_script(@actions) >>, C<< $s->lists >>
+
+Error answers for the next list requests; the recorded list requests.
+
 =item C<< $s->stop >>
 
 Sends SIGTERM and reaps the server.  Preserves C<$?>.
@@ -347,6 +456,9 @@ Sends SIGTERM and reaps the server.  Preserves C<$?>.
   { hang => $s }          # sleep $s, then 201 (client should time out first)
   { reset => 1 }          # read the request, close with RST, no response
   { malformed => 1 }      # 201 with a truncated JSON body
+  { fault => 'create_500'|'create_hang'|'create_close'|'close_early'|'429'|'503',
+    hang => $s, callbacks => JSON::PP::false }
+                          # see fault(); create_* create the message first
   { raw => { status => 400, headers_b64 => [...], body_b64 => '...' } }
                           # exactly these bytes (base64: header lines without
                           # CRLF, and the body); Content-Length is added.

@@ -1,6 +1,6 @@
 -- The schema's shape and the security model, as pgTAP assertions.
 BEGIN;
-SELECT plan(43);
+SELECT plan(47);
 
 SELECT has_schema('twilio_outbox');
 SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
@@ -141,6 +141,19 @@ SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
 	ARRAY['metrics'], 'the metrics role reads the metrics view and no other relation');
 SELECT column_privs_are('twilio_outbox', 'messages', 'to_number', 'twilio_outbox_metrics',
 	ARRAY[]::text[], 'the metrics role cannot read phone numbers');
+
+-- Reconciliation (issue 11): its claim's index, its attempt outcomes, the backlog view.
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index
+		   WHERE indexrelid = 'twilio_outbox.messages_reconcile_due'::regclass),
+	'((state = ''ambiguous''::twilio_outbox.message_state) AND (reconcile_at IS NOT NULL))',
+	'messages_reconcile_due holds ambiguous rows to be looked up only');
+SELECT enum_has_labels('twilio_outbox', 'attempt_outcome', ARRAY['sent', 'retry', 'dead',
+	'suppressed', 'paused', 'rate_limited', 'held', 'lost', 'reconcile', 'found', 'not_found',
+	'for_operator']);
+SELECT table_privs_are('twilio_outbox', 'ambiguous_messages', 'twilio_outbox_monitor', ARRAY['SELECT'],
+	'the monitor reads the ambiguous backlog');
+SELECT table_privs_are('twilio_outbox', 'ambiguous_messages', 'twilio_outbox_enqueue', ARRAY[]::text[],
+	'the application role does not');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -13,7 +13,9 @@ use OutboxTest;
 use TwilioStandIn;
 
 my $standin = TwilioStandIn->start;
-my $node = OutboxTest::node('retry');
+# This file is about the retry and hold policies: on_ambiguous = reconcile
+# (the default) is 025_reconcile.pl's.
+my $node = OutboxTest::node('retry', "twilio_outbox.on_ambiguous = retry\n");
 OutboxTest::add_account($node, $standin);
 OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
 
