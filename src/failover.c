@@ -172,7 +172,10 @@ account_names(void)
 }
 
 /*
- * Mark one batch of one account's messages; returns how many.  The lower
+ * Mark one batch of one account's messages; returns how many.  They are
+ * looked up after twilio_outbox.reconcile_grace, as after any ambiguous
+ * attempt: a request the old primary sent just before it died may take
+ * that long to show in Twilio's list.  The lower
  * bound of when Twilio may have created the message (ambiguous_since): for
  * one 'sending', its claim (updated_at); for one 'queued', the claim that
  * was lost came after it became due and after its last change.  An
@@ -183,8 +186,8 @@ static int
 mark_batch(const char *account, Datum live)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[4] = {TEXTOID, INT4ARRAYOID, INT4OID, INT4OID};
-	Datum		values[4];
+	Oid			types[5] = {TEXTOID, INT4ARRAYOID, INT4OID, INT4OID, INT4OID};
+	Datum		values[5];
 	int			rc;
 
 	outbox_prepare(&plan,
@@ -202,7 +205,7 @@ mark_batch(const char *account, Datum live)
 				   "    AND greatest(m.updated_at, m.next_attempt_at) > f.cutoff - f.win))"
 				   "  LIMIT $3 FOR UPDATE OF m SKIP LOCKED),"
 				   " u AS (UPDATE twilio_outbox.messages m SET state = 'ambiguous',"
-				   "  reconcile_at = now(),"
+				   "  reconcile_at = now() + make_interval(secs => $5 / 1000.0),"
 				   "  ambiguous_since = least(coalesce(m.ambiguous_since, x.since), x.since),"
 				   "  attempts = CASE WHEN x.state = 'queued'"
 				   "   THEN least(m.attempts, 2147483646) + 1 ELSE m.attempts END,"
@@ -220,7 +223,7 @@ mark_batch(const char *account, Datum live)
 				   " UPDATE twilio_outbox.failover SET promotion_marked = promotion_marked"
 				   "  + (SELECT count(*) FROM a)"
 				   " WHERE promotion_timeline = $4 RETURNING (SELECT count(*) FROM a)::int4",
-				   4, types);
+				   5, types);
 	/*
 	 * One batch at a time, over all dispatchers: the row lock makes the
 	 * dispatcher that ends the handling wait for a batch under way (else
@@ -234,6 +237,8 @@ mark_batch(const char *account, Datum live)
 	values[1] = live;
 	values[2] = Int32GetDatum(FAILOVER_BATCH);
 	values[3] = Int32GetDatum((int32) checked_timeline);
+	/* what the old primary sent may take Twilio's list a while to show */
+	values[4] = Int32GetDatum(outbox_reconcile_grace_ms);
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "failover marking failed: %s", SPI_result_code_string(rc));
