@@ -7,12 +7,14 @@
 # timeline, and marks for reconciliation every message Twilio may have
 # created without the new primary knowing: those left 'sending', and those
 # still 'queued' here whose claim was lost.  None of them is sent again
-# blindly; messages the standby already knew as sent are left alone, and
-# new messages go out.
+# blindly: the reconciliation looks each up at Twilio and adopts it or
+# sends it, so the stand-in creates every message exactly once; messages
+# the standby already knew as sent are left alone, and new messages go out.
 #
 # Then synchronous replication with failover_window = 0: only what was in
-# flight is marked; the queued messages are sent once each by a dispatcher
-# the replicated pg_cron supervisor job starts on the new primary.
+# flight is marked; the queued messages are sent by a dispatcher the
+# replicated pg_cron supervisor job starts on the new primary; each
+# message is created once.
 use strict;
 use warnings;
 
@@ -175,16 +177,19 @@ for my $to (sort keys %$sent_at_standin)
 		          AND a.transport_error LIKE 'the server was promoted (WAL timeline 2)%')
 		FROM twilio_outbox.messages m WHERE m.to_number = '$to'});
 	my ($state, $rec, $since, $was) = split /\|/, $row;
-	push @unsafe, "$to: $row" unless $state eq 'ambiguous' && $rec eq 't' && $since eq 't' && $was;
+	# marked: ambiguous until the reconciliation (after the grace) decides
+	push @unsafe, "$to: $row"
+	  unless (($state eq 'ambiguous' && $rec eq 't') || $state eq 'sent') && $since eq 't' && $was;
 	$was{$was}++ if $was;
 }
 is_deeply(\@unsafe, [], 'every message of batch 2 the stand-in received waits for reconciliation');
 ok(($was{sending} // 0) > 0, ($was{sending} // 0) . " of them were left 'sending'");
 ok(($was{queued} // 0) > 0, ($was{queued} // 0) . " of them were 'queued', their claim lost");
 is($standby->safe_psql('postgres', q{
-		SELECT count(*) FROM twilio_outbox.messages
-		WHERE to_number LIKE '+1415200%' AND state IN ('queued', 'sending')}), '0',
-	'no message of batch 2 is queued or in flight again (enqueued within the window)');
+		SELECT count(*) FROM twilio_outbox.messages m
+		WHERE m.to_number LIKE '+1415200%' AND NOT EXISTS (SELECT FROM twilio_outbox.attempts a
+			WHERE a.message_id = m.id AND a.transport_error LIKE 'the server was promoted%')}), '0',
+	'every message of batch 2 is marked (all were enqueued within the window)');
 is($standby->safe_psql('postgres', q{
 		SELECT count(*) || '|' || count(*) FILTER (WHERE state = 'sent')
 		       || '|' || count(a.id)
@@ -208,9 +213,21 @@ enqueue($standby, '300', 5, 'after');
 OutboxTest::wait_until($standby,
 	q{SELECT count(*) = 5 FROM twilio_outbox.messages WHERE state = 'sent' AND to_number LIKE '+1415300%'},
 	'messages enqueued on the new primary are sent');
-%$sent_at_standin = %{ requests_by_to('200') };
-is_deeply([ grep { $sent_at_standin->{$_} > 1 } sort keys %$sent_at_standin ], [],
-	'no message of batch 2 reached the stand-in twice');
+# The reconciliation (after twilio_outbox.reconcile_grace) looks each
+# marked message up at Twilio: the ones the old primary sent are adopted,
+# the others sent now.
+OutboxTest::wait_until($standby,
+	q{SELECT count(*) = 20 FROM twilio_outbox.messages WHERE state = 'sent' AND to_number LIKE '+1415200%'},
+	'every message of batch 2 ends sent');
+my $created = $standin->created;
+my @keys = split /\n/, $standby->safe_psql('postgres',
+	q{SELECT idempotency_key FROM twilio_outbox.messages WHERE to_number LIKE '+1415200%' ORDER BY id});
+is_deeply([ grep { ($created->{by_key}{$_} // 0) != 1 } @keys ], [],
+	'the stand-in created each message of batch 2 exactly once: none lost, none twice');
+is($standby->safe_psql('postgres', q{
+		SELECT count(*) FROM twilio_outbox.messages m
+		WHERE m.to_number LIKE '+1415200%' AND m.twilio_sid IS NULL}), '0',
+	'each has its Twilio SID');
 
 # A restart on the same timeline is no promotion.
 $standby->restart;
@@ -242,14 +259,17 @@ OutboxTest::wait_until($standby,
 	q{SELECT count(*) = 2 FROM twilio_outbox.messages WHERE state = 'sent' AND to_number LIKE '+1415600%'},
 	'messages enqueued after the cutoff are sent');
 is($standby->safe_psql('postgres', q{
-		SELECT string_agg(m.state || ':' || a.attempt || ':' || substring(a.transport_error from 'with the message (\w+)'),
+		SELECT string_agg(a.attempt || ':' || substring(a.transport_error from 'with the message (\w+)'),
 			',' ORDER BY m.to_number)
 		FROM twilio_outbox.messages m JOIN twilio_outbox.attempts a ON a.message_id = m.id
-		WHERE m.to_number LIKE '+1415500%'}),
-	'ambiguous:1:sending,ambiguous:1:queued,ambiguous:1:queued',
+		WHERE m.to_number LIKE '+1415500%' AND a.transport_error LIKE 'the server was promoted%'}),
+	'1:sending,1:queued,1:queued',
 	'the messages before the cutoff are marked, each with one lost attempt');
 is($standby->safe_psql('postgres', 'SELECT last_promotion_marked FROM twilio_outbox.failover'),
 	'10', 'the count goes on from where the crash left it');
+OutboxTest::wait_until($standby,
+	q{SELECT count(*) = 3 FROM twilio_outbox.messages WHERE state = 'sent' AND to_number LIKE '+1415500%'},
+	'not found at Twilio, they are sent');
 
 $standby->stop;
 
@@ -294,11 +314,11 @@ ok($standby2->poll_query_until('postgres',
 $standin->steady({ status => 201 });
 OutboxTest::wait_until($standby2,
 	q{SELECT count(*) = 12 FROM twilio_outbox.messages
-	  WHERE to_number LIKE '+1415400%' AND state IN ('sent', 'ambiguous')},
-	'every message of the synchronous case is sent or waits for reconciliation');
+	  WHERE to_number LIKE '+1415400%' AND state = 'sent'},
+	'every message of the synchronous case ends sent');
 my $marked = $standby2->safe_psql('postgres', q{
 	SELECT string_agg(m.to_number, ',' ORDER BY m.to_number) FROM twilio_outbox.messages m
-	WHERE m.state = 'ambiguous' AND EXISTS (SELECT FROM twilio_outbox.attempts a
+	WHERE EXISTS (SELECT FROM twilio_outbox.attempts a
 		WHERE a.message_id = m.id AND a.transport_error LIKE 'the server was promoted%with the message sending%')});
 my @marked = split /,/, $marked;
 ok(@marked > 0, scalar(@marked) . ' messages in flight marked for reconciliation');
@@ -307,9 +327,11 @@ is_deeply([ grep { !$sync_sent->{$_} } @marked ], [],
 is($standby2->safe_psql('postgres', q{
 		SELECT count(*) FROM twilio_outbox.attempts WHERE transport_error LIKE '%with the message queued%'}),
 	'0', 'no queued message is marked');
-my $sync_twice = requests_by_to('400');
-is_deeply([ grep { $sync_twice->{$_} != 1 } sort keys %$sync_twice ], [],
-	'each message of the synchronous case reached the stand-in once');
+$created = $standin->created;
+@keys = split /\n/, $standby2->safe_psql('postgres',
+	q{SELECT idempotency_key FROM twilio_outbox.messages WHERE to_number LIKE '+1415400%' ORDER BY id});
+is_deeply([ grep { ($created->{by_key}{$_} // 0) != 1 } @keys ], [],
+	'the stand-in created each message of the synchronous case exactly once');
 
 $standby2->stop;
 $standin->stop;
