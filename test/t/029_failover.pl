@@ -284,7 +284,10 @@ $primary2->restart;
 $primary2->backup('sync');
 my $standby2 = PostgreSQL::Test::Cluster->new('standby2');
 $standby2->init_from_backup($primary2, 'sync', has_streaming => 1);
-$standby2->append_conf('postgresql.conf', "twilio_outbox.failover_window = 0\n");
+# The copied configuration names synchronous standbys: once promoted,
+# without a standby of its own, every commit would wait for one forever.
+$standby2->append_conf('postgresql.conf',
+	"twilio_outbox.failover_window = 0\nsynchronous_standby_names = ''\n");
 $standby2->start;
 # The supervisor job replicates with cron.job; on the standby it does not run.
 like(OutboxTest::query($primary2, 'SELECT twilio_outbox.schedule_supervisor()'), qr/^\d+$/,
