@@ -33,7 +33,8 @@ OBJS = \
 	src/fallback.o \
 	src/campaign.o \
 	src/quiet.o \
-	src/guards.o
+	src/guards.o \
+	src/failover.o
 
 # Install scripts are built from one file per concern (sql/README.md).
 # The released 0.1 script is committed as released and never rebuilt:
@@ -62,7 +63,7 @@ EXTRA_CLEAN = $(RECEIVER)
 # preloaded (test/postgresql.conf).
 # test/sql and test/expected (pgvector's layout); results go to test/results.
 # Each file makes its own database and fixtures, so any one runs alone.
-REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks reconcile fallback limits priorities campaigns quiet_hours guards upgrade_0_1
+REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks reconcile failover fallback limits priorities campaigns quiet_hours guards upgrade_0_1
 REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles enqueue_lookup recipient_cap

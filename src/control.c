@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -165,6 +166,23 @@ start_worker(FunctionCallInfo fcinfo, bool v0_2)
 		supervisor = PG_GETARG_BOOL(0);
 	}
 	require_shmem();
+
+	/*
+	 * A standby: a dispatcher registered now would wait (and its caller
+	 * with it) until a promotion, and then start behind the operator's
+	 * back.  The supervisor's call (pg_cron does not run jobs on a standby,
+	 * but another scheduler may) does nothing; an operator's is refused.
+	 */
+	if (RecoveryInProgress())
+	{
+		if (supervisor)
+			PG_RETURN_NULL();
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the twilio_outbox dispatcher cannot run during recovery"),
+				 errdetail("This server is a standby, or has not finished recovery; the dispatcher sends only from a primary."),
+				 errhint("Start it on the primary. After a promotion it starts by itself where twilio_outbox.databases names the database or the supervisor's pg_cron job runs; else call this function then.")));
+	}
 	LWLockAcquire(outbox_shmem_lock(), LW_EXCLUSIVE);
 	slot = outbox_slot_find(MyDatabaseId, true);
 	if (slot == NULL)

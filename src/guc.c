@@ -25,6 +25,7 @@ int			outbox_rate_limit_jitter_ms = 1000;
 int			outbox_connect_timeout_ms = 5000;
 int			outbox_request_timeout_ms = 15000;
 int			outbox_lease_s = 300;
+int			outbox_failover_window_s = 300;	/* failover.c */
 char	   *outbox_idempotency_header = NULL;
 bool		outbox_allow_insecure_http = false;
 int			outbox_ambiguous_policy = OUTBOX_AMBIGUOUS_RECONCILE;
@@ -191,6 +192,11 @@ outbox_guc_init(void)
 							"How long a claimed message stays reserved for the dispatcher that claimed it.",
 							"Messages whose lease ran out are taken back as lost attempts. It is never shorter than the request timeout.",
 							&outbox_lease_s, 300, 1, 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("twilio_outbox.failover_window",
+							"After a promotion, how far back a queued message's claim may have been lost with the old primary.",
+							"Queued messages that became due or changed within this window before the promotion are reconciled with Twilio before they are sent again, as are all messages left in flight. 0 trusts synchronous replication: only messages left in flight.",
+							&outbox_failover_window_s, 300, 0, 7 * 24 * 3600,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("twilio_outbox.idempotency_header",
 							   "Name of the HTTP header that carries each message's idempotency key.",

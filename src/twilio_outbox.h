@@ -56,6 +56,7 @@ extern int	outbox_rate_limit_jitter_ms;
 extern int	outbox_connect_timeout_ms;
 extern int	outbox_request_timeout_ms;
 extern int	outbox_lease_s;
+extern int	outbox_failover_window_s;
 extern char *outbox_idempotency_header;
 extern bool outbox_allow_insecure_http;
 extern int	outbox_ambiguous_policy;
@@ -543,6 +544,8 @@ extern bool outbox_call_take(OutboxAccount *a, TimestampTz now, TimestampTz *rea
 extern void outbox_fallback_record(List *done);
 extern void outbox_fallback_timers(TimestampTz now);
 extern TimestampTz outbox_fallback_wake_at(void);
+/* failover.c: a promotion found at the dispatcher's start (issue 11) */
+extern void outbox_failover_check(void);
 
 /* callback.c: webhooks from Twilio (signature check, counters) */
 extern void outbox_callback_init(void);

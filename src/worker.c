@@ -394,6 +394,10 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 		}
 	}
 
+	/* a promotion while it ran (cannot happen today: one comparison) */
+	if (housekeeping)
+		outbox_failover_check();
+
 	PG_TRY();
 	{
 
@@ -611,6 +615,13 @@ outbox_worker_main(Datum arg)
 		}
 		MemoryContextReset(scratch);
 	}
+
+	/*
+	 * A promotion since the outbox last ran: what the old primary may have
+	 * sent without the record reaching this server is marked for
+	 * reconciliation before anything is taken back or claimed (failover.c).
+	 */
+	outbox_failover_check();
 
 	/* Whatever a previous dispatcher left in flight comes back first. */
 	begin_phase("taking back messages left in flight");

@@ -46,7 +46,8 @@ sub node
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	# The secret reaches the server through its environment, never a statement.
 	$ENV{TWILIO_TEST_AUTH_TOKEN} = $AUTH_TOKEN;
-	$node->init(@INITDB);
+	# allows_streaming: a primary that a standby can stream from (029_failover)
+	$node->init(@INITDB, $opt{allows_streaming} ? (allows_streaming => $opt{allows_streaming}) : ());
 	$node->append_conf('postgresql.conf', $BASE_CONF . ($extra_conf // ''));
 	$node->start;
 	$node->safe_psql('postgres',
