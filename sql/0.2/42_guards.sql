@@ -277,13 +277,15 @@ CREATE INDEX messages_created_brin ON twilio_outbox.messages USING brin (created
  *   range: to at least health_anomaly_range_count (default 20) different
  *     numbers of one block of 1,000 (all digits but the last three), the
  *     pattern of SMS pumping.
- * One row per finding, with its figures.
+ * One row per finding, with its figures.  Runs as the owner: the health
+ * view calls it for roles that may not read the messages it counts (the
+ * metrics exporter's).
  */
 CREATE FUNCTION twilio_outbox.anomalies(
 	OUT account text, OUT kind text, OUT subject text, OUT last_5min bigint,
 	OUT norm_5min numeric, OUT threshold numeric)
 RETURNS SETOF record
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 	WITH s AS (

@@ -166,3 +166,5 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.time_zone_known(text), twilio_outbox.tim
 	twilio_outbox.anomalies()
 	TO twilio_outbox_admin, twilio_outbox_monitor;
 GRANT EXECUTE ON FUNCTION twilio_outbox.purge_recipient_counts() TO twilio_outbox_admin;
+/* the health view calls it, and the metrics view reads the health view */
+GRANT EXECUTE ON FUNCTION twilio_outbox.anomalies() TO twilio_outbox_metrics;

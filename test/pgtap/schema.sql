@@ -5,7 +5,8 @@ SELECT plan(47);
 SELECT has_schema('twilio_outbox');
 SELECT tables_are('twilio_outbox', ARRAY['accounts', 'account_credentials', 'senders',
 	'messages', 'attempts', 'dead_letters', 'error_policy', 'suppressed_recipients',
-	'status_events', 'account_roles', 'debugger_events', 'campaigns', 'failover']);
+	'status_events', 'account_roles', 'debugger_events', 'campaigns', 'failover',
+	'number_time_zones', 'recipient_counts']);
 SELECT has_function('public', 'twilio_enqueue', 'twilio_enqueue is in the extension''s schema');
 SELECT is_definer('public', 'twilio_enqueue',
 	ARRAY['text', 'text', 'text', 'text', 'text[]', 'text', 'timestamp with time zone',

@@ -10,6 +10,9 @@ INSERT INTO twilio_outbox.accounts (name, account_sid, is_default)
 INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default) VALUES
 	('main', '+15005550006', 'long_code', true),
 	('other', '+15005550009', 'long_code', true);
+-- Quiet hours are quiet_hours.sql's subject: off here, so that what is due
+-- does not depend on the time of day in the recipients' zone.
+UPDATE twilio_outbox.accounts SET quiet_start = NULL, quiet_end = NULL;
 
 -- First use creates the row (active, unpaced, no window); later uses share it.
 SELECT twilio_enqueue('+14155552671', 'Sale!', campaign => 'black-friday', traffic_class => 'marketing') IS NOT NULL AS queued;
