@@ -38,7 +38,7 @@
 # otherwise (so retry is expected to fail).
 #
 # Parameters (environment, defaults in brackets):
-#   SOAK_POLICY            twilio_outbox.on_ambiguous: retry | hold | reconcile [hold],
+#   SOAK_POLICY            twilio_outbox.on_ambiguous: retry | hold | reconcile [reconcile],
 #                          passed through as it is
 #   SOAK_FAULT_RATE        share of creates that meet a fault [0.1]
 #   SOAK_KILLS             kill points [100]
@@ -59,7 +59,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/bench/lib.sh"
 
-policy=${SOAK_POLICY:-hold}
+policy=${SOAK_POLICY:-reconcile}
 fault_rate=${SOAK_FAULT_RATE:-0.1}
 kills=${SOAK_KILLS:-100}
 messages=${SOAK_MESSAGES:-2000}
