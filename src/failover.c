@@ -57,26 +57,6 @@
 /* The timeline this dispatcher checked last; 0: not yet. */
 static TimeLineID checked_timeline = 0;
 
-static void
-begin_xact(const char *activity)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-static void
-end_xact(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
-
 /*
  * Begin (or join) the handling of a promotion to timeline tl: false when
  * there is none to handle (the timeline recorded is tl, or the outbox
@@ -275,14 +255,14 @@ outbox_failover_check(void)
 		return;
 	checked_timeline = tl;
 
-	begin_xact("checking for a promotion");
+	outbox_begin_phase("checking for a promotion");
 	handle = begin_handling(tl);
-	end_xact();
+	outbox_end_phase();
 	if (!handle)
 		return;
 
 	/* the names outlive the transaction */
-	begin_xact("marking messages for reconciliation after a promotion");
+	outbox_begin_phase("marking messages for reconciliation after a promotion");
 	{
 		List	   *got = account_names();
 		MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -292,7 +272,7 @@ outbox_failover_check(void)
 			names = lappend(names, pstrdup(lfirst(lc)));
 		MemoryContextSwitchTo(old);
 	}
-	end_xact();
+	outbox_end_phase();
 
 	foreach(lc, names)
 	{
@@ -302,16 +282,16 @@ outbox_failover_check(void)
 		do
 		{
 			CHECK_FOR_INTERRUPTS();
-			begin_xact("marking messages for reconciliation after a promotion");
+			outbox_begin_phase("marking messages for reconciliation after a promotion");
 			/* this server's dispatchers that already claim: theirs are not the old primary's */
 			live = outbox_live_dispatchers(false);
 			n = mark_batch(account, live);
-			end_xact();
+			outbox_end_phase();
 		} while (n >= FAILOVER_BATCH);
 	}
 
 	/* End the handling: the first to get here records the new timeline. */
-	begin_xact("recording the new timeline after a promotion");
+	outbox_begin_phase("recording the new timeline after a promotion");
 	{
 		Datum		values[1];
 		Oid			types[1] = {INT4OID};
@@ -339,6 +319,6 @@ outbox_failover_check(void)
 							(int) tl, marked)));
 		}
 	}
-	end_xact();
+	outbox_end_phase();
 	list_free_deep(names);
 }

@@ -544,6 +544,10 @@ extern bool outbox_call_take(OutboxAccount *a, TimestampTz now, TimestampTz *rea
 extern void outbox_fallback_record(List *done);
 extern void outbox_fallback_timers(TimestampTz now);
 extern TimestampTz outbox_fallback_wake_at(void);
+/* worker.c: one transaction of the dispatcher's, with SPI and a snapshot */
+extern void outbox_begin_phase(const char *activity);
+extern void outbox_end_phase(void);
+
 /* failover.c: a promotion found at the dispatcher's start (issue 11) */
 extern void outbox_failover_check(void);
 

@@ -242,8 +242,8 @@ start_claimed(void)
 
 /* ---------- the database phase ---------- */
 
-static void
-begin_phase(const char *activity)
+void
+outbox_begin_phase(const char *activity)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -253,8 +253,8 @@ begin_phase(const char *activity)
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
-static void
-end_phase(void)
+void
+outbox_end_phase(void)
 {
 	SPI_finish();
 	PopActiveSnapshot();
@@ -401,7 +401,7 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 	PG_TRY();
 	{
 
-		begin_phase(claim ? "claiming" : "recording");
+		outbox_begin_phase(claim ? "claiming" : "recording");
 		exit_if_dropped();
 		if (self->done != NIL)
 		{
@@ -458,7 +458,7 @@ database_phase(bool claim, int capacity, int lookup_capacity)
 		}
 		/* sends first: lookups take what is left */
 		outbox_lookup_phase(now, refresh, lookup_capacity - list_length(claimed), claimed);
-		end_phase();
+		outbox_end_phase();
 
 		MemoryContextSwitchTo(outbox_worker_cxt);
 		release_done();
@@ -624,7 +624,7 @@ outbox_worker_main(Datum arg)
 	outbox_failover_check();
 
 	/* Whatever a previous dispatcher left in flight comes back first. */
-	begin_phase("taking back messages left in flight");
+	outbox_begin_phase("taking back messages left in flight");
 	exit_if_dropped();
 	outbox_rescue(true);
 	if (outbox_dispatcher_count > 1)
@@ -636,7 +636,7 @@ outbox_worker_main(Datum arg)
 		ereport(LOG,
 				(errmsg("twilio_outbox dispatcher started in database \"%s\"",
 						get_database_name(MyDatabaseId))));
-	end_phase();
+	outbox_end_phase();
 
 	for (;;)
 	{
