@@ -379,7 +379,7 @@ COMMENT ON VIEW twilio_outbox.campaigns_overview IS 'Per campaign: state, pace, 
 /* Privileges: the operator functions for the admin role, the table and view for monitoring too. */
 REVOKE ALL ON FUNCTION twilio_outbox.priority_name(integer),
 	twilio_outbox.campaign_row(text, text),
-	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz),
+	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz, time, time),
 	twilio_outbox.pause_campaign(text, text), twilio_outbox.resume_campaign(text, text),
 	twilio_outbox.cancel_campaign(text, text),
 	twilio_outbox.set_campaign_pace(text, numeric, numeric, text)
@@ -387,7 +387,7 @@ REVOKE ALL ON FUNCTION twilio_outbox.priority_name(integer),
 REVOKE ALL ON twilio_outbox.campaigns, twilio_outbox.campaigns_overview FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION twilio_outbox.priority_name(integer) TO twilio_outbox_monitor, twilio_outbox_admin;
 GRANT EXECUTE ON FUNCTION twilio_outbox.campaign_row(text, text),
-	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz),
+	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz, time, time),
 	twilio_outbox.pause_campaign(text, text), twilio_outbox.resume_campaign(text, text),
 	twilio_outbox.cancel_campaign(text, text),
 	twilio_outbox.set_campaign_pace(text, numeric, numeric, text)
