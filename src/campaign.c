@@ -63,7 +63,8 @@ read_campaign(const char *account, const char *name, OutboxCampaignRow *row)
 	char	   *state;
 
 	outbox_prepare(&plan,
-				   "SELECT c.state, c.not_before, c.not_after FROM twilio_outbox.campaigns c"
+				   "SELECT c.state, c.not_before, c.not_after, c.quiet_start, c.quiet_end"
+				   " FROM twilio_outbox.campaigns c"
 				   " WHERE c.account OPERATOR(pg_catalog.=) $1 AND c.name OPERATOR(pg_catalog.=) $2"
 				   " FOR SHARE",
 				   2, types);
@@ -82,6 +83,12 @@ read_campaign(const char *account, const char *name, OutboxCampaignRow *row)
 	row->not_before = isnull ? 0 : DatumGetTimestampTz(d);
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	row->not_after = isnull ? 0 : DatumGetTimestampTz(d);
+	/* both or neither (campaigns_quiet_hours_both_or_neither) */
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	row->quiet = !isnull;
+	row->quiet_start = isnull ? 0 : DatumGetTimeADT(d);
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	row->quiet_end = isnull ? 0 : DatumGetTimeADT(d);
 	return true;
 }
 

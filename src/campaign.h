@@ -10,6 +10,7 @@
 #define TWILIO_OUTBOX_CAMPAIGN_H
 
 #include "datatype/timestamp.h"
+#include "utils/date.h"
 
 /* The most characters a campaign name has (campaigns_name_valid). */
 #define OUTBOX_MAX_CAMPAIGN_CHARS	64
@@ -21,6 +22,9 @@ typedef struct OutboxCampaignRow
 	bool		canceled;
 	TimestampTz not_before;		/* 0: none */
 	TimestampTz not_after;		/* 0: none */
+	bool		quiet;			/* its own quiet hours (else the account's) */
+	TimeADT		quiet_start;
+	TimeADT		quiet_end;
 } OutboxCampaignRow;
 
 /* enqueue side: SPI connected, under the pinned search path */

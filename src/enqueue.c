@@ -852,6 +852,9 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	char	   *content_sid = text_arg(fcinfo, ARG_CONTENT_SID, "content_sid");
 	char	   *time_zone = PG_NARGS() > ARG_TIME_ZONE ? text_arg(fcinfo, ARG_TIME_ZONE, "time_zone") : NULL;
 	char	   *quiet_zone = NULL;
+	bool		quiet;
+	TimeADT		quiet_start;
+	TimeADT		quiet_end;
 	bool		has_vars = !PG_ARGISNULL(ARG_CONTENT_VARS);
 	bool		has_params = !PG_ARGISNULL(ARG_PARAMS);
 	bool		has_schedule = false;
@@ -1106,9 +1109,22 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 	 * account has no window, so that one set later holds it too.  It
 	 * expires as any other if the window outlasts it.
 	 */
+	if (campaign && campaign_row.quiet)
+	{
+		/* the campaign's own window replaces the account's */
+		quiet = true;
+		quiet_start = campaign_row.quiet_start;
+		quiet_end = campaign_row.quiet_end;
+	}
+	else
+	{
+		quiet = sender.quiet;
+		quiet_start = sender.quiet_start;
+		quiet_end = sender.quiet_end;
+	}
 	if (sender.has_policy &&
 		((traffic_class && strcmp(traffic_class, "marketing") == 0) ||
-		 (sender.quiet && sender.quiet_transactional)))
+		 (quiet && sender.quiet_transactional)))
 	{
 		quiet_zone = time_zone ? time_zone : outbox_zone_for_number(to, snap);
 		if (quiet_zone == NULL)
@@ -1117,10 +1133,10 @@ twilio_enqueue(PG_FUNCTION_ARGS)
 		quiet_zone = outbox_zone_canonical(quiet_zone);
 		if (quiet_zone == NULL)
 			quiet_zone = "UTC";
-		if (sender.quiet && !TIMESTAMP_NOT_FINITE(next_at))
+		if (quiet && !TIMESTAMP_NOT_FINITE(next_at))
 		{
-			TimestampTz until = outbox_quiet_until(quiet_zone, sender.quiet_start,
-												   sender.quiet_end, next_at);
+			TimestampTz until = outbox_quiet_until(quiet_zone, quiet_start,
+												   quiet_end, next_at);
 
 			if (until != 0)
 				next_at = until;

@@ -600,12 +600,18 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			 */
 			"  m.campaign, (SELECT k.state || ' ' || coalesce(k.pace::float8, 'NaN') || ' ' || k.burst::float8"
 			"   FROM twilio_outbox.campaigns k WHERE k.account = m.account AND k.name = m.campaign),"
-			/* quiet hours (quiet.c): the recipient's zone, the account's window */
+			/*
+			 * quiet hours (quiet.c): the recipient's zone, the window: its
+			 * campaign's when it has one (both or neither are set), else
+			 * the account's
+			 */
 			"  m.quiet_zone,"
-			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT a.quiet_start"
-			"   FROM twilio_outbox.accounts a WHERE a.name = m.account) END,"
-			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT a.quiet_end"
-			"   FROM twilio_outbox.accounts a WHERE a.name = m.account) END",
+			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT coalesce(k.quiet_start, a.quiet_start)"
+			"   FROM twilio_outbox.accounts a LEFT JOIN twilio_outbox.campaigns k"
+			"   ON k.account = a.name AND k.name = m.campaign WHERE a.name = m.account) END,"
+			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT coalesce(k.quiet_end, a.quiet_end)"
+			"   FROM twilio_outbox.accounts a LEFT JOIN twilio_outbox.campaigns k"
+			"   ON k.account = a.name AND k.name = m.campaign WHERE a.name = m.account) END",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)

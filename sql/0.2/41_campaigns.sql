@@ -75,8 +75,20 @@ CREATE TABLE twilio_outbox.campaigns (
 		CONSTRAINT campaigns_state_known CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['active', 'paused', 'canceled'])),
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	/*
+	 * The campaign's own quiet hours (local time of the recipient, as the
+	 * account's in 42_guards.sql); both NULL: the account's apply.
+	 */
+	quiet_start	time,
+	quiet_end	time,
 	PRIMARY KEY (account, name),
-	CONSTRAINT campaigns_window_order CHECK (not_before OPERATOR(pg_catalog.<) not_after)
+	CONSTRAINT campaigns_window_order CHECK (not_before OPERATOR(pg_catalog.<) not_after),
+	CONSTRAINT campaigns_quiet_hours_both_or_neither
+		CHECK ((quiet_start IS NULL) OPERATOR(pg_catalog.=) (quiet_end IS NULL)
+			   AND (quiet_start IS NULL
+					OR (quiet_start OPERATOR(pg_catalog.<>) quiet_end
+						AND quiet_start OPERATOR(pg_catalog.<) '24:00'
+						AND quiet_end OPERATOR(pg_catalog.<) '24:00')))
 );
 COMMENT ON TABLE twilio_outbox.campaigns IS 'Campaigns by account: pace (messages/s over all its senders, NULL unpaced), burst, window (not_before, not_after) and state (active, paused, canceled); created on first use or by create_campaign()';
 
@@ -125,7 +137,8 @@ COMMENT ON FUNCTION twilio_outbox.campaign_row(text, text) IS 'The campaign row 
 
 CREATE FUNCTION twilio_outbox.create_campaign(campaign text, account text DEFAULT NULL,
 	pace numeric DEFAULT NULL, burst numeric DEFAULT NULL,
-	not_before timestamptz DEFAULT NULL, not_after timestamptz DEFAULT NULL)
+	not_before timestamptz DEFAULT NULL, not_after timestamptz DEFAULT NULL,
+	quiet_start time DEFAULT NULL, quiet_end time DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -155,6 +168,13 @@ BEGIN
 	IF not_before IS NOT NULL AND not_after IS NOT NULL AND not_before OPERATOR(pg_catalog.>=) not_after THEN
 		RAISE EXCEPTION 'not_before must be earlier than not_after' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF (quiet_start IS NULL) OPERATOR(pg_catalog.<>) (quiet_end IS NULL)
+	   OR quiet_start OPERATOR(pg_catalog.=) quiet_end
+	   OR quiet_start OPERATOR(pg_catalog.>=) '24:00' OR quiet_end OPERATOR(pg_catalog.>=) '24:00' THEN
+		RAISE EXCEPTION 'invalid quiet hours'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give quiet_start and quiet_end both (two different times of day before 24:00), or neither for the account''s.';
+	END IF;
 	IF not_after IS NOT NULL AND not_after OPERATOR(pg_catalog.<=) pg_catalog.now() THEN
 		RAISE EXCEPTION 'not_after is already past' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -167,8 +187,9 @@ BEGIN
 		RAISE EXCEPTION 'account "%" does not exist', twilio_outbox.clip_input(coalesce(account, '(default)'))
 			USING ERRCODE = 'undefined_object';
 	END IF;
-	INSERT INTO twilio_outbox.campaigns AS c (account, name, pace, burst, not_before, not_after)
-	VALUES (acct, campaign, pace, coalesce(burst, 1), not_before, not_after)
+	INSERT INTO twilio_outbox.campaigns AS c (account, name, pace, burst, not_before, not_after,
+		quiet_start, quiet_end)
+	VALUES (acct, campaign, pace, coalesce(burst, 1), not_before, not_after, quiet_start, quiet_end)
 	ON CONFLICT ON CONSTRAINT campaigns_pkey DO NOTHING;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'campaign "%" of account "%" already exists',
@@ -178,7 +199,9 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz) IS 'Create a campaign with its pace, burst and window before its first message (42710 if it exists)';
+COMMENT ON FUNCTION twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz, time, time) IS 'Create a campaign with its pace, burst, window and quiet hours (NULL: the account''s) before its first message (42710 if it exists)';
+COMMENT ON COLUMN twilio_outbox.campaigns.quiet_start IS 'start of the campaign''s quiet hours, recipient''s local time (NULL with quiet_end: the account''s apply)';
+COMMENT ON COLUMN twilio_outbox.campaigns.quiet_end IS 'end of the campaign''s quiet hours; may be earlier than quiet_start (the window wraps past midnight)';
 
 /* Pause: its queued messages wait (due at infinity) until resumed; in-flight ones finish. */
 CREATE FUNCTION twilio_outbox.pause_campaign(campaign text, account text DEFAULT NULL)
@@ -356,7 +379,7 @@ COMMENT ON VIEW twilio_outbox.campaigns_overview IS 'Per campaign: state, pace, 
 /* Privileges: the operator functions for the admin role, the table and view for monitoring too. */
 REVOKE ALL ON FUNCTION twilio_outbox.priority_name(integer),
 	twilio_outbox.campaign_row(text, text),
-	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz),
+	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz, time, time),
 	twilio_outbox.pause_campaign(text, text), twilio_outbox.resume_campaign(text, text),
 	twilio_outbox.cancel_campaign(text, text),
 	twilio_outbox.set_campaign_pace(text, numeric, numeric, text)
@@ -364,7 +387,7 @@ REVOKE ALL ON FUNCTION twilio_outbox.priority_name(integer),
 REVOKE ALL ON twilio_outbox.campaigns, twilio_outbox.campaigns_overview FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION twilio_outbox.priority_name(integer) TO twilio_outbox_monitor, twilio_outbox_admin;
 GRANT EXECUTE ON FUNCTION twilio_outbox.campaign_row(text, text),
-	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz),
+	twilio_outbox.create_campaign(text, text, numeric, numeric, timestamptz, timestamptz, time, time),
 	twilio_outbox.pause_campaign(text, text), twilio_outbox.resume_campaign(text, text),
 	twilio_outbox.cancel_campaign(text, text),
 	twilio_outbox.set_campaign_pace(text, numeric, numeric, text)

@@ -161,3 +161,32 @@ SELECT twilio_enqueue('+12125550150', 'too late', traffic_class => 'marketing',
 	send_after => local_at('America/New_York', '23:00'),
 	expires_at => local_at('America/New_York', '23:30')) AS expiring \gset
 SELECT next_attempt_at > expires_at AS waits_past_expiry, state FROM twilio_outbox.messages WHERE id = :expiring;
+
+-- A campaign's own quiet hours replace the account's (21:00-08:00 here);
+-- both ends or neither, as the account's.
+SELECT try($$SELECT twilio_outbox.create_campaign('half', quiet_start => '13:00')$$);
+SELECT try($$SELECT twilio_outbox.create_campaign('same', quiet_start => '13:00', quiet_end => '13:00')$$);
+SELECT try($$SELECT twilio_outbox.create_campaign('late', quiet_start => '13:00', quiet_end => '24:00')$$);
+SELECT twilio_outbox.create_campaign('lunch', quiet_start => '13:00', quiet_end => '14:00');
+SELECT twilio_outbox.create_campaign('plain');
+SELECT name, quiet_start, quiet_end FROM twilio_outbox.campaigns ORDER BY name;
+SELECT try($$UPDATE twilio_outbox.campaigns SET quiet_end = NULL WHERE name = 'lunch'$$);
+-- 'lunch' at 23:00 New York time is not held (its window is 13:00-14:00),
+-- at 13:30 it waits to 14:00; 'plain' at 23:00 waits to the morning.
+SELECT twilio_enqueue('+12125550160', 'c night', traffic_class => 'marketing', campaign => 'lunch',
+	send_after => local_at('America/New_York', '23:00')) AS c_night \gset
+SELECT twilio_enqueue('+12125550161', 'c noon', traffic_class => 'marketing', campaign => 'lunch',
+	send_after => local_at('America/New_York', '13:30')) AS c_noon \gset
+SELECT twilio_enqueue('+12125550162', 'p night', traffic_class => 'marketing', campaign => 'plain',
+	send_after => local_at('America/New_York', '23:00')) AS p_night \gset
+SELECT body, campaign, quiet_zone, next_attempt_at = send_after AS not_moved,
+	next_attempt_at = local_at('America/New_York', '14:00') AS after_lunch,
+	next_attempt_at = local_at('America/New_York', '08:00', 3) AS next_morning
+FROM twilio_outbox.messages WHERE id IN (:c_night, :c_noon, :p_night) ORDER BY id;
+-- The campaign's window holds even where the account has none.
+UPDATE twilio_outbox.accounts SET quiet_start = NULL, quiet_end = NULL;
+SELECT twilio_enqueue('+12125550163', 'c noon 2', traffic_class => 'marketing', campaign => 'lunch',
+	send_after => local_at('America/New_York', '13:30')) AS c_noon2 \gset
+SELECT body, next_attempt_at = local_at('America/New_York', '14:00') AS after_lunch
+FROM twilio_outbox.messages WHERE id = :c_noon2;
+UPDATE twilio_outbox.accounts SET quiet_start = '21:00', quiet_end = '08:00';

@@ -101,11 +101,47 @@ is(OutboxTest::query($node, qq{
 	'expired|0', 'as expired, never attempted');
 is(scalar @{ $standin->requests(to => '+61255500005') }, 0, 'and never sent');
 
+# --- a campaign's own window replaces the account's, at claim too ---------
+# The account has none; the campaign's is set around now after the enqueue:
+# the claim reads the campaign's window and puts the message back.
+OutboxTest::query($node, q{
+	UPDATE twilio_outbox.accounts SET quiet_start = NULL, quiet_end = NULL;
+	SELECT twilio_outbox.create_campaign('night');});
+my $camp = OutboxTest::query($node, q{
+	SELECT twilio_enqueue('+61255500006', 'Sale!', traffic_class => 'marketing',
+		campaign => 'night', send_after => now() + interval '3 seconds')});
+OutboxTest::query($node, q{
+	UPDATE twilio_outbox.campaigns SET
+		quiet_start = ((now() AT TIME ZONE 'UTC') - interval '1 hour')::time,
+		quiet_end = ((now() AT TIME ZONE 'UTC') + interval '1 hour')::time
+	WHERE name = 'night'});
+OutboxTest::wait_until($node, qq{
+	SELECT next_attempt_at > now() + interval '50 minutes'
+	FROM twilio_outbox.messages WHERE id = $camp},
+	'claimed in its campaign\'s quiet hours: put back until they end');
+is(OutboxTest::query($node, qq{
+		SELECT state, attempts FROM twilio_outbox.messages WHERE id = $camp}),
+	'queued|0', 'put back queued, no attempt');
+is(scalar @{ $standin->requests(to => '+61255500006') }, 0, 'and nothing sent');
+# The account's window around now, the campaign's two hours away: the
+# campaign's applies at enqueue and at claim, so the message goes.
+window_around_now('1 hour', '1 hour');
+OutboxTest::query($node, q{
+	SELECT twilio_outbox.create_campaign('day',
+		quiet_start => ((now() AT TIME ZONE 'UTC') + interval '2 hours')::time,
+		quiet_end => ((now() AT TIME ZONE 'UTC') + interval '3 hours')::time)});
+my $day = OutboxTest::query($node, q{
+	SELECT twilio_enqueue('+61255500007', 'Sale!', traffic_class => 'marketing',
+		campaign => 'day')});
+OutboxTest::wait_until($node,
+	"SELECT state = 'sent' FROM twilio_outbox.messages WHERE id = $day",
+	'a campaign whose own window is elsewhere is sent in the account\'s quiet hours');
+
 # The waiting ones still wait.
 is(OutboxTest::query($node, qq{
 		SELECT string_agg(state::text, ',' ORDER BY id) FROM twilio_outbox.messages
-		WHERE id IN ($mkt, $late)}),
-	'queued,queued', 'the others still wait for the end of the window');
+		WHERE id IN ($mkt, $late, $camp)}),
+	'queued,queued,queued', 'the others still wait for the end of the window');
 
 $node->stop;
 done_testing();
