@@ -148,7 +148,7 @@ for _ in $(seq 120); do
 			coalesce((SELECT '| paused: ' || pause_reason FROM twilio_outbox.accounts
 				WHERE paused_until > now()), '')
 		FROM twilio_outbox.backlog"
-	waiting=$(psql_demo -At -c "SELECT count(*) FROM twilio_outbox.messages WHERE state IN ('queued', 'sending')")
+	waiting=$(psql_demo -At -c "SELECT count(*) FROM twilio_outbox.messages WHERE state IN ('queued', 'sending') OR (state = 'ambiguous' AND reconcile_at IS NOT NULL)")
 	[ "$waiting" = 0 ] && break
 	sleep 0.5
 done
@@ -157,7 +157,7 @@ if [ $real = no ]; then
 	echo "== Twilio's status callbacks through the receiver, until every sent message has its final status"
 	for _ in $(seq 60); do
 		# a fallback step comes after its SMS's callback: queued, then sent, then its own
-		settled=$(psql_demo -At -c "SELECT count(*) = 0 FROM twilio_outbox.messages WHERE state IN ('queued', 'sending', 'sent')")
+		settled=$(psql_demo -At -c "SELECT count(*) = 0 FROM twilio_outbox.messages WHERE state IN ('queued', 'sending', 'sent') OR (state = 'ambiguous' AND reconcile_at IS NOT NULL)")
 		queued=$(curl -sf "$base_url/_callbacks" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queued"])')
 		[ "$settled" = t ] && [ "$queued" = 0 ] && break
 		sleep 0.25
@@ -223,7 +223,7 @@ fi
 read -r total sent dead waiting delivered undelivered opted_out < <(psql_demo -At -F ' ' -c "
 	SELECT count(*), count(*) FILTER (WHERE state IN ('sent', 'delivered', 'undelivered', 'failed')),
 		count(*) FILTER (WHERE state = 'dead'),
-		count(*) FILTER (WHERE state IN ('queued', 'sending')),
+		count(*) FILTER (WHERE state IN ('queued', 'sending') OR (state = 'ambiguous' AND reconcile_at IS NOT NULL)),
 		count(*) FILTER (WHERE state = 'delivered'),
 		count(*) FILTER (WHERE state = 'undelivered'),
 		(SELECT count(*) FROM twilio_outbox.suppressed_recipients WHERE to_number = '+14155550400')

@@ -257,9 +257,14 @@ BEGIN
 	WHERE x.twilio_sid OPERATOR(pg_catalog.=) sid AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
 	ORDER BY x.id LIMIT 1
 	FOR UPDATE;
-	/* never a SID another message holds (reconciliation: never adopt one twice) */
+	/*
+	 * Never a SID another message holds (reconciliation: never adopt one
+	 * twice).  The message itself may hold it by now: its record committed
+	 * after the lookup above (each statement reads a new snapshot).
+	 */
 	IF NOT FOUND AND outbox_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM twilio_outbox.messages o
-			WHERE o.twilio_sid OPERATOR(pg_catalog.=) sid) THEN
+			WHERE o.twilio_sid OPERATOR(pg_catalog.=) sid
+			  AND o.id OPERATOR(pg_catalog.<>) outbox_id) THEN
 		SELECT * INTO m FROM twilio_outbox.messages x
 		WHERE x.id OPERATOR(pg_catalog.=) outbox_id AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
 		FOR UPDATE;
