@@ -136,7 +136,7 @@ SELECT c.prefix, c.zone, 'country' FROM (VALUES
 	('356', 'Europe/Malta'), ('357', 'Asia/Nicosia'), ('358', 'Europe/Helsinki'),
 	('359', 'Europe/Sofia'), ('370', 'Europe/Vilnius'), ('371', 'Europe/Riga'),
 	('372', 'Europe/Tallinn'), ('373', 'Europe/Chisinau'), ('374', 'Asia/Yerevan'),
-	('375', 'Europe/Minsk'), ('380', 'Europe/Kiev'), ('381', 'Europe/Belgrade'),
+	('375', 'Europe/Minsk'), ('380', 'Europe/Kyiv'), ('381', 'Europe/Belgrade'),
 	('385', 'Europe/Zagreb'), ('386', 'Europe/Ljubljana'),
 	('51', 'America/Lima'), ('53', 'America/Havana'),
 	('54', 'America/Argentina/Buenos_Aires'), ('57', 'America/Bogota'),
@@ -154,7 +154,9 @@ SELECT c.prefix, c.zone, 'country' FROM (VALUES
 	('968', 'Asia/Muscat'), ('971', 'Asia/Dubai'), ('972', 'Asia/Jerusalem'),
 	('973', 'Asia/Bahrain'), ('974', 'Asia/Qatar'), ('977', 'Asia/Kathmandu'),
 	('98', 'Asia/Tehran'), ('994', 'Asia/Baku'), ('995', 'Asia/Tbilisi')
-) AS c(prefix, zone);
+) AS c(prefix, zone)
+/* a zone this server's time zone database lacks is left out, never a failed install */
+WHERE twilio_outbox.time_zone_known(c.zone);
 
 /*
  * North American Numbering Plan (+1): the area code's predominant zone,
@@ -202,7 +204,8 @@ FROM (VALUES
 	('America/St_Lucia', '758'), ('America/Dominica', '767'), ('America/St_Vincent', '784'),
 	('America/Port_of_Spain', '868'), ('America/St_Kitts', '869')
 ) AS z(zone, codes)
-CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.string_to_array(z.codes, ' ')) AS a;
+CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.string_to_array(z.codes, ' ')) AS a
+WHERE twilio_outbox.time_zone_known(z.zone);
 
 /*
  * Messages enqueued per recipient per clock hour (UTC), kept only for
