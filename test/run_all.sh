@@ -11,6 +11,20 @@ set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/test/setup.sh"
 
+# The whole run holds /tmp/twilio_outbox_test.lock, like test/run_some.sh:
+# two checkouts on one machine must never install over a library the other
+# is testing.  A caller that holds it already (test/versions.sh) says so
+# with TWILIO_OUTBOX_TEST_LOCK_HELD=1 (flock on a second open of the file
+# would wait for itself).
+if [ "${TWILIO_OUTBOX_TEST_LOCK_HELD:-0}" != 1 ]; then
+	exec 8>/tmp/twilio_outbox_test.lock
+	if ! flock -n 8; then
+		echo "== waiting for /tmp/twilio_outbox_test.lock (another test run on this machine)"
+		flock 8
+	fi
+	export TWILIO_OUTBOX_TEST_LOCK_HELD=1
+fi
+
 need_packages || exit 1
 build_and_install "$top" || { echo "0 passed, 1 failed"; exit 1; }
 # Prism and Twilio's spec for the contract test (a failure there shows as
