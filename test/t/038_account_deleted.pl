@@ -30,8 +30,8 @@ run(qq{
 		VALUES ('gone', '$OutboxTest::ACCOUNT_SID', '$base');
 	INSERT INTO twilio_outbox.account_credentials (account, secret_env)
 		VALUES ('gone', 'TWILIO_TEST_AUTH_TOKEN');
-	INSERT INTO twilio_outbox.senders (account, from_number, kind, rate)
-		VALUES ('gone', '+15005550007', 'long_code', 'Infinity');
+	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default, rate)
+		VALUES ('gone', '+15005550007', 'long_code', true, 'Infinity');
 });
 my $queued = run(q{SELECT twilio_enqueue('+14155550801', 'queued, then its account deleted', account => 'gone')});
 
