@@ -134,7 +134,7 @@ for kind in insert insert_fk enqueue enqueue_nofk; do
 		# what the foreign key costs the enqueue (put back below); since
 		# 48_enqueue_cost.sql the table has none: the same as enqueue then
 		had_fk=$(psql_b -c "SELECT count(*) FROM pg_constraint WHERE conname = 'messages_account_fkey'")
-		psql_b -c "ALTER TABLE twilio_outbox.messages DROP CONSTRAINT IF EXISTS messages_account_fkey" >/dev/null
+		psql_b -c "SET client_min_messages = warning; ALTER TABLE twilio_outbox.messages DROP CONSTRAINT IF EXISTS messages_account_fkey" >/dev/null
 	fi
 	before=$(ls "$BENCH_DIR"/cg.* 2>/dev/null | sort)
 	as_pg pgbench -h "$BENCH_DIR" -U postgres -n -M prepared -c 1 -t $((w + n)) --random-seed="$run" \
