@@ -12,8 +12,7 @@
  *  - a message whose account was deleted since (concurrently, or later
  *    while it waited) is never sent: the dispatcher dead-letters it as
  *    account_missing (the claim checks the account; the orphan sweep finds
- *    those no claim names), and requeue() takes it back once the account
- *    exists again;
+ *    those no claim names), visible in dead_letters;
  *  - rows written around the API with any account name meet the same end.
  * What changes: an account whose messages remain (finished ones, or live
  * ones, which are then dead-lettered) can be deleted once its senders are
