@@ -92,11 +92,16 @@ FROM twilio_outbox.lookups WHERE account = 'c_acct';
 RESET ROLE;
 UPDATE twilio_outbox.accounts SET poll_after = NULL WHERE name = 'c_acct';
 
--- A message needs its account to exist ...
+-- No foreign key from messages to accounts (48_enqueue_cost.sql): a row
+-- written around twilio_enqueue() may name any account (the dispatcher
+-- dead-letters it as account_missing; TAP 038); twilio_enqueue() refuses
+-- an unknown account (regress enqueue) ...
 SELECT try($$INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
 	VALUES ('no_such_account', 1, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now())$$);
--- ... a plain rename of an account in use is refused (keys do not cascade:
--- a sharding extension could not cascade its distribution column) ...
+DELETE FROM twilio_outbox.messages WHERE account = 'no_such_account';
+-- ... a plain rename of an account in use is refused, for its senders'
+-- key (keys do not cascade: a sharding extension could not cascade its
+-- distribution column) ...
 INSERT INTO twilio_outbox.messages (account, sender_id, to_number, encoding, segments, idempotency_key, next_attempt_at)
 SELECT 'c_acct', s.id, '+14155559901', 'GSM-7', 1, gen_random_uuid(), now()
 FROM twilio_outbox.senders s WHERE s.from_number = '+15005550100';
@@ -109,7 +114,7 @@ SELECT name FROM twilio_outbox.accounts WHERE name IN ('c_acct', 'c_renamed');
 SELECT m.account, m.state, s.account AS sender_account
 FROM twilio_outbox.messages m JOIN twilio_outbox.senders s ON s.id = m.sender_id
 WHERE m.to_number = '+14155559901';
--- An account still in use (senders, messages) cannot be deleted.
+-- An account that still has senders cannot be deleted.
 SELECT try($$DELETE FROM twilio_outbox.accounts WHERE name = 'c_renamed'$$);
 -- A sender that waiting messages name: delete_sender() refuses; a plain
 -- DELETE is allowed (the dispatcher dead-letters them as sender_missing).

@@ -2,7 +2,8 @@
 -- keys refuse: live messages of a deleted account are dead-lettered
 -- (account_missing), senders' NaN and out-of-range rates and bursts are
 -- brought into range, and a constraint existing rows break is kept for new
--- rows only, with a warning saying how to validate it.
+-- rows only, with a warning saying how to validate it.  messages gets no
+-- key to accounts (48_enqueue_cost.sql): a finished orphan stays.
 SET client_min_messages = warning;
 DROP DATABASE IF EXISTS outbox_upgrade;
 CREATE DATABASE outbox_upgrade;
@@ -30,20 +31,19 @@ SELECT id = :queued_orphan AS queued_orphan, state, last_error_message FROM twil
 SELECT message_id = :queued_orphan AS queued_orphan, account, reason, error_message FROM twilio_outbox.dead_letters;
 SELECT from_number, rate, burst FROM twilio_outbox.senders ORDER BY from_number;
 SELECT conname, convalidated FROM pg_constraint
-WHERE conname IN ('accounts_base_url_form', 'accounts_base_url_http_only_to_loopback', 'messages_account_fkey',
+WHERE conname IN ('accounts_base_url_form', 'accounts_base_url_http_only_to_loopback',
 	'senders_rate_range', 'senders_burst_range')
 ORDER BY conname;
+-- messages has no foreign key (48_enqueue_cost.sql): the finished orphan stays as it is
+SELECT count(*) AS message_keys FROM pg_constraint
+WHERE conrelid = 'twilio_outbox.messages'::regclass AND contype = 'f';
 -- New rows are checked all the same.
 \set VERBOSITY terse
 UPDATE twilio_outbox.accounts SET base_url = 'http://api.twilio.com' WHERE name = 'main';
 \set VERBOSITY default
--- Once the rows are fixed (the orphans, dead-lettered or finished, purged),
--- the hint's statement validates.
+-- Once the rows are fixed, the hint's statement validates.
 UPDATE twilio_outbox.accounts SET base_url = 'http://127.0.0.1:8080' WHERE name = 'odd';
-DELETE FROM twilio_outbox.dead_letters WHERE account = 'gone';
-DELETE FROM twilio_outbox.messages WHERE account = 'gone';
 ALTER TABLE twilio_outbox.accounts VALIDATE CONSTRAINT accounts_base_url_http_only_to_loopback;
-ALTER TABLE twilio_outbox.messages VALIDATE CONSTRAINT messages_account_fkey;
 SELECT conname, convalidated FROM pg_constraint
-WHERE conname IN ('accounts_base_url_http_only_to_loopback', 'messages_account_fkey') ORDER BY conname;
+WHERE conname IN ('accounts_base_url_http_only_to_loopback') ORDER BY conname;
 
