@@ -1150,7 +1150,8 @@ suppress_recipient(OutboxMessage *m)
 
 /*
  * Record finished attempts: the message rows (guarded by state sending and
- * the attempt number), one attempt row each, dead letters, then account
+ * the attempt number), one attempt row each (but a first attempt kept on
+ * its message, FIRST_KEPT), dead letters, then account
  * pauses and suppressions.  An outcome whose message changed meanwhile is
  * kept as an attempt row only.
  */
