@@ -63,7 +63,7 @@ EXTRA_CLEAN = $(RECEIVER)
 # preloaded (test/postgresql.conf).
 # test/sql and test/expected (pgvector's layout); results go to test/results.
 # Each file makes its own database and fixtures, so any one runs alone.
-REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks reconcile failover fallback limits priorities campaigns quiet_hours guards upgrade_0_1
+REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks reconcile failover fallback limits priorities campaigns quiet_hours guards upgrade_0_1 row_versions
 REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
 ISOLATION = dedupe account_roles enqueue_lookup recipient_cap

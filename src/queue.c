@@ -1131,8 +1131,27 @@ suppress_recipient(OutboxMessage *m)
 	"  concurrent, req_duration, tmessage)"
 
 /*
+ * An attempt all of whose fields but its timings and Twilio-* headers are
+ * implied: the message's first, which sent it (outcome sent, its SID, no
+ * code, error, Retry-After or delay, not ambiguous), on a message that has
+ * kept none yet.  The record's update writes it onto the message row
+ * (first_* columns, 47_row_versions.sql) instead of an attempt row: one
+ * heap tuple and its index entries fewer per message sent at once.
+ * FIRST_KEPT_NEW says the same in RETURNING, where m is the new row.
+ */
+#define FIRST_KEPT_IF(cond) \
+	"r.attempt = 1 AND r.outcome = 'sent' AND r.ambiguous = 0" \
+	" AND r.sid IS NOT NULL AND r.code IS NULL AND r.tmessage IS NULL" \
+	" AND r.terror IS NULL AND r.retry_after IS NULL AND r.delay_ms IS NULL" \
+	" AND r.started_at IS NOT NULL AND " cond
+#define FIRST_KEPT FIRST_KEPT_IF("m.first_started_at IS NULL")
+#define FIRST_KEPT_NEW FIRST_KEPT_IF("m.first_started_at = r.started_at" \
+	" AND m.first_worker_pid = $25")
+
+/*
  * Record finished attempts: the message rows (guarded by state sending and
- * the attempt number), one attempt row each, dead letters, then account
+ * the attempt number), one attempt row each (but a first attempt kept on
+ * its message, FIRST_KEPT), dead letters, then account
  * pauses and suppressions.  An outcome whose message changed meanwhile is
  * kept as an attempt row only.
  */
@@ -1189,11 +1208,23 @@ outbox_record(List *done)
 			"   THEN least(m.ambiguous_since, r.started_at) ELSE m.ambiguous_since END,"
 			"  reconcile_at = CASE WHEN r.outcome = 'reconcile' THEN r.next_at END,"
 			"  sent_at = CASE WHEN r.state = 'sent' THEN $27 ELSE m.sent_at END,"
-			"  finished_at = CASE WHEN r.state IN ('sent', 'dead') THEN $27 END"
+			"  finished_at = CASE WHEN r.state IN ('sent', 'dead') THEN $27 END,"
+			/* a first attempt that sent it is kept here (47_row_versions.sql) */
+			"  first_started_at = CASE WHEN " FIRST_KEPT " THEN r.started_at ELSE m.first_started_at END,"
+			"  first_duration_ms = CASE WHEN " FIRST_KEPT " THEN r.duration_ms ELSE m.first_duration_ms END,"
+			"  first_http_status = CASE WHEN " FIRST_KEPT " THEN r.http ELSE m.first_http_status END,"
+			"  first_request_id = CASE WHEN " FIRST_KEPT " THEN r.request_id ELSE m.first_request_id END,"
+			"  first_concurrent_requests = CASE WHEN " FIRST_KEPT " THEN r.concurrent"
+			"   ELSE m.first_concurrent_requests END,"
+			"  first_request_duration = CASE WHEN " FIRST_KEPT " THEN r.req_duration"
+			"   ELSE m.first_request_duration END,"
+			"  first_worker_pid = CASE WHEN " FIRST_KEPT " THEN $25 ELSE m.first_worker_pid END"
 			"  FROM " OUTCOME_ROWS " WHERE m.id = r.id AND m.account = $26"
 			"  AND " GUARD_STATE("sending") " AND m.attempts = r.attempt"
 			"  RETURNING m.id, m.account, m.to_number, m.attempts, r.state,"
-			"  r.dead_reason, r.http, r.code, r.errmsg),"
+			"  r.dead_reason, r.http, r.code, r.errmsg,"
+			/* SET's value: whether this row kept its first attempt just now */
+			"  (" FIRST_KEPT_NEW ") AS kept),"
 			" d AS (INSERT INTO twilio_outbox.dead_letters (message_id, account,"
 			"  to_number, reason, http_status, twilio_code, error_message, attempts)"
 			"  SELECT id, account, to_number, dead_reason, http, code, errmsg, attempts"
@@ -1206,7 +1237,8 @@ outbox_record(List *done)
 			"  tmessage, terror, retry_after,"
 			"  CASE WHEN delay_ms IS NOT NULL THEN make_interval(secs => delay_ms / 1000.0) END,"
 			"  outcome, ambiguous = 1, sid, request_id,"
-			"  concurrent, req_duration, $25 FROM " OUTCOME_ROWS ")"
+			"  concurrent, req_duration, $25 FROM " OUTCOME_ROWS
+			"  WHERE NOT EXISTS (SELECT FROM u WHERE u.id = r.id AND u.kept))"
 			" SELECT count(*) FROM u",
 			NUM_COLS + 3, types);
 

@@ -144,8 +144,12 @@ WITH settings AS (
 ), recent AS (
 	SELECT pg_catalog.count(*) AS attempts,
 		   pg_catalog.count(*) FILTER (WHERE a.http_status = 429) AS limited
-	FROM twilio_outbox.attempts a
-	WHERE a.started_at >= pg_catalog.now() - interval '5 minutes'
+	FROM (SELECT x.http_status FROM twilio_outbox.attempts x
+		  WHERE x.started_at >= pg_catalog.now() - interval '5 minutes'
+		  UNION ALL	/* first attempts kept on their messages (47_row_versions.sql) */
+		  SELECT m.first_http_status FROM twilio_outbox.messages m
+		  WHERE m.finished_at >= pg_catalog.now() - interval '5 minutes'
+			AND m.first_started_at >= pg_catalog.now() - interval '5 minutes') a
 ), finished AS (
 	/*
 	 * Messages that ended in the last hour: dead (the POST refused, retries
@@ -449,17 +453,17 @@ WITH w(name, span) AS (
 			WHERE d.message_sid = e.message_sid AND d.message_status = 'delivered' AND d.verdict = 'applied'))
 )
 SELECT w.name AS "window",
-	pg_catalog.count(a.id) AS attempts,
-	pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'sent') AS sent,
-	pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'retry') AS retries,
+	pg_catalog.count(a.started_at) AS attempts,
+	pg_catalog.count(a.started_at) FILTER (WHERE a.outcome = 'sent') AS sent,
+	pg_catalog.count(a.started_at) FILTER (WHERE a.outcome = 'retry') AS retries,
 	(SELECT pg_catalog.count(*) FROM twilio_outbox.dead_letters d
 	 WHERE d.dead_at >= pg_catalog.now() - w.span) AS dead_letters,
-	pg_catalog.count(a.id) FILTER (WHERE a.http_status = 429) AS rate_limited,
-	pg_catalog.round(coalesce(pg_catalog.count(a.id) FILTER (WHERE a.http_status = 429)::numeric
-		/ NULLIF(pg_catalog.count(a.id), 0), 0), 4) AS rate_limited_share,
-	pg_catalog.round(coalesce(pg_catalog.count(a.id) FILTER (WHERE a.http_status >= 500)::numeric
-		/ NULLIF(pg_catalog.count(a.id), 0), 0), 4) AS server_error_share,
-	pg_catalog.round(pg_catalog.count(a.id) FILTER (WHERE a.outcome = 'sent')::numeric
+	pg_catalog.count(a.started_at) FILTER (WHERE a.http_status = 429) AS rate_limited,
+	pg_catalog.round(coalesce(pg_catalog.count(a.started_at) FILTER (WHERE a.http_status = 429)::numeric
+		/ NULLIF(pg_catalog.count(a.started_at), 0), 0), 4) AS rate_limited_share,
+	pg_catalog.round(coalesce(pg_catalog.count(a.started_at) FILTER (WHERE a.http_status >= 500)::numeric
+		/ NULLIF(pg_catalog.count(a.started_at), 0), 0), 4) AS server_error_share,
+	pg_catalog.round(pg_catalog.count(a.started_at) FILTER (WHERE a.outcome = 'sent')::numeric
 		/ pg_catalog.date_part('epoch', w.span)::numeric, 3) AS sent_per_second,
 	pg_catalog.round((pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY a.request_duration)
 		* 1000)::numeric, 1) AS p50_twilio_ms,
@@ -479,11 +483,25 @@ SELECT w.name AS "window",
 	 FROM outcome o
 	 WHERE o.status = 'delivered' AND o.received_at >= pg_catalog.now() - w.span) AS p95_delivery_s,
 	/* reconciliation (37_reconcile.sql: the values are compared as text) */
-	pg_catalog.count(a.id) FILTER (WHERE a.outcome::text = 'found') AS reconciled_found,
-	pg_catalog.count(a.id) FILTER (WHERE a.outcome::text = 'not_found') AS reconciled_resent,
-	pg_catalog.count(a.id) FILTER (WHERE a.outcome::text = 'for_operator') AS left_for_operator
+	pg_catalog.count(a.started_at) FILTER (WHERE a.outcome::text = 'found') AS reconciled_found,
+	pg_catalog.count(a.started_at) FILTER (WHERE a.outcome::text = 'not_found') AS reconciled_resent,
+	pg_catalog.count(a.started_at) FILTER (WHERE a.outcome::text = 'for_operator') AS left_for_operator
 FROM w
-LEFT JOIN twilio_outbox.attempts a ON a.started_at >= pg_catalog.now() - w.span
+/*
+ * the window's attempts: its attempt rows and the first attempts kept on
+ * their messages (47_row_versions.sql), found through messages_finished
+ */
+LEFT JOIN LATERAL (
+	SELECT x.started_at, x.outcome, x.http_status, x.request_duration, x.duration_ms
+	FROM twilio_outbox.attempts x
+	WHERE x.started_at >= pg_catalog.now() - w.span
+	UNION ALL
+	SELECT m.first_started_at, 'sent'::twilio_outbox.attempt_outcome, m.first_http_status,
+		m.first_request_duration, m.first_duration_ms
+	FROM twilio_outbox.messages m
+	WHERE m.finished_at >= pg_catalog.now() - w.span
+	  AND m.first_started_at >= pg_catalog.now() - w.span
+) a ON true
 GROUP BY w.name, w.span
 ORDER BY w.span;
 COMMENT ON VIEW twilio_outbox.stats IS 'Over 1 min, 5 min, 1 hour: attempts, sends, retries, dead letters, 429 and 5xx shares, rate and Twilio latency; from status callbacks, messages delivered, undelivered and failed, and p50/p95 seconds from sent to the delivered callback; reconciliation of ambiguous sends: found at Twilio, resent after none was found, left for an operator';

@@ -168,3 +168,9 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.time_zone_known(text), twilio_outbox.tim
 GRANT EXECUTE ON FUNCTION twilio_outbox.purge_recipient_counts() TO twilio_outbox_admin;
 /* the health view calls it, and the metrics view reads the health view */
 GRANT EXECUTE ON FUNCTION twilio_outbox.anomalies() TO twilio_outbox_metrics;
+
+/* H1 (47_row_versions.sql): first attempts kept on their messages are attempt data, not content */
+GRANT SELECT ON twilio_outbox.attempt_rows TO twilio_outbox_monitor;
+GRANT SELECT (first_started_at, first_duration_ms, first_http_status, first_request_id,
+	first_concurrent_requests, first_request_duration, first_worker_pid)
+	ON twilio_outbox.messages TO twilio_outbox_monitor;

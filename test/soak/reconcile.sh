@@ -221,7 +221,7 @@ psql_b -F $'\t' -c "SELECT m.id, m.idempotency_key, m.state, m.reconcile_at IS N
 		coalesce(pg_catalog.array_to_string(m.reconcile_candidates, ' '), ''),
 		coalesce((SELECT pg_catalog.string_agg(a.outcome::text || '/' || coalesce(a.http_status::text,
 				CASE WHEN a.transport_error IS NULL THEN '-' ELSE 'net' END), ' ' ORDER BY a.attempt)
-			FROM twilio_outbox.attempts a WHERE a.message_id = m.id), '')
+			FROM twilio_outbox.attempt_rows a WHERE a.message_id = m.id), '')
 	FROM twilio_outbox.messages m LEFT JOIN twilio_outbox.dead_letters d ON d.message_id = m.id
 	ORDER BY m.id" >"$BENCH_DIR/messages.tsv"
 

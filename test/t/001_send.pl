@@ -58,7 +58,7 @@ is($r->{headers}{'idempotency-key'}, $key, 'idempotency key header carries the s
 my $row = OutboxTest::query($node, q{
 	SELECT m.twilio_sid ~ '^SM[0-9a-f]{32}$', m.twilio_status, m.attempts,
 	       a.http_status, a.outcome, a.request_id ~ '^RQ', a.twilio_sid = m.twilio_sid
-	FROM twilio_outbox.messages m JOIN twilio_outbox.attempts a ON a.message_id = m.id
+	FROM twilio_outbox.messages m JOIN twilio_outbox.attempt_rows a ON a.message_id = m.id
 	WHERE m.to_number = '+14155550101'});
 is($row, 't|queued|1|201|sent|t|t', 'SID, status and attempt recorded');
 

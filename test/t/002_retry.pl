@@ -24,7 +24,7 @@ sub attempts_of
 {
 	my ($to, $cols) = @_;
 	return OutboxTest::query($node, qq{
-		SELECT $cols FROM twilio_outbox.attempts a
+		SELECT $cols FROM twilio_outbox.attempt_rows a
 		JOIN twilio_outbox.messages m ON m.id = a.message_id
 		WHERE m.to_number = '$to' ORDER BY a.attempt});
 }
@@ -62,7 +62,7 @@ for my $i (1 .. 4)
 	my ($lo, $hi) = (0.8 * $nominal - 0.05, 1.2 * $nominal + 1.5);
 	ok($gap >= $lo && $gap <= $hi,
 		sprintf('gap %d is %.3f s, within [%.3f, %.3f]', $i, $gap, $lo, $hi))
-	  or diag('delays recorded in twilio_outbox.attempts: '
+	  or diag('delays recorded in twilio_outbox.attempt_rows: '
 		  . attempt_list($dead, "coalesce(round(extract(epoch FROM a.delay), 3)::text, '-')"));
 }
 

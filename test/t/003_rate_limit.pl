@@ -20,7 +20,7 @@ sub first_attempt
 {
 	my ($to, $cols) = @_;
 	return OutboxTest::query($node, qq{
-		SELECT $cols FROM twilio_outbox.attempts a
+		SELECT $cols FROM twilio_outbox.attempt_rows a
 		JOIN twilio_outbox.messages m ON m.id = a.message_id
 		WHERE m.to_number = '$to' AND a.attempt = 1});
 }
@@ -28,7 +28,7 @@ sub first_attempt
 sub rate_limited_recorded
 {
 	my ($to) = @_;
-	return qq{SELECT EXISTS (SELECT FROM twilio_outbox.attempts a
+	return qq{SELECT EXISTS (SELECT FROM twilio_outbox.attempt_rows a
 		JOIN twilio_outbox.messages m ON m.id = a.message_id
 		WHERE m.to_number = '$to' AND a.outcome = 'rate_limited')};
 }

@@ -21,7 +21,7 @@ sub attempts_of
 {
 	my ($to, $cols) = @_;
 	return OutboxTest::query($node, qq{
-		SELECT $cols FROM twilio_outbox.attempts a
+		SELECT $cols FROM twilio_outbox.attempt_rows a
 		JOIN twilio_outbox.messages m ON m.id = a.message_id
 		WHERE m.to_number = '$to' ORDER BY a.attempt});
 }
@@ -99,7 +99,7 @@ OutboxTest::wait_until($node, q{
 	SELECT paused_until = 'infinity' FROM twilio_outbox.accounts WHERE name = 'main'},
 	'401: the account is paused until further notice');
 OutboxTest::wait_until($node, qq{
-	SELECT EXISTS (SELECT FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id
+	SELECT EXISTS (SELECT FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id
 		WHERE m.to_number = '$auth1' AND a.outcome = 'paused')},
 	'401: the attempt is recorded as paused');
 is(OutboxTest::message_row($node, $auth1, 'state, attempts, failures, last_http_status, last_error_code'),

@@ -62,13 +62,13 @@ is(OutboxTest::query($node,
 	"sent:$N", "all $N sent");
 my $lost = OutboxTest::query($node, q{
 	SELECT count(*) || '|' || count(*) FILTER (WHERE ambiguous AND http_status IS NULL)
-	FROM twilio_outbox.attempts WHERE outcome = 'lost'});
+	FROM twilio_outbox.attempt_rows WHERE outcome = 'lost'});
 my ($nlost, $nlost_ambiguous) = split /\|/, $lost;
 is($nlost, $sending, 'one lost attempt per message taken back');
 is($nlost_ambiguous, $nlost, 'lost attempts are ambiguous, with no HTTP status');
 is(OutboxTest::query($node, q{
 		SELECT count(*) FROM twilio_outbox.messages m
-		WHERE EXISTS (SELECT FROM twilio_outbox.attempts a WHERE a.message_id = m.id AND a.outcome = 'lost')
+		WHERE EXISTS (SELECT FROM twilio_outbox.attempt_rows a WHERE a.message_id = m.id AND a.outcome = 'lost')
 		  AND m.ambiguous_attempts < 1}),
 	'0', 'every message with a lost attempt counts it in ambiguous_attempts');
 like(slurp_file($node->logfile, $log_offset),
@@ -78,7 +78,7 @@ like(slurp_file($node->logfile, $log_offset),
 my %msg;    # to => [key, ambiguous attempts, failures]
 for my $line (split /\n/, OutboxTest::query($node, q{
 	SELECT m.to_number, m.idempotency_key,
-	       (SELECT count(*) FROM twilio_outbox.attempts a WHERE a.message_id = m.id AND a.ambiguous)
+	       (SELECT count(*) FROM twilio_outbox.attempt_rows a WHERE a.message_id = m.id AND a.ambiguous)
 	FROM twilio_outbox.messages m}))
 {
 	my ($to, $key, $amb) = split /\|/, $line;

@@ -173,7 +173,7 @@ is(OutboxTest::query($node, q{
 		SELECT count(*) FROM twilio_outbox.messages
 		WHERE to_number LIKE '+141555506%' AND to_number >= '+14155550610' AND state = 'sent'}),
 	$N, "all $N sent");
-is(OutboxTest::query($node, "SELECT count(*) FROM twilio_outbox.attempts WHERE outcome = 'lost'"),
+is(OutboxTest::query($node, "SELECT count(*) FROM twilio_outbox.attempt_rows WHERE outcome = 'lost'"),
 	'0', 'no attempt lost');
 my %per_to;
 $per_to{ $_->{form}{To}[0] }++ for @{ $standin->requests };

@@ -275,7 +275,7 @@ for my $to (sort keys %cases)
 	my $row = OutboxTest::query($node, qq{
 		SELECT m.state, m.attempts, a.http_status, a.outcome, m.twilio_sid
 		FROM twilio_outbox.messages m
-		LEFT JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		LEFT JOIN twilio_outbox.attempt_rows a ON a.message_id = m.id
 		WHERE m.to_number = '$to' ORDER BY a.attempt});
 	is($row, "sent|1|201|sent|SM" . ('a' x 32),
 		"$cases{$to}[0]: accepted by Prism (201) on the first attempt")
@@ -287,7 +287,7 @@ if ($failed)
 		SELECT m.to_number, m.state, a.attempt, a.http_status, a.outcome,
 		       a.twilio_code, a.twilio_message, a.transport_error
 		FROM twilio_outbox.messages m
-		LEFT JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		LEFT JOIN twilio_outbox.attempt_rows a ON a.message_id = m.id
 		ORDER BY m.to_number, a.attempt}));
 	diag("messages:\n" . OutboxTest::query($node, q{
 		SELECT to_number, state, last_http_status, last_error_code, last_error_message
@@ -306,7 +306,7 @@ OutboxTest::wait_until($node,
 	'the voice step of a chain is sent');
 like(OutboxTest::query($node, q{
 		SELECT m.attempts || '|' || a.http_status || '|' || a.outcome || '|' || m.twilio_sid
-		FROM twilio_outbox.messages m JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		FROM twilio_outbox.messages m JOIN twilio_outbox.attempt_rows a ON a.message_id = m.id
 		WHERE m.to_number = '+14155550220' AND m.channel = 'voice'}),
 	qr/^1\|201\|sent\|CA[0-9a-fA-F]{32}$/, 'a call: accepted by Prism (201) on the first attempt, its CA sid kept');
 

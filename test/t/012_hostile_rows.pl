@@ -103,12 +103,12 @@ like(dead_letter($orphan), qr/^sender_missing\|its sender \d+ does not exist/,
 	'sender deleted: dead letter sender_missing');
 is(scalar @{ $standin->requests(to => $_) }, 0, "no request for $_")
   for ('+14155550503', '+14155550504', '+14155550506', '+14155550507');
-is(run("SELECT count(*) FROM twilio_outbox.attempts WHERE message_id = $empty_to AND outcome = 'dead'"),
+is(run("SELECT count(*) FROM twilio_outbox.attempt_rows WHERE message_id = $empty_to AND outcome = 'dead'"),
 	'1', 'the refused claim is recorded as a dead attempt');
 # A row whose account or sender does not fit is never claimed (each claim
 # names one account and asks for that account's senders): the orphan sweep
 # dead-letters it without an attempt.
-is(run("SELECT count(*) FROM twilio_outbox.attempts WHERE message_id IN ($ghost, $crossed, $orphan)"),
+is(run("SELECT count(*) FROM twilio_outbox.attempt_rows WHERE message_id IN ($ghost, $crossed, $orphan)"),
 	'0', 'rows that cannot be claimed are dead-lettered without an attempt');
 
 # --- a `sending` row written by hand, with no lease: taken back and sent,

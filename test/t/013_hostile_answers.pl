@@ -27,7 +27,7 @@ sub run { return OutboxTest::query($node, $_[0]) }
 my $readable = q{
 	SELECT count(*) FROM (
 		SELECT convert_from(convert_to(concat(a.twilio_message, a.transport_error, a.retry_after,
-			a.request_id, a.twilio_sid), 'UTF8'), 'UTF8') FROM twilio_outbox.attempts a
+			a.request_id, a.twilio_sid), 'UTF8'), 'UTF8') FROM twilio_outbox.attempt_rows a
 		UNION ALL SELECT convert_from(convert_to(concat(m.last_error_message, m.twilio_status,
 			m.twilio_sid), 'UTF8'), 'UTF8') FROM twilio_outbox.messages m
 		UNION ALL SELECT convert_from(convert_to(d.error_message, 'UTF8'), 'UTF8')
@@ -47,12 +47,12 @@ OutboxTest::wait_until($node,
 	'invalid UTF-8 answer: the message is dead (21211)');
 my ($rc, $out, $err) = $node->psql('postgres', $readable);
 is($rc, 0, 'every stored string is valid UTF-8') or diag $err;
-my $msg = run("SELECT a.twilio_message FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$bad'");
+my $msg = run("SELECT a.twilio_message FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$bad'");
 like($msg, qr/^bad \?\?\? bytes, a \? NUL, {2}a new line and /, 'invalid bytes and the NUL became ?, CR and LF spaces');
 unlike($msg, qr/[\x00-\x1f]/, 'no control character is kept (CR, LF, NUL)');
-like(run("SELECT a.request_id FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$bad'"),
+like(run("SELECT a.request_id FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$bad'"),
 	qr/^RQ\?\? {2}abc$/, 'the request id: invalid bytes and control characters replaced');
-is(run("SELECT concat(concurrent_requests, '|', request_duration) FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$bad'"),
+is(run("SELECT concat(concurrent_requests, '|', request_duration) FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$bad'"),
 	'|', 'numbers that are not numbers are not kept');
 # Through a client in another encoding, which converts (and so validates).
 {
@@ -92,7 +92,7 @@ OutboxTest::wait_until($node,
 	'429 with a far HTTP-date: the account is paused');
 is(run("SELECT paused_until <= now() + interval '1 day 1 minute' FROM twilio_outbox.accounts WHERE name = 'main'"),
 	't', 'for a day at most, not until 2037');
-is(run("SELECT a.retry_after FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$date'"),
+is(run("SELECT a.retry_after FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.to_number = '$date'"),
 	$far, 'the raw Retry-After is kept');
 # The rate-limited message itself waits as long as the pause: bring both forward.
 run("UPDATE twilio_outbox.messages SET next_attempt_at = now() WHERE to_number = '$date'");

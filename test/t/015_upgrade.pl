@@ -143,7 +143,7 @@ is(OutboxTest::query($node, q{SELECT string_agg(to_number, ',' ORDER BY to_numbe
 		FROM twilio_outbox.messages}),
 	'+14155550201,+14155550202,+14155550204',
 	'purge removes the finished messages older than its cutoff, and only those');
-is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.attempts a
+is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.attempt_rows a
 		WHERE NOT EXISTS (SELECT 1 FROM twilio_outbox.messages m WHERE m.id = a.message_id)}),
 	'0', 'their attempts went with them');
 

@@ -69,13 +69,13 @@ $per_key{ $_->{headers}{'idempotency-key'} // '' }++ for @$reqs;
 is(scalar @$reqs, $N, "the stand-in got $N requests");
 is(scalar(grep { $_ == 1 } values %per_key), $N, 'one request per message (idempotency key)');
 my $peak = OutboxTest::query($node, q{
-	SELECT max(concurrent_requests) FROM twilio_outbox.attempts});
+	SELECT max(concurrent_requests) FROM twilio_outbox.attempt_rows});
 ok($peak <= 3, "at most max_concurrency (3) requests in flight at the stand-in (peak $peak)");
 is(OutboxTest::query($node, q{
-		SELECT count(DISTINCT a.worker_pid) FROM twilio_outbox.attempts a}),
+		SELECT count(DISTINCT a.worker_pid) FROM twilio_outbox.attempt_rows a}),
 	'2', 'both dispatchers sent');
 is(OutboxTest::query($node, qq{
-		SELECT count(*) FROM twilio_outbox.attempts a
+		SELECT count(*) FROM twilio_outbox.attempt_rows a
 		JOIN twilio_outbox.messages m ON m.id = a.message_id
 		WHERE a.worker_pid <> CASE m.sender_id % 2 WHEN 0 THEN $pid_of{0} ELSE $pid_of{1} END}),
 	'0', 'each dispatcher sent only for its own senders (id modulo 2)');
@@ -147,7 +147,7 @@ my $new1 = OutboxTest::query($node,
 OutboxTest::wait_until($node,
 	qq{SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $new1},
 	'the new dispatcher 1 finished its start');
-is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.attempts WHERE outcome = 'lost'}),
+is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.attempt_rows WHERE outcome = 'lost'}),
 	'0', 'it took back none of dispatcher 0\'s rows');
 is(OutboxTest::query($node,
 		qq{SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sending' AND worker_pid = $pid_of{0}}),
@@ -169,7 +169,7 @@ OutboxTest::wait_until($node,
 	q{SELECT count(*) = 52 FROM twilio_outbox.messages WHERE state = 'sent'},
 	'all sent after the restart');
 is(OutboxTest::query($node, q{
-		SELECT count(*) || '|' || count(DISTINCT message_id) FROM twilio_outbox.attempts
+		SELECT count(*) || '|' || count(DISTINCT message_id) FROM twilio_outbox.attempt_rows
 		WHERE outcome = 'lost' AND ambiguous}),
 	'4|4', 'one lost, ambiguous attempt each: taken back once');
 my %keys;

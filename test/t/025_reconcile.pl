@@ -52,7 +52,7 @@ sub created_for
 sub outcomes
 {
 	my ($id) = @_;
-	return sql("SELECT string_agg(outcome::text, ',' ORDER BY id) FROM twilio_outbox.attempts WHERE message_id = $id");
+	return sql("SELECT string_agg(outcome::text, ',' ORDER BY id NULLS FIRST) FROM twilio_outbox.attempt_rows WHERE message_id = $id");
 }
 
 is(sql('SHOW twilio_outbox.on_ambiguous'), 'reconcile', 'reconcile is the default policy');

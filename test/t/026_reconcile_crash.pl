@@ -58,8 +58,8 @@ is_deeply(\@not_once, [], 'the stand-in created each message exactly once');
 is($created->{total}, $N, "$N messages created at the stand-in in all");
 is(OutboxTest::query($node, q{
 		SELECT count(*) FROM twilio_outbox.messages m
-		WHERE EXISTS (SELECT FROM twilio_outbox.attempts a WHERE a.message_id = m.id AND a.outcome = 'lost')
-		  AND NOT EXISTS (SELECT FROM twilio_outbox.attempts a WHERE a.message_id = m.id AND a.outcome::text = 'found')}),
+		WHERE EXISTS (SELECT FROM twilio_outbox.attempt_rows a WHERE a.message_id = m.id AND a.outcome = 'lost')
+		  AND NOT EXISTS (SELECT FROM twilio_outbox.attempt_rows a WHERE a.message_id = m.id AND a.outcome::text = 'found')}),
 	'0', 'every message taken back was found at Twilio, not sent again');
 is(OutboxTest::query($node, q{
 		SELECT count(*) FROM twilio_outbox.messages m

@@ -172,7 +172,7 @@ for my $to (sort keys %$sent_at_standin)
 	my $row = $standby->safe_psql('postgres', qq{
 		SELECT m.state, m.reconcile_at IS NOT NULL, m.ambiguous_since IS NOT NULL,
 		       (SELECT string_agg(substring(a.transport_error from 'with the message (\\w+)'), ',')
-		        FROM twilio_outbox.attempts a
+		        FROM twilio_outbox.attempt_rows a
 		        WHERE a.message_id = m.id AND a.outcome = 'lost' AND a.ambiguous
 		          AND a.transport_error LIKE 'the server was promoted (WAL timeline 2)%')
 		FROM twilio_outbox.messages m WHERE m.to_number = '$to'});
@@ -187,23 +187,23 @@ ok(($was{sending} // 0) > 0, ($was{sending} // 0) . " of them were left 'sending
 ok(($was{queued} // 0) > 0, ($was{queued} // 0) . " of them were 'queued', their claim lost");
 is($standby->safe_psql('postgres', q{
 		SELECT count(*) FROM twilio_outbox.messages m
-		WHERE m.to_number LIKE '+1415200%' AND NOT EXISTS (SELECT FROM twilio_outbox.attempts a
+		WHERE m.to_number LIKE '+1415200%' AND NOT EXISTS (SELECT FROM twilio_outbox.attempt_rows a
 			WHERE a.message_id = m.id AND a.transport_error LIKE 'the server was promoted%')}), '0',
 	'every message of batch 2 is marked (all were enqueued within the window)');
 is($standby->safe_psql('postgres', q{
 		SELECT count(*) || '|' || count(*) FILTER (WHERE state = 'sent')
 		       || '|' || count(a.id)
 		FROM twilio_outbox.messages m
-		LEFT JOIN twilio_outbox.attempts a ON a.message_id = m.id AND a.outcome = 'lost'
+		LEFT JOIN twilio_outbox.attempt_rows a ON a.message_id = m.id AND a.outcome = 'lost'
 		WHERE m.to_number LIKE '+1415100%'}), '10|10|0',
 	'batch 1, sent before the replication was cut, is left alone');
 is($standby->safe_psql('postgres', q{
-		SELECT count(*) FROM (SELECT message_id FROM twilio_outbox.attempts
+		SELECT count(*) FROM (SELECT message_id FROM twilio_outbox.attempt_rows
 			WHERE transport_error LIKE 'the server was promoted%'
 			GROUP BY message_id HAVING count(*) > 1) x}), '0',
 	'two dispatchers: each message marked once');
 is($standby->safe_psql('postgres', q{
-		SELECT last_promotion_marked = (SELECT count(*) FROM twilio_outbox.attempts
+		SELECT last_promotion_marked = (SELECT count(*) FROM twilio_outbox.attempt_rows
 		                               WHERE transport_error LIKE 'the server was promoted%')
 		FROM twilio_outbox.failover}), 't', 'the failover row counts the marked messages');
 
@@ -261,7 +261,7 @@ OutboxTest::wait_until($standby,
 is($standby->safe_psql('postgres', q{
 		SELECT string_agg(a.attempt || ':' || substring(a.transport_error from 'with the message (\w+)'),
 			',' ORDER BY m.to_number)
-		FROM twilio_outbox.messages m JOIN twilio_outbox.attempts a ON a.message_id = m.id
+		FROM twilio_outbox.messages m JOIN twilio_outbox.attempt_rows a ON a.message_id = m.id
 		WHERE m.to_number LIKE '+1415500%' AND a.transport_error LIKE 'the server was promoted%'}),
 	'1:sending,1:queued,1:queued',
 	'the messages before the cutoff are marked, each with one lost attempt');
@@ -321,14 +321,14 @@ OutboxTest::wait_until($standby2,
 	'every message of the synchronous case ends sent');
 my $marked = $standby2->safe_psql('postgres', q{
 	SELECT string_agg(m.to_number, ',' ORDER BY m.to_number) FROM twilio_outbox.messages m
-	WHERE EXISTS (SELECT FROM twilio_outbox.attempts a
+	WHERE EXISTS (SELECT FROM twilio_outbox.attempt_rows a
 		WHERE a.message_id = m.id AND a.transport_error LIKE 'the server was promoted%with the message sending%')});
 my @marked = split /,/, $marked;
 ok(@marked > 0, scalar(@marked) . ' messages in flight marked for reconciliation');
 is_deeply([ grep { !$sync_sent->{$_} } @marked ], [],
 	'each of them had reached the stand-in before the primary died');
 is($standby2->safe_psql('postgres', q{
-		SELECT count(*) FROM twilio_outbox.attempts WHERE transport_error LIKE '%with the message queued%'}),
+		SELECT count(*) FROM twilio_outbox.attempt_rows WHERE transport_error LIKE '%with the message queued%'}),
 	'0', 'no queued message is marked');
 $created = $standin->created;
 @keys = split /\n/, $standby2->safe_psql('postgres',

@@ -49,10 +49,10 @@ OutboxTest::wait_until($node,
 	q{SELECT state = 'sent' FROM twilio_outbox.messages WHERE to_number = '+14155559999'},
 	'the code is sent');
 my $after = OutboxTest::query($node, q{
-	SELECT count(*) FROM twilio_outbox.attempts a
+	SELECT count(*) FROM twilio_outbox.attempt_rows a
 	JOIN twilio_outbox.messages m ON m.id = a.message_id
 	WHERE m.traffic_class = 'marketing'
-	AND a.started_at < (SELECT a2.started_at FROM twilio_outbox.attempts a2
+	AND a.started_at < (SELECT a2.started_at FROM twilio_outbox.attempt_rows a2
 		JOIN twilio_outbox.messages m2 ON m2.id = a2.message_id
 		WHERE m2.to_number = '+14155559999')});
 cmp_ok($after, '<=', $before + 1,
@@ -74,17 +74,17 @@ OutboxTest::wait_until($node,
 	'the normal and the high message are sent');
 is(OutboxTest::query($node, q{
 	SELECT string_agg(m.body, ', ' ORDER BY a.started_at)
-	FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id
+	FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id
 	WHERE m.to_number IN ('+14155559998', '+14155559997')}),
 	'second code, receipt', 'the high message went before the older normal one');
 cmp_ok(OutboxTest::query($node, q{
-	SELECT count(*) FROM twilio_outbox.attempts a
+	SELECT count(*) FROM twilio_outbox.attempt_rows a
 	JOIN twilio_outbox.messages m ON m.id = a.message_id
 	WHERE m.traffic_class = 'marketing'
-	AND a.started_at > (SELECT a2.started_at FROM twilio_outbox.attempts a2
+	AND a.started_at > (SELECT a2.started_at FROM twilio_outbox.attempt_rows a2
 		JOIN twilio_outbox.messages m2 ON m2.id = a2.message_id
 		WHERE m2.to_number = '+14155559997')
-	AND a.started_at < (SELECT a2.started_at FROM twilio_outbox.attempts a2
+	AND a.started_at < (SELECT a2.started_at FROM twilio_outbox.attempt_rows a2
 		JOIN twilio_outbox.messages m2 ON m2.id = a2.message_id
 		WHERE m2.to_number = '+14155559998')}), '==', 0,
 	'no low message went between them');

@@ -69,7 +69,7 @@ ok($span >= (16 - 3) / 4 * 0.9,
 	sprintf('16 messages at 4/s with burst 3 take their time (%.1f s)', $span));
 is(OutboxTest::query($node, q{SELECT max(attempts), sum(failures) FROM twilio_outbox.messages WHERE campaign = 'paced'}),
 	'1|0', 'a message put back by the pace is not charged an attempt');
-is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.attempts a
+is(OutboxTest::query($node, q{SELECT count(*) FROM twilio_outbox.attempt_rows a
 	JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.campaign = 'paced'}),
 	'16', 'and leaves no attempt row');
 

@@ -64,7 +64,7 @@ OutboxTest::wait_until($node, qq{
 	'claimed in quiet hours: put back until the window ends');
 is(OutboxTest::query($node, qq{
 		SELECT state, attempts, failures, lease_until IS NULL, worker_pid IS NULL,
-			(SELECT count(*) FROM twilio_outbox.attempts a WHERE a.message_id = m.id)
+			(SELECT count(*) FROM twilio_outbox.attempt_rows a WHERE a.message_id = m.id)
 		FROM twilio_outbox.messages m WHERE id = $late}),
 	'queued|0|0|t|t|0', 'put back queued with no attempt counted or recorded');
 is(scalar @{ $standin->requests(to => '+61255500003') }, 0, 'and nothing sent');

@@ -40,7 +40,7 @@ OutboxTest::wait_until($node,
 	qq{SELECT count(*) = $n FROM twilio_outbox.messages WHERE messaging_service_sid = '$service' AND state = 'sent'},
 	'every message of the service is sent');
 is(OutboxTest::query($node, qq{
-	SELECT count(*) FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id
+	SELECT count(*) FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id
 	WHERE m.messaging_service_sid = '$service' AND a.outcome <> 'sent'}),
 	'0', 'no attempt of the service was refused (no 429 from the pool\'s bucket)');
 
@@ -128,11 +128,11 @@ for my $others (2, 4, 6)
 		"others take $others: ours come down to at most " . (8 - $others) . " (saw $ours)");
 }
 is(OutboxTest::query($node, q{
-	SELECT count(*) FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id
+	SELECT count(*) FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id
 	WHERE m.to_number LIKE '+1650555%' AND a.outcome = 'rate_limited'}),
 	'0', 'Twilio never answered 429: the header slowed the account first');
 ok(OutboxTest::query($node, q{
-	SELECT count(*) > 0 FROM twilio_outbox.attempts a JOIN twilio_outbox.messages m ON m.id = a.message_id
+	SELECT count(*) > 0 FROM twilio_outbox.attempt_rows a JOIN twilio_outbox.messages m ON m.id = a.message_id
 	WHERE m.to_number LIKE '+1650555%' AND a.concurrent_requests >= 8}) eq 't',
 	'the reported counts are recorded per attempt');
 is(OutboxTest::query($node, q{SELECT current_cap FROM twilio_outbox.worker_accounts WHERE account = 'main'}),

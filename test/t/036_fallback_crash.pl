@@ -44,7 +44,7 @@ OutboxTest::wait_until($node,
 	"SELECT state = 'sent' FROM twilio_outbox.messages WHERE chain_head = $head",
 	'the next dispatcher sends the SMS again, dead-letters it and makes the call');
 is(OutboxTest::query($node, qq{
-		SELECT string_agg(outcome::text, ',' ORDER BY attempt) FROM twilio_outbox.attempts WHERE message_id = $head}),
+		SELECT string_agg(outcome::text, ',' ORDER BY attempt) FROM twilio_outbox.attempt_rows WHERE message_id = $head}),
 	'lost,not_found,dead', 'the SMS: one lost attempt (the crash), reconciled (not at Twilio), then the refusal');
 
 # What else may ask for the same step again makes nothing.
