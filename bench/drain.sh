@@ -138,7 +138,25 @@ result "dispatcher_cpu_share$sfx" "$(calc "round($cpu / $elapsed, 3)")"
 result "dispatcher_peak_rss_kb$sfx" "$peak_rss"
 result "dispatcher_peak_local_kb$sfx" "$peak_local"
 result "dispatcher_end_local_kb$sfx" "$end_local"
+# BENCH_PERF=1: the dispatcher's profile, printed whether or not the
+# ceilings are measured
+perf_report()
+{
+	[ -n "${perf_pid:-}" ] || return 0
+	[ -n "${BENCH_PERF_OUT:-}" ] && cp "$BENCH_DIR/perf.data" "$BENCH_PERF_OUT"
+	perf report -i "$BENCH_DIR/perf.data" --stdio --no-children --sort dso,symbol >"$BENCH_DIR/perf.self" 2>/dev/null || true
+	perf report -i "$BENCH_DIR/perf.data" --stdio --no-children --sort dso >"$BENCH_DIR/perf.dso" 2>/dev/null || true
+	perf report -i "$BENCH_DIR/perf.data" --stdio --children --sort symbol -g none >"$BENCH_DIR/perf.children" 2>/dev/null || true
+	echo "  the dispatcher's profile (perf, self time, top 30):"
+	grep -E '^ +[0-9]+\.[0-9]+%' "$BENCH_DIR/perf.self" | sed -n '1,30s/^/    /p'
+	echo "  by library:"
+	grep -E '^ +[0-9]+\.[0-9]+%' "$BENCH_DIR/perf.dso" | sed -n '1,12s/^/    /p'
+	echo "  inclusive time of the dispatcher's own steps:"
+	grep -E '^ +[0-9]+\.[0-9]+% +[0-9]+\.[0-9]+% .*(outbox_|database_phase|curl_multi_perform|CommitTransactionCommand|XLogFlush|SPI_execute_plan)' \
+		"$BENCH_DIR/perf.children" | sed -n '1,25s/^/    /p'
+}
 psql_b -c "SELECT twilio_outbox.stop_worker()" >/dev/null
+perf_report
 if [ "$ceilings" != 1 ]; then
 	foreign_cpu
 	exit 0
@@ -194,17 +212,4 @@ if [ "$senders" -ge 2 ]; then
 	result "drain_share_of_pg_2conn$sfx" "$(calc "round($rate / $pg2, 3)")"
 fi
 result "drain_share_of_nginx$sfx" "$(calc "round($rate / $wrk_rps, 3)")"
-if [ -n "${perf_pid:-}" ]; then
-	[ -n "${BENCH_PERF_OUT:-}" ] && cp "$BENCH_DIR/perf.data" "$BENCH_PERF_OUT"
-	perf report -i "$BENCH_DIR/perf.data" --stdio --no-children --sort dso,symbol >"$BENCH_DIR/perf.self" 2>/dev/null || true
-	perf report -i "$BENCH_DIR/perf.data" --stdio --no-children --sort dso >"$BENCH_DIR/perf.dso" 2>/dev/null || true
-	perf report -i "$BENCH_DIR/perf.data" --stdio --children --sort symbol -g none >"$BENCH_DIR/perf.children" 2>/dev/null || true
-	echo "  the dispatcher's profile (perf, self time, top 30):"
-	grep -E '^ +[0-9]+\.[0-9]+%' "$BENCH_DIR/perf.self" | sed -n '1,30s/^/    /p'
-	echo "  by library:"
-	grep -E '^ +[0-9]+\.[0-9]+%' "$BENCH_DIR/perf.dso" | sed -n '1,12s/^/    /p'
-	echo "  inclusive time of the dispatcher's own steps:"
-	grep -E '^ +[0-9]+\.[0-9]+% +[0-9]+\.[0-9]+% .*(outbox_|database_phase|curl_multi_perform|CommitTransactionCommand|XLogFlush|SPI_execute_plan)' \
-		"$BENCH_DIR/perf.children" | sed -n '1,25s/^/    /p'
-fi
 foreign_cpu

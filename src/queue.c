@@ -528,7 +528,7 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 	claim_rotor++;
 
 	if (naccounts > 0)
-		outbox_prepare(&plan,
+		outbox_generic_prepare(&plan,
 			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
 			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
 			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
