@@ -75,6 +75,50 @@ psql_b -c "SELECT count(twilio_enqueue('+1415' || lpad((i % 10000000)::text, 7, 
 echo "  enqueued in $(calc "round($(date +%s.%N) - $start, 2)") s"
 psql_b -c "VACUUM ANALYZE twilio_outbox.messages"
 
+# Where the machine's CPU goes while it drains: each process of the cluster
+# (by its title: the dispatchers, the WAL writer, ...), nginx, and the
+# machine's idle time, in clock ticks (what keeps two dispatchers from twice
+# one's rate shows here: a busy machine, or the WAL writer, or nginx).
+cpu_by_role()
+{
+	python3 - "$BENCH_DIR" <<'PY'
+import os, sys
+d = sys.argv[1]
+roots = {}
+for f, role in ((d + "/data/postmaster.pid", "postmaster"), (d + "/nginx.pid", "nginx")):
+    try:
+        roots[int(open(f).readline())] = role
+    except (OSError, ValueError):
+        pass
+ticks = {}
+for p in os.listdir("/proc"):
+    if not p.isdigit():
+        continue
+    try:
+        stat = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        cmd = open(f"/proc/{p}/cmdline").read().replace("\0", " ").strip()
+    except OSError:
+        continue
+    pid, ppid, t = int(p), int(stat[1]), int(stat[11]) + int(stat[12])
+    if pid in roots:
+        role = roots[pid]
+    elif ppid in roots:
+        role = roots[ppid]
+        if role == "postmaster":
+            title = cmd.replace("postgres: ", "")
+            role = ("dispatcher" if "twilio_outbox dispatcher" in title
+                    else "other backends" if "postgres postgres" in title or "[local]" in title
+                    else title.split(" ")[0] if title else "postmaster")
+    else:
+        continue
+    ticks[role] = ticks.get(role, 0) + t
+cpu = open("/proc/stat").readline().split()
+ticks["(idle)"] = int(cpu[4]) + int(cpu[5])
+for k, v in sorted(ticks.items()):
+    print(f"{k}\t{v}")
+PY
+}
+cpu_by_role >"$BENCH_DIR/roles.start"
 read -r t0 pid < <(psql_b -F' ' <<'SQL'
 SELECT extract(epoch FROM clock_timestamp()), twilio_outbox.start_worker();
 SQL
@@ -104,6 +148,7 @@ for p in $(psql_b -c "SELECT pid FROM twilio_outbox.worker_dispatchers WHERE run
 	cpu=$(calc "$cpu + $(cpu_seconds "$p")")
 done
 touch "$BENCH_DIR/drained"
+cpu_by_role >"$BENCH_DIR/roles.end"
 if [ -n "${perf_pid:-}" ]; then
 	kill -INT "$perf_pid"
 	wait "$perf_pid" || true
@@ -124,6 +169,16 @@ if [ "$sent" != "$n" ]; then
 	exit 1
 fi
 note "dispatchers_per_database$sfx" "$dispatchers"
+note "cpu_by_role$sfx" "$(python3 - "$BENCH_DIR" "$(getconf CLK_TCK)" "$(calc "$t1 - $t0")" <<'PY'
+import sys
+d, hz, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def load(f):
+    return {k: int(v) for k, v in (l.rstrip("\n").split("\t") for l in open(f))}
+a, b = load(d + "/roles.start"), load(d + "/roles.end")
+out = [f"{k} {(b[k] - a.get(k, 0)) / hz / secs:.2f}" for k in sorted(b) if b[k] - a.get(k, 0) > 0]
+print("cores busy over the drain: " + ", ".join(out))
+PY
+)"
 rate=$(calc "round($n / $elapsed, 1)")
 result "attempts_per_message$sfx" "$(calc "round($attempts / $n, 3)")"
 if [ "$attempts" != "$n" ]; then

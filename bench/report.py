@@ -36,7 +36,8 @@ Sizes (environment variables; defaults in brackets):
 | `BENCH_QUICK=1` | a quick check: one run of each, small sizes (below), not recorded here unless `BENCH_RECORD=1` |
 | `BENCH_RUNS` | runs of each benchmark [3; quick 1; claim and memory 1 unless `BENCH_RUNS` is set] |
 | `BENCH_RUNS_<NAME>` | runs of one benchmark, e.g. `BENCH_RUNS_CLAIM=3` |
-| `BENCH_ONLY` | the benchmarks to run, of `enqueue instructions dispatch batch latency rate claim memory` [all] |
+| `BENCH_ONLY` | the benchmarks to run, of `enqueue instructions dispatch dispatch1 batch latency rate claim memory row_versions` [all; row_versions when bench/row_versions.sh exists] |
+| `BENCH_DISPATCHERS` | dispatch: `twilio_outbox.dispatchers_per_database` [2; dispatch1 always 1] |
 | `BENCH_INSTRUCTIONS_TRANSACTIONS`, `BENCH_INSTRUCTIONS_MESSAGES` | instructions: measured transactions per variant, messages the dispatcher drains [2000, 5000; quick 300, 1000] |
 | `BENCH_ENQUEUE_SECONDS`, `BENCH_ENQUEUE_WARMUP` | pgbench measurement and warm-up per variant [20, 5; quick 3, 1] |
 | `BENCH_MESSAGES`, `BENCH_ACCOUNTS`, `BENCH_SENDERS` | dispatch: messages, accounts, senders per account [50000, 4, 5; quick 5000] |
