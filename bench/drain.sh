@@ -137,6 +137,17 @@ SQL
 ) &
 sampler=$!
 BENCH_PIDS+=("$sampler")
+# BENCH_WAITS=1: what the dispatchers wait for, pg_stat_activity sampled
+# every 20 ms by one psql (which costs some CPU itself: not for the record)
+if [ "${BENCH_WAITS:-0}" = 1 ]; then
+	(
+		while [ ! -f "$BENCH_DIR/drained" ]; do
+			echo "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity WHERE backend_type LIKE 'twilio_outbox%' OR application_name = 'twilio_outbox dispatcher';"
+			echo "SELECT pg_sleep(0.02);"
+		done | psql_b >"$BENCH_DIR/waits" 2>/dev/null
+	) &
+	BENCH_PIDS+=("$!")
+fi
 # BENCH_PERF=1: where the dispatcher's CPU goes (perf record -g), reported below
 if [ "${BENCH_PERF:-0}" = 1 ]; then
 	perf record -q -g -o "$BENCH_DIR/perf.data" -p "$pid" 2>/dev/null &
@@ -155,6 +166,9 @@ if [ -n "${perf_pid:-}" ]; then
 fi
 wait "$sampler" || true
 read -r peak_rss peak_local <"$BENCH_DIR/memory"
+if [ -f "$BENCH_DIR/waits" ]; then
+	note "dispatcher_waits$sfx" "$(grep -v '^$' "$BENCH_DIR/waits" | sort | uniq -c | sort -rn | head -8 | awk '{printf "%s%s %s", sep, $2, $1; sep = ", "}') (samples every 20 ms)"
+fi
 end_local=$(local_kb "$pid")
 
 # autovacuum that ran on the tables meanwhile (a run where it did may differ)
