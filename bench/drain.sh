@@ -33,6 +33,12 @@
 # BENCH_PERF=1 also profiles the dispatcher while it drains (perf record -g)
 # and prints where its CPU went (BENCH_PERF_OUT=file keeps perf.data).
 #
+# BENCH_WAITS=1 samples what the dispatchers wait for (pg_stat_activity
+# every 20 ms, by a psql that costs some CPU itself), noted as
+# dispatcher_waits.  Every run notes cpu_by_role: the cores each role kept
+# busy over the drain (the dispatchers, nginx, the cluster's other
+# processes by title, and the machine's idle time).
+#
 # With [dispatchers] > 1 (twilio_outbox.dispatchers_per_database), the CPU
 # per 1,000 messages is summed over the dispatchers; memory is the first's.
 #
