@@ -88,7 +88,9 @@ What each measures:
    INSERT.
 2. **Dispatch throughput** (`bench/drain.sh`): 50,000 messages over 4
    accounts (`max_concurrency` 100) x 5 senders (rate `'Infinity'`), drained
-   by the dispatcher against nginx on 127.0.0.1 answering every POST with a
+   by two dispatchers (`dispatchers_per_database = 2`, the README's
+   recommendation on 2 cores; `dispatch1`: the same with one, without the
+   ceilings) against nginx on 127.0.0.1 answering every POST with a
    Twilio-shaped 201: messages/s from `start_worker()` until every outcome
    is recorded (the server's clock, polled every 10 ms), the dispatcher's
    CPU seconds per 1,000 messages (`/proc/<pid>/stat`, its start included),
@@ -102,7 +104,9 @@ What each measures:
    ... FROM unnest guarded by state and attempt number, with the attempts
    INSERT) over 200,000 messages written straight into the table, on one
    connection and on two (each on its own sender).  The drain rate is
-   reported as a share of each ceiling.  Target: 20,000 messages/s (pg_net,
+   reported as a share of each ceiling; a ceiling below the drain rate (on
+   as many connections as dispatchers), a pgbench with failed transactions
+   or a wrk with errors fails the run instead.  Target: 20,000 messages/s (pg_net,
    measured against the same kind of responder, peaked near 2,800
    requests/s at batch size 10,000 and near 200/s at its default).
 3. **Latency** (`bench/latency.sh`): from the commit of a single
