@@ -17,7 +17,15 @@ top=$(cd "$here/.." && pwd)
 quick=${BENCH_QUICK:-0}
 q() { [ "$quick" = 1 ] && echo "$1" || echo "$2"; }
 runs=${BENCH_RUNS:-$(q 1 3)}
-only=${BENCH_ONLY:-enqueue instructions dispatch batch latency rate claim memory}
+# dispatch: the configuration the README recommends on this 2-core machine
+# (twilio_outbox.dispatchers_per_database = 2); dispatch1: one dispatcher,
+# for reference (no ceilings: dispatch measures them)
+dispatchers=${BENCH_DISPATCHERS:-2}
+# row_versions: row versions and index entries per message (H1's
+# bench/row_versions.sh), run when the script exists
+default_only="enqueue instructions dispatch dispatch1 batch latency rate claim memory"
+[ -f "$here/row_versions.sh" ] && default_only="$default_only row_versions"
+only=${BENCH_ONLY:-$default_only}
 record=${BENCH_RECORD:-$(q 0 1)}
 # a profiled drain is slower: not for the record unless asked
 [ "${BENCH_PERF:-0}" = 1 ] && record=${BENCH_RECORD:-0}
@@ -67,28 +75,37 @@ trap 'rm -rf "$results"' EXIT
 	commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	dirty=$(git -C "$top" status --porcelain -- src sql Makefile 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
 	echo "commit: $commit${dirty:+ with uncommitted changes to ${dirty% }}"
-	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, wrk ${wrk_secs} s; pgbench ceiling $BENCH_CEILING_ROWS messages; batch $batch_messages messages at claim_batch $batches; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim $claim_due due messages, $claim_senders senders, history $history (runs $(runs_of claim)); memory $memory_messages messages in chunks of $memory_chunk (runs $(runs_of memory)); instructions $instr_tx transactions, $instr_messages messages"
+	echo "sizes: runs $runs; enqueue ${enqueue_secs} s (warm-up ${enqueue_warm} s); dispatch $messages messages, $accounts x $senders senders, $dispatchers dispatchers (dispatch1: 1), wrk ${wrk_secs} s; pgbench ceiling $BENCH_CEILING_ROWS messages; batch $batch_messages messages at claim_batch $batches; latency $latency_n messages ${latency_pause} ms apart; rate window ${rate_settle}-$((rate_settle + rate_window)) s; claim $claim_due due messages, $claim_senders senders, history $history (runs $(runs_of claim)); memory $memory_messages messages in chunks of $memory_chunk (runs $(runs_of memory)); instructions $instr_tx transactions, $instr_messages messages"
 } >"$results/facts"
 sed 's/^/  /' "$results/facts"
 
 status=0
 for bench in $only; do
+	envs=()
 	case $bench in
 	enqueue) cmd=("$here/enqueue.sh" "$enqueue_secs" "$enqueue_warm") ;;
-	dispatch) cmd=("$here/drain.sh" "$messages" "$accounts" "$senders" "$wrk_secs") ;;
+	dispatch) cmd=("$here/drain.sh" "$messages" "$accounts" "$senders" "$wrk_secs" "$dispatchers") ;;
+	dispatch1)
+		cmd=("$here/drain.sh" "$messages" "$accounts" "$senders" "$wrk_secs" 1)
+		envs=(DRAIN_CEILINGS=0)
+		;;
+	row_versions)
+		# H1's benchmark: its arguments are its own defaults
+		cmd=("$here/row_versions.sh")
+		;;
 	latency) cmd=("$here/latency.sh" "$latency_n" "$latency_pause") ;;
 	rate) cmd=("$here/rate.sh" "$rate_window" "$rate_settle") ;;
 	batch) cmd=("$here/batch.sh" "$batch_messages" $batches) ;;
 	claim) cmd=("$here/claim.sh" "$history" "$claim_due" "$claim_senders") ;;
 	memory) cmd=("$here/memory.sh" "$memory_messages" "$memory_chunk") ;;
 	instructions) cmd=("$here/instructions.sh" "$instr_tx" "$instr_messages") ;;
-	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue instructions dispatch batch latency rate claim memory)" >&2; exit 2 ;;
+	*) echo "unknown benchmark $bench (BENCH_ONLY: enqueue instructions dispatch dispatch1 batch latency rate claim memory row_versions)" >&2; exit 2 ;;
 	esac
 	n_runs=$(runs_of "$bench")
 	for run in $(seq "$n_runs"); do
 		echo "== $bench, run $run of $n_runs"
 		rc=0
-		BENCH_RUN=$run BENCH_RESULTS="$results/$bench.$run" bash "${cmd[@]}" || rc=$?
+		env "${envs[@]}" BENCH_RUN="$run" BENCH_RESULTS="$results/$bench.$run" bash "${cmd[@]}" || rc=$?
 		echo "$rc" >"$results/$bench.$run.status"
 		if [ "$rc" != 0 ]; then
 			echo "== $bench, run $run failed (exit status $rc)"

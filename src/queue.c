@@ -167,6 +167,25 @@ put_back_quiet(const char *account, Datum *ids, Datum *attempts, Datum *untils, 
 }
 
 /*
+ * Column col (from 1) of a claimed row deformed once into vals/nulls: each
+ * SPI_getbinval() walked the tuple from its start again (its varlena
+ * columns leave no cached offsets), and each SPI_getvalue() looked up and
+ * called the column type's output function.  The text columns are text.
+ */
+static inline Datum
+claim_col(const Datum *vals, const bool *nulls, int col, bool *isnull)
+{
+	*isnull = nulls[col - 1];
+	return vals[col - 1];
+}
+
+static inline char *
+claim_text(const Datum *vals, const bool *nulls, int col)
+{
+	return nulls[col - 1] ? NULL : TextDatumGetCString(vals[col - 1]);
+}
+
+/*
  * Take the rows one claim statement returned: each becomes a message with
  * its request built, in the batch context (created on the first row).
  * Rows that must not be sent are decided here, never sent; rows whose
@@ -180,6 +199,8 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 	MemoryContext old;
 	int			i;
 	int			nquiet = 0;
+	Datum	   *vals;
+	bool	   *nulls;
 	Datum	   *quiet_ids;
 	Datum	   *quiet_attempts;
 	Datum	   *quiet_untils;
@@ -190,6 +211,8 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 	quiet_ids = palloc(sizeof(Datum) * SPI_processed);
 	quiet_attempts = palloc(sizeof(Datum) * SPI_processed);
 	quiet_untils = palloc(sizeof(Datum) * SPI_processed);
+	vals = palloc(sizeof(Datum) * SPI_tuptable->tupdesc->natts);
+	nulls = palloc(sizeof(bool) * SPI_tuptable->tupdesc->natts);
 	if (batch == NULL)
 	{
 		MemoryContext cxt = AllocSetContextCreate(outbox_worker_cxt, "twilio_outbox batch",
@@ -203,8 +226,7 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 	for (i = 0; i < (int) SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		OutboxMessage *m = palloc0(sizeof(OutboxMessage));
+		OutboxMessage *m;
 		bool		isnull;
 		bool		media_null;
 		bool		params_null;
@@ -212,37 +234,41 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		Datum		params;
 		Datum		expires;
 		Datum		d;
-		char	   *account = SPI_getvalue(tup, desc, 4);
-		char	   *sender_account = SPI_getvalue(tup, desc, 18);
+		char	   *account;
+		char	   *sender_account;
 		char	   *campaign;
 		bool		account_exists;
 		int64		sender_id;
 
+		heap_deform_tuple(tup, SPI_tuptable->tupdesc, vals, nulls);
+		m = palloc0(sizeof(OutboxMessage));
+		account = claim_text(vals, nulls, 4);
+		sender_account = claim_text(vals, nulls, 18);
 		m->batch = batch;
 		m->resp.concurrent_requests = -1;
 		m->resp.request_duration = -1;
-		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		m->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		m->failures = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		m->ambiguous_before = DatumGetInt32(SPI_getbinval(tup, desc, 20, &isnull));
+		m->id = DatumGetInt64(claim_col(vals, nulls, 1, &isnull));
+		m->attempt = DatumGetInt32(claim_col(vals, nulls, 2, &isnull));
+		m->failures = DatumGetInt32(claim_col(vals, nulls, 3, &isnull));
+		m->ambiguous_before = DatumGetInt32(claim_col(vals, nulls, 20, &isnull));
 		/* attempts.account and dead_letters.account are NOT NULL */
 		m->account_name = account ? account : "(none)";
-		m->to_number = SPI_getvalue(tup, desc, 5);
-		media = SPI_getbinval(tup, desc, 9, &media_null);
-		params = SPI_getbinval(tup, desc, 13, &params_null);
-		expires = SPI_getbinval(tup, desc, 14, &isnull);
+		m->to_number = claim_text(vals, nulls, 5);
+		media = claim_col(vals, nulls, 9, &media_null);
+		params = claim_col(vals, nulls, 13, &params_null);
+		expires = claim_col(vals, nulls, 14, &isnull);
 		m->expires_at = isnull ? 0 : DatumGetTimestampTz(expires);
-		m->idempotency_key = SPI_getvalue(tup, desc, 15);
-		d = SPI_getbinval(tup, desc, 16, &isnull);
+		m->idempotency_key = claim_text(vals, nulls, 15);
+		d = claim_col(vals, nulls, 16, &isnull);
 		m->segments = isnull ? 1 : Min(Max(DatumGetInt32(d), 1), 1000);
-		d = SPI_getbinval(tup, desc, 17, &isnull);
+		d = claim_col(vals, nulls, 17, &isnull);
 		sender_id = isnull ? 0 : DatumGetInt64(d);
 		m->sender = isnull ? NULL : outbox_find_sender(sender_id);
 		if (m->sender != NULL)
 			m->sender->claim_got++;
-		d = SPI_getbinval(tup, desc, 19, &isnull);
+		d = claim_col(vals, nulls, 19, &isnull);
 		account_exists = !isnull && DatumGetBool(d);
-		campaign = SPI_getvalue(tup, desc, 24);
+		campaign = claim_text(vals, nulls, 24);
 
 		/*
 		 * Its campaign's pace, pause or cancel (issue 12): put back, never
@@ -250,7 +276,7 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		 */
 		if (campaign != NULL && account != NULL)
 		{
-			char	   *row = SPI_getvalue(tup, desc, 25);
+			char	   *row = claim_text(vals, nulls, 25);
 			char		state[16] = "";
 			double		pace = NAN;
 			double		burst = 1;
@@ -313,14 +339,14 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		 * account's window holds now in the recipient's zone: back it goes,
 		 * uncharged, until the window ends.
 		 */
-		d = SPI_getbinval(tup, desc, 26, &isnull);
+		d = claim_col(vals, nulls, 26, &isnull);
 		if (!isnull && m->account != NULL && m->sender != NULL)
 		{
 			char	   *zone = TextDatumGetCString(d);
 			bool		start_null;
 			bool		end_null;
-			Datum		start = SPI_getbinval(tup, desc, 27, &start_null);
-			Datum		end = SPI_getbinval(tup, desc, 28, &end_null);
+			Datum		start = claim_col(vals, nulls, 27, &start_null);
+			Datum		end = claim_col(vals, nulls, 28, &end_null);
 			TimestampTz until = start_null || end_null ? 0 :
 				outbox_quiet_until(zone, DatumGetTimeADT(start), DatumGetTimeADT(end), now);
 
@@ -348,7 +374,7 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			batch->pending++;
 			continue;
 		}
-		d = SPI_getbinval(tup, desc, 21, &isnull);
+		d = claim_col(vals, nulls, 21, &isnull);
 		if (!isnull && DatumGetBool(d))
 		{
 			/* a call: Calls.json beside Messages.json, within the account's calls per second */
@@ -369,11 +395,11 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			}
 			m->request_url = psprintf("%.*sCalls.json",
 									  (int) (strlen(url) - strlen("Messages.json")), url);
-			m->form = outbox_build_call_form(m->to_number, SPI_getvalue(tup, desc, 6),
-											 SPI_getvalue(tup, desc, 8),
-											 SPI_getvalue(tup, desc, 12),
-											 SPI_getvalue(tup, desc, 22),
-											 SPI_getvalue(tup, desc, 23));
+			m->form = outbox_build_call_form(m->to_number, claim_text(vals, nulls, 6),
+											 claim_text(vals, nulls, 8),
+											 claim_text(vals, nulls, 12),
+											 claim_text(vals, nulls, 22),
+											 claim_text(vals, nulls, 23));
 			outbox_bucket_take(m->sender, 1);
 			m->sender->served = ++served_seq;
 			claimed = lappend(claimed, m);
@@ -381,10 +407,10 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			continue;
 		}
 		m->form = outbox_build_form(m->to_number,
-									SPI_getvalue(tup, desc, 6), SPI_getvalue(tup, desc, 7),
-									SPI_getvalue(tup, desc, 8), media, media_null,
-									SPI_getvalue(tup, desc, 10), SPI_getvalue(tup, desc, 11),
-									SPI_getvalue(tup, desc, 12), params, params_null,
+									claim_text(vals, nulls, 6), claim_text(vals, nulls, 7),
+									claim_text(vals, nulls, 8), media, media_null,
+									claim_text(vals, nulls, 10), claim_text(vals, nulls, 11),
+									claim_text(vals, nulls, 12), params, params_null,
 									m->expires_at, now);
 		outbox_bucket_take(m->sender, m->segments);
 		m->sender->served = ++served_seq;
@@ -528,7 +554,7 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 	claim_rotor++;
 
 	if (naccounts > 0)
-		outbox_prepare(&plan,
+		outbox_generic_prepare(&plan,
 			"WITH q AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int4[],"
 			"   $4::float8[], $5::bool[], $6::int4[]) WITH ORDINALITY"
 			"  AS q(sender_id, account, max_n, budget, full_bucket, account_room, turn)),"
@@ -578,6 +604,11 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			"  m.from_number, m.messaging_service_sid, m.body, m.media_urls,"
 			"  m.content_sid, m.content_variables::text,"
 			/*
+			 * Every row returned is of account $9: what the statement needs
+			 * of the account it reads once (each subselect naming only $9 is
+			 * an init plan, run once per claim, not per message), and its
+			 * campaign only for a row that has one.
+			 *
 			 * The message's own callback, else the account's with outbox_id:
 			 * the rule of twilio_outbox.status_callback_for(), written out so
 			 * that no function call (with its pinned search_path) runs per
@@ -585,12 +616,12 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			 */
 			"  coalesce(m.status_callback, (SELECT a.status_callback_url"
 			"   || CASE WHEN strpos(a.status_callback_url, '?') > 0 THEN '&' ELSE '?' END"
-			"   || 'outbox_id=' || m.id::text"
-			"   FROM twilio_outbox.accounts a WHERE a.name = m.account)), m.params,"
+			"   || 'outbox_id='"
+			"   FROM twilio_outbox.accounts a WHERE a.name = $9) || m.id::text), m.params,"
 			"  m.expires_at, m.idempotency_key::text, m.segments, m.sender_id,"
 			/* what the row's sender and account are now, for the checks below */
 			"  (SELECT s.account FROM twilio_outbox.senders s WHERE s.id = m.sender_id),"
-			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = m.account),"
+			"  EXISTS (SELECT FROM twilio_outbox.accounts a WHERE a.name = $9),"
 			"  m.ambiguous_attempts,"
 			/* a call (a voice step of a fallback chain, fallback.c) */
 			"  m.channel = 'voice', m.voice_options->>'voice', m.voice_options->>'language',"
@@ -598,20 +629,21 @@ outbox_claim(int capacity, TimestampTz now, bool *more)
 			 * its campaign's row as it is now, "state pace burst" (one
 			 * primary-key probe; campaign.c)
 			 */
-			"  m.campaign, (SELECT k.state || ' ' || coalesce(k.pace::float8, 'NaN') || ' ' || k.burst::float8"
-			"   FROM twilio_outbox.campaigns k WHERE k.account = m.account AND k.name = m.campaign),"
+			"  m.campaign, CASE WHEN m.campaign IS NOT NULL THEN (SELECT k.state || ' '"
+			"   || coalesce(k.pace::float8, 'NaN') || ' ' || k.burst::float8"
+			"   FROM twilio_outbox.campaigns k WHERE k.account = $9 AND k.name = m.campaign) END,"
 			/*
 			 * quiet hours (quiet.c): the recipient's zone, the window: its
 			 * campaign's when it has one (both or neither are set), else
 			 * the account's
 			 */
 			"  m.quiet_zone,"
-			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT coalesce(k.quiet_start, a.quiet_start)"
-			"   FROM twilio_outbox.accounts a LEFT JOIN twilio_outbox.campaigns k"
-			"   ON k.account = a.name AND k.name = m.campaign WHERE a.name = m.account) END,"
-			"  CASE WHEN m.quiet_zone IS NOT NULL THEN (SELECT coalesce(k.quiet_end, a.quiet_end)"
-			"   FROM twilio_outbox.accounts a LEFT JOIN twilio_outbox.campaigns k"
-			"   ON k.account = a.name AND k.name = m.campaign WHERE a.name = m.account) END",
+			"  CASE WHEN m.quiet_zone IS NOT NULL THEN coalesce(CASE WHEN m.campaign IS NOT NULL THEN"
+			"   (SELECT k.quiet_start FROM twilio_outbox.campaigns k WHERE k.account = $9 AND k.name = m.campaign) END,"
+			"   (SELECT a.quiet_start FROM twilio_outbox.accounts a WHERE a.name = $9)) END,"
+			"  CASE WHEN m.quiet_zone IS NOT NULL THEN coalesce(CASE WHEN m.campaign IS NOT NULL THEN"
+			"   (SELECT k.quiet_end FROM twilio_outbox.campaigns k WHERE k.account = $9 AND k.name = m.campaign) END,"
+			"   (SELECT a.quiet_end FROM twilio_outbox.accounts a WHERE a.name = $9)) END",
 			9, types);
 
 	for (i = 0; i < naccounts; i++)

@@ -440,6 +440,8 @@ extern void outbox_read_policy(struct HeapTupleData *tuple, struct TupleDescData
 struct _SPI_plan;
 extern struct _SPI_plan *outbox_prepare(struct _SPI_plan **slot, const char *sql,
 										int nargs, Oid *types);
+extern struct _SPI_plan *outbox_generic_prepare(struct _SPI_plan **slot, const char *sql,
+												int nargs, Oid *types);
 extern Datum outbox_make_array(Datum *values, bool *nulls, int n, Oid elemtype);
 
 /* registry.c: accounts, credentials, senders, reloaded from the tables */
