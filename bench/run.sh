@@ -21,8 +21,8 @@ runs=${BENCH_RUNS:-$(q 1 3)}
 # (twilio_outbox.dispatchers_per_database = 2); dispatch1: one dispatcher,
 # for reference (no ceilings: dispatch measures them)
 dispatchers=${BENCH_DISPATCHERS:-2}
-# row_versions: row versions and index entries per message (H1's
-# bench/row_versions.sh), run when the script exists
+# row_versions: row versions and index entries per message
+# (bench/row_versions.sh), run when the script exists
 default_only="enqueue instructions dispatch dispatch1 batch latency rate claim memory"
 [ -f "$here/row_versions.sh" ] && default_only="$default_only row_versions"
 only=${BENCH_ONLY:-$default_only}
@@ -90,8 +90,7 @@ for bench in $only; do
 		envs=(DRAIN_CEILINGS=0)
 		;;
 	row_versions)
-		# H1's benchmark: its arguments are its own defaults
-		cmd=("$here/row_versions.sh")
+		cmd=("$here/row_versions.sh" "$(q 5000 20000)" 2 2)
 		;;
 	latency) cmd=("$here/latency.sh" "$latency_n" "$latency_pause") ;;
 	rate) cmd=("$here/rate.sh" "$rate_window" "$rate_settle") ;;

@@ -10,12 +10,12 @@
 #                  record with its attempt row) that drain.sh runs to measure
 #                  PostgreSQL's own ceiling.
 #
-# SHAPE_FIRST_SUCCESS_ATTEMPT_ROW=1 (the default): a message sent at its
-# first attempt has an attempts row, as in 0.1; set it to 0 when the
-# dispatcher stops writing one (issue 14), so that the generated history and
-# the ceiling's writes stay those of the dispatcher.
+# SHAPE_FIRST_SUCCESS_ATTEMPT_ROW=0 (the default): a message sent at its
+# first attempt has no attempts row, as the dispatcher writes it since
+# sql/0.2/47_row_versions.sql (its first attempt is kept on the message);
+# 1 gives 0.1's shape (an attempts row each), for comparisons with it.
 
-SHAPE_FIRST_SUCCESS_ATTEMPT_ROW=${SHAPE_FIRST_SUCCESS_ATTEMPT_ROW:-1}
+SHAPE_FIRST_SUCCESS_ATTEMPT_ROW=${SHAPE_FIRST_SUCCESS_ATTEMPT_ROW:-0}
 
 # gen_messages KIND COUNT SENDERS_SQL
 #
@@ -28,13 +28,17 @@ SHAPE_FIRST_SUCCESS_ATTEMPT_ROW=${SHAPE_FIRST_SUCCESS_ATTEMPT_ROW:-1}
 #             201), 1 in 20 dead after one attempt (HTTP 400, code 21211,
 #             a dead letter), finished over the last 30 days; each with
 #             its attempts row (the sent ones only if
-#             SHAPE_FIRST_SUCCESS_ATTEMPT_ROW=1).
+#             SHAPE_FIRST_SUCCESS_ATTEMPT_ROW=1, else their first attempt
+#             kept on the row).
 # One statement, so one transaction; no VACUUM or ANALYZE (the caller's
 # business).
 gen_messages()
 {
-	local kind=$1 count=$2 senders=$3 attempt_rows=true
-	[ "$SHAPE_FIRST_SUCCESS_ATTEMPT_ROW" = 1 ] || attempt_rows="m.state <> 'sent'"
+	local kind=$1 count=$2 senders=$3 attempt_rows=true kept=false
+	if [ "$SHAPE_FIRST_SUCCESS_ATTEMPT_ROW" != 1 ]; then
+		attempt_rows="m.state <> 'sent'"
+		kept=true		# the sent ones keep their first attempt on the row
+	fi
 	case $kind in
 	due)
 		psql_b <<SQL
@@ -58,7 +62,8 @@ WITH s AS (SELECT (row_number() OVER (ORDER BY q.id)) - 1 AS k, q.id, x.account,
 h AS (INSERT INTO twilio_outbox.messages AS m (account, sender_id, to_number, from_number, body,
 		encoding, segments, idempotency_key, state, attempts, failures, next_attempt_at,
 		twilio_sid, twilio_status, twilio_segments, last_http_status, last_error_code,
-		last_error_message, created_at, updated_at, sent_at, finished_at)
+		last_error_message, created_at, updated_at, sent_at, finished_at,
+		first_started_at, first_duration_ms, first_http_status)
 	SELECT s.account, s.id, '+1415' || lpad((i % 10000000)::text, 7, '0'), s.from_number,
 		'Historic message ' || i, 'GSM-7', 1, gen_random_uuid(), x.state, 1,
 		CASE WHEN x.dead THEN 1 ELSE 0 END, t,
@@ -68,7 +73,10 @@ h AS (INSERT INTO twilio_outbox.messages AS m (account, sender_id, to_number, fr
 		CASE WHEN x.dead THEN 400 ELSE 201 END,
 		CASE WHEN x.dead THEN 21211 END,
 		CASE WHEN x.dead THEN 'Invalid ''To'' Phone Number' END,
-		t, t + interval '1 s', CASE WHEN NOT x.dead THEN t + interval '1 s' END, t + interval '1 s'
+		t, t + interval '1 s', CASE WHEN NOT x.dead THEN t + interval '1 s' END, t + interval '1 s',
+		CASE WHEN $kept AND NOT x.dead THEN t + interval '0.5 s' END,
+		CASE WHEN $kept AND NOT x.dead THEN 120 END,
+		CASE WHEN $kept AND NOT x.dead THEN 201 END
 	FROM generate_series(0, $count - 1) i
 		JOIN s ON s.k = i % s.n,
 		LATERAL (SELECT now() - interval '30 days' + i * (interval '29 days' / $count),
@@ -117,8 +125,15 @@ SQL
 # compares with the dispatcher's messages/s.
 ceiling_script()
 {
-	local batch=$1 file=$2 attempts_where=true
-	[ "$SHAPE_FIRST_SUCCESS_ATTEMPT_ROW" = 1 ] || attempts_where=false
+	local batch=$1 file=$2 attempts_where=true first_kept=
+	# without an attempt row, the first attempt is kept on the message
+	# (sql/0.2/47_row_versions.sql), as the dispatcher does
+	if [ "$SHAPE_FIRST_SUCCESS_ATTEMPT_ROW" != 1 ]; then
+		attempts_where=false
+		first_kept="first_started_at = now(), first_duration_ms = 1.5, first_http_status = 201,
+		first_request_id = 'RQ00000000000000000000000000000000', first_concurrent_requests = 1,
+		first_request_duration = 0.001, first_worker_pid = pg_backend_pid(),"
+	fi
 	cat >"$file" <<SQL
 WITH k AS (SELECT m.id FROM twilio_outbox.messages m
 		WHERE m.state = 'queued' AND m.account = 'acct1' AND m.next_attempt_at <= now()
@@ -138,7 +153,7 @@ SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempts), '{}')
 WITH u AS (UPDATE twilio_outbox.messages m SET state = 'sent',
 		lease_until = NULL, worker_pid = NULL, twilio_sid = r.sid, twilio_status = 'queued',
 		twilio_segments = 1, last_http_status = 201, last_error_code = NULL,
-		last_error_message = NULL, updated_at = now(), sent_at = now(), finished_at = now()
+		last_error_message = NULL, $first_kept updated_at = now(), sent_at = now(), finished_at = now()
 	FROM unnest(:ids::int8[], :atts::int4[], :accts::text[], :sids::text[]) AS r(id, attempt, account, sid)
 	WHERE m.id = r.id AND m.account = 'acct1'
 		AND m.state = 'sending'::text::twilio_outbox.message_state AND m.attempts = r.attempt
