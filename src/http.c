@@ -70,12 +70,12 @@
  * libcurl's own buffers for a transfer, allocated when it starts and freed
  * when it is done (7.88): the upload buffer, which the read callback fills,
  * 64 kB by default, and the receive buffer, 16 kB; about 70 kB per request
- * in flight for forms of a few hundred bytes and answers of one or two kB
- * (measured: 178 MB at 2,000 in flight).  16 kB is the upload buffer's
- * minimum; 4 kB of receive buffer holds a whole answer to a create, fetch
- * or delete, headers included, in one read.  A list page (up to 1 MB) keeps
- * libcurl's default.  curl_easy_reset() puts the defaults back: both are
- * set for every request.
+ * in flight (160-178 MB of the dispatcher's at 2,000 in flight) for forms
+ * of a few hundred bytes and answers of one or two kB.  16 kB is the
+ * upload buffer's minimum; 4 kB of receive buffer holds a whole answer to
+ * a create, fetch or delete, headers included, in one read.  A list page
+ * (up to 1 MB) keeps libcurl's default.  curl_easy_reset() puts the
+ * defaults back: both are set for every request.
  */
 #define UPLOAD_BUFFER_SIZE	16384L
 #define RECEIVE_BUFFER_SIZE	4096L
