@@ -154,6 +154,7 @@ static int
 on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
 	struct epoll_event ev;
+	static char in_set;			/* socketp of a socket in the set: its address */
 
 	if (what == CURL_POLL_REMOVE)
 	{
@@ -167,9 +168,24 @@ on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 		ev.events |= EPOLLIN;
 	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
 		ev.events |= EPOLLOUT;
-	if (epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev) != 0 &&
-		(errno != ENOENT || epoll_ctl(epfd, EPOLL_CTL_ADD, s, &ev) != 0))
+
+	/*
+	 * libcurl keeps socketp for us until it removes the socket: set, it
+	 * says the socket is in the set already (one system call per change,
+	 * not a failed MOD before each ADD).  EEXIST or ENOENT (a number
+	 * reused behind our back) fall back to the other operation.
+	 */
+	if (socketp == &in_set)
+	{
+		if (epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev) != 0 &&
+			(errno != ENOENT || epoll_ctl(epfd, EPOLL_CTL_ADD, s, &ev) != 0))
+			socket_errno = errno;
+	}
+	else if (epoll_ctl(epfd, EPOLL_CTL_ADD, s, &ev) != 0 &&
+			 (errno != EEXIST || epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev) != 0))
 		socket_errno = errno;
+	else
+		curl_multi_assign(multi, s, &in_set);
 	return 0;
 }
 
