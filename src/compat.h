@@ -94,4 +94,16 @@ typedef int OutboxPinnedPath;
 #define OUTBOX_UNPIN_SEARCH_PATH(pinned) ((void) (pinned), PopOverrideSearchPath())
 #endif
 
+/*
+ * A WaitEventSet that lives until the process exits (the dispatcher's wait
+ * on its latch and its transfers' sockets, http.c).  17 takes a resource
+ * owner (NULL: none, allocated in TopMemoryContext) instead of a context.
+ * The file using it includes storage/latch.h and utils/memutils.h.
+ */
+#if PG_VERSION_NUM >= 170000
+#define outbox_create_wait_event_set(nevents) CreateWaitEventSet(NULL, (nevents))
+#else
+#define outbox_create_wait_event_set(nevents) CreateWaitEventSet(TopMemoryContext, (nevents))
+#endif
+
 #endif							/* TWILIO_OUTBOX_COMPAT_H */

@@ -45,13 +45,40 @@
 #include "twilio_outbox.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 #include <curl/curl.h>
 
+#include "miscadmin.h"
+#include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
+#include "utils/wait_event.h"
 
 #define RESPONSE_BODY_CAP	16384
+/*
+ * A response body is first read into a buffer of this size inside the
+ * pooled request: a message resource of Twilio's is about 1 kB plus its
+ * body.  A longer one grows it, once, to RESPONSE_BODY_CAP (the pooled
+ * request keeps that), so that the pool of max_in_flight requests does not
+ * hold 16 kB each for responses that never need it.
+ */
+#define SMALL_BODY_CAP		4096
+/*
+ * libcurl's own buffers for a transfer, allocated when it starts and freed
+ * when it is done (7.88): the upload buffer, which the read callback fills,
+ * 64 kB by default, and the receive buffer, 16 kB; about 70 kB per request
+ * in flight (160-178 MB of the dispatcher's at 2,000 in flight) for forms
+ * of a few hundred bytes and answers of one or two kB.  16 kB is the
+ * upload buffer's minimum; 4 kB of receive buffer holds a whole answer to
+ * a create, fetch or delete, headers included, in one read.  A list page
+ * (up to 1 MB) keeps libcurl's default.  curl_easy_reset() puts the
+ * defaults back: both are set for every request.
+ */
+#define UPLOAD_BUFFER_SIZE	16384L
+#define RECEIVE_BUFFER_SIZE	4096L
 /* a page of Messages.json: 50 messages of up to 1,600 characters, each escaped */
 #define LIST_BODY_CAP		(1024 * 1024)
 /* Below the idle timeout of Twilio's load balancers, so a reused connection is alive. */
@@ -60,6 +87,27 @@
 static CURLM *multi = NULL;
 static int	in_flight = 0;
 static char user_agent[128];
+
+/*
+ * Issue 14: the cost of a turn of the loop is proportional to the transfers
+ * with something to do, not to all those in flight.  curl_multi_perform()
+ * and curl_multi_poll() walk every easy handle and build a pollfd of every
+ * socket at each call (libcurl 7.88): with 2,000 requests in flight, each
+ * turn paid for 2,000.  Instead libcurl tells us, through the socket
+ * callback, which sockets it waits on and for what, and we keep them in an
+ * epoll set of our own (epfd); a turn asks the kernel which of them are
+ * ready (epoll_wait, O(ready)) and hands exactly those to
+ * curl_multi_socket_action(), plus CURL_SOCKET_TIMEOUT when libcurl's
+ * earliest timer (curl_multi_timeout(), the head of its timer tree: new
+ * transfers, connect and request timeouts) is due.  The wait itself is a
+ * WaitEventSet of the dispatcher's latch, postmaster death and the epoll
+ * fd, which is readable while any socket in the set is ready: a committed
+ * enqueue or SIGTERM wakes the wait at once.
+ */
+#define READY_EVENTS_MAX 256
+static int	epfd = -1;
+static int	socket_errno = 0;	/* an epoll_ctl failure the socket callback saw */
+static WaitEventSet *wait_set = NULL;
 
 /*
  * Issue 14: the hot path allocates nothing per message.  A request is made
@@ -82,7 +130,9 @@ typedef struct PooledRequest
 	size_t		form_pos;
 	struct curl_slist headers[4];
 	char		idempotency[IDEMPOTENCY_HEADER_CAP];
-	char		body[RESPONSE_BODY_CAP];
+	char	   *body;			/* small_body, or RESPONSE_BODY_CAP bytes malloc'd */
+	size_t		body_cap;
+	char		small_body[SMALL_BODY_CAP];
 } PooledRequest;
 
 static PooledRequest *free_requests = NULL;
@@ -92,6 +142,52 @@ static List *all_requests = NIL;
 static char accept_header[] = "Accept: application/json";
 static char form_header[] = "Content-Type: application/x-www-form-urlencoded";
 static char no_expect_header[] = "Expect:";
+
+/*
+ * libcurl's socket callback: socket s is now waited on for what (or no
+ * longer).  Keeps the epoll set equal to what libcurl waits on.  Never
+ * throws; a failure is kept in socket_errno and reported by the poll (the
+ * transfers on that socket then end at their timeouts).  Level-triggered:
+ * a socket libcurl did not drain stays ready for the next turn.
+ */
+static int
+on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct epoll_event ev;
+	static char in_set;			/* socketp of a socket in the set: its address */
+
+	if (what == CURL_POLL_REMOVE)
+	{
+		/* an fd already closed has left the set by itself */
+		(void) epoll_ctl(epfd, EPOLL_CTL_DEL, s, NULL);
+		return 0;
+	}
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = s;
+	if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+		ev.events |= EPOLLIN;
+	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+		ev.events |= EPOLLOUT;
+
+	/*
+	 * libcurl keeps socketp for us until it removes the socket: set, it
+	 * says the socket is in the set already (one system call per change,
+	 * not a failed MOD before each ADD).  EEXIST or ENOENT (a number
+	 * reused behind our back) fall back to the other operation.
+	 */
+	if (socketp == &in_set)
+	{
+		if (epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev) != 0 &&
+			(errno != ENOENT || epoll_ctl(epfd, EPOLL_CTL_ADD, s, &ev) != 0))
+			socket_errno = errno;
+	}
+	else if (epoll_ctl(epfd, EPOLL_CTL_ADD, s, &ev) != 0 &&
+			 (errno != EEXIST || epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev) != 0))
+		socket_errno = errno;
+	else
+		curl_multi_assign(multi, s, &in_set);
+	return 0;
+}
 
 void
 outbox_http_init(void)
@@ -108,6 +204,16 @@ outbox_http_init(void)
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("could not create a libcurl multi handle")));
 	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) Max(outbox_max_in_flight, 8));
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (epfd < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not create an epoll set for the dispatcher's connections: %m")));
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	wait_set = outbox_create_wait_event_set(3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, epfd, NULL, NULL);
 	v = curl_version_info(CURLVERSION_NOW);
 	snprintf(user_agent, sizeof(user_agent), "twilio_outbox/%s (PostgreSQL %s) libcurl/%s",
 			 OUTBOX_VERSION, PG_MAJORVERSION, v->version);
@@ -267,10 +373,31 @@ on_read(char *buffer, size_t size, size_t nitems, void *userdata)
 static size_t
 on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
-	OutboxResponse *r = userdata;
+	PooledRequest *t = userdata;
+	OutboxResponse *r = &t->m->resp;
 	size_t		n = size * nmemb;
-	size_t		room = r->body_cap - 1 - r->body_len;
-	size_t		copy = Min(n, room);
+	size_t		room;
+	size_t		copy;
+
+	/*
+	 * The pooled buffer is too small: grow it to the cap, with malloc (a
+	 * callback never throws; out of memory, the body is cut where it is,
+	 * as at the cap).  Kept by the pooled request, freed at exit.
+	 */
+	if (r->body == t->body && t->body_cap < RESPONSE_BODY_CAP &&
+		r->body_len + n >= r->body_cap)
+	{
+		char	   *big = malloc(RESPONSE_BODY_CAP);
+
+		if (big != NULL)
+		{
+			memcpy(big, r->body, r->body_len + 1);
+			t->body = r->body = big;
+			t->body_cap = r->body_cap = RESPONSE_BODY_CAP;
+		}
+	}
+	room = r->body_cap - 1 - r->body_len;
+	copy = Min(n, room);
 
 	if (copy < n)
 		r->body_truncated = true;
@@ -386,6 +513,8 @@ take_request(void)
 		pfree(r);
 		return NULL;
 	}
+	r->body = r->small_body;
+	r->body_cap = SMALL_BODY_CAP;
 	all_requests = lappend(all_requests, r);
 	return r;
 }
@@ -470,7 +599,7 @@ outbox_http_start(OutboxMessage *m)
 	}
 	else
 	{
-		m->resp.body_cap = RESPONSE_BODY_CAP;
+		m->resp.body_cap = t->body_cap;
 		m->resp.body = t->body;
 	}
 	m->resp.body_len = 0;
@@ -511,6 +640,7 @@ outbox_http_start(OutboxMessage *m)
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) t->form_len);
 		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
 		curl_easy_setopt(e, CURLOPT_READDATA, t);
+		curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, UPLOAD_BUFFER_SIZE);
 	}
 	else if (m->kind == OUTBOX_REQUEST_DELETE)
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
@@ -531,7 +661,9 @@ outbox_http_start(OutboxMessage *m)
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) outbox_request_timeout_ms);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, m->resp.transport_error);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, &m->resp);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+	if (m->kind != OUTBOX_REQUEST_LIST)
+		curl_easy_setopt(e, CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_SIZE);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, &m->resp);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, m);
@@ -621,23 +753,73 @@ finish(OutboxMessage *m, CURLcode rc)
 }
 
 /*
- * Drive the transfers, waiting at most timeout_ms for network activity,
+ * Hand libcurl the sockets that are ready now (no waiting), then its timers
+ * when the earliest is due.  What it costs is proportional to the ready
+ * sockets and the due timers, not to the transfers in flight.
+ */
+static void
+drive_ready(void)
+{
+	struct epoll_event ready[READY_EVENTS_MAX];
+	int			n;
+	int			i;
+	int			running;
+	long		timer_ms = -1;
+
+	n = epoll_wait(epfd, ready, READY_EVENTS_MAX, 0);
+	for (i = 0; i < n; i++)
+	{
+		uint32		ev = ready[i].events;
+		int			mask = 0;
+
+		/* a hang-up or an error is what the next read or write reports */
+		if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))
+			mask |= CURL_CSELECT_IN;
+		if (ev & (EPOLLOUT | EPOLLERR))
+			mask |= CURL_CSELECT_OUT;
+		/* a socket closed by an earlier action is unknown to libcurl: ignored */
+		curl_multi_socket_action(multi, ready[i].data.fd, mask, &running);
+	}
+	if (curl_multi_timeout(multi, &timer_ms) == CURLM_OK && timer_ms == 0)
+		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/*
+ * Drive the transfers, waiting at most timeout_ms for network activity, a
+ * timer of libcurl's or the latch (which it leaves set, for the caller),
  * and hand each finished one to done().  Returns how many finished.
  */
 int
 outbox_http_poll(int timeout_ms, OutboxHttpDone done)
 {
-	int			running;
 	int			left;
 	int			ndone = 0;
 	CURLMsg    *msg;
 
-	curl_multi_perform(multi, &running);
-	if (timeout_ms > 0 && running == in_flight)
+	if (socket_errno != 0)
 	{
-		curl_multi_poll(multi, NULL, 0, timeout_ms, NULL);
-		curl_multi_perform(multi, &running);
+		errno = socket_errno;
+		socket_errno = 0;
+		ereport(WARNING,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("twilio_outbox dispatcher could not watch a connection's socket: %m"),
+				 errdetail("The requests on that connection end at their timeouts.")));
 	}
+	if (timeout_ms > 0)
+	{
+		long		timer_ms = -1;
+
+		if (curl_multi_timeout(multi, &timer_ms) == CURLM_OK && timer_ms >= 0)
+			timeout_ms = Min(timeout_ms, timer_ms);
+		if (timeout_ms > 0)
+		{
+			WaitEvent	ev;
+
+			/* returns at once when a socket is ready or the latch is set */
+			(void) WaitEventSetWait(wait_set, timeout_ms, &ev, 1, PG_WAIT_EXTENSION);
+		}
+	}
+	drive_ready();
 	while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 	{
 		OutboxMessage *m;
@@ -686,7 +868,23 @@ outbox_http_shutdown(void)
 		multi = NULL;
 	}
 	foreach(lc, all_requests)
-		curl_easy_cleanup(((PooledRequest *) lfirst(lc))->easy);
+	{
+		PooledRequest *r = lfirst(lc);
+
+		curl_easy_cleanup(r->easy);
+		if (r->body != r->small_body)
+			free(r->body);
+	}
 	free_requests = NULL;
+	if (wait_set != NULL)
+	{
+		FreeWaitEventSet(wait_set);
+		wait_set = NULL;
+	}
+	if (epfd >= 0)
+	{
+		close(epfd);
+		epfd = -1;
+	}
 	curl_global_cleanup();
 }

@@ -11,8 +11,8 @@
  *	   every second refresh accounts and policy and expire/rescue, then claim
  *	   up to the free capacity and commit;
  *	 - a network phase, no transaction: put the claimed requests in flight
- *	   and drive libcurl until some finish (or sleep on the latch when
- *	   nothing is in flight).
+ *	   and drive libcurl until some finish or the latch is set (or sleep
+ *	   on the latch when nothing is in flight).
  * A committed twilio_enqueue() sets the latch; the poll interval is only
  * the backstop.  SIGTERM stops claiming, lets the requests in flight finish
  * (each is bounded by the request timeout), records them, and exits.

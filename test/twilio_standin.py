@@ -23,6 +23,8 @@ Actions (JSON objects):
         Twilio-shaped error body; "code" defaults to 21211 (400), 20003 (401),
         20404 (404), 20429 (429), 20500 (5xx).  retry_after adds Retry-After.
     {"hang": s}          read the request, sleep s seconds, then answer 201
+    {"stall_body": s}    create the message, send 201's headers (the whole body's
+                         Content-Length) and half the body, sleep s seconds, close
     {"reset": true}      read the request, then close the socket with an RST
     {"malformed": true}  answer 201 with a truncated JSON body
     {"raw": {"status": n, "headers_b64": [...], "body_b64": str}}
@@ -264,6 +266,9 @@ def normalise_action(raw):
         if "hang" in raw:
             check_keys(raw, {"hang"})
             return {"hang": float(raw["hang"])}
+        if "stall_body" in raw:
+            check_keys(raw, {"stall_body"})
+            return {"stall_body": float(raw["stall_body"])}
         if "raw" in raw:
             check_keys(raw, {"raw"})
             spec = raw["raw"]
@@ -922,7 +927,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # responses
 
-    def _send_bytes(self, status, payload, extra_headers=None):
+    def _send_bytes(self, status, payload, extra_headers=None, stall=None):
         concurrent = self.state.concurrent()
         self._create_done()
         self.send_response(status)
@@ -937,10 +942,17 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if stall is None:
+            self.wfile.write(payload)
+            return
+        # half the body, then nothing: the client's transfer stalls mid-body
+        self.wfile.write(payload[: len(payload) // 2])
+        self.wfile.flush()
+        time.sleep(stall)
+        self.close_connection = True
 
-    def _send_json(self, status, obj, extra_headers=None):
-        self._send_bytes(status, json.dumps(obj).encode("utf-8"), extra_headers)
+    def _send_json(self, status, obj, extra_headers=None, stall=None):
+        self._send_bytes(status, json.dumps(obj).encode("utf-8"), extra_headers, stall)
 
     def _send_error(self, status, code, message, extra_headers=None):
         self._send_json(status, twilio_error(status, code, message), extra_headers)
@@ -1040,6 +1052,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         if "raw" in action:
             self._send_raw(action["raw"])
+            return
+        if "stall_body" in action:
+            if call:
+                resource = call_resource(account_sid, form)
+            else:
+                resource = self._remember_created(account_sid, form, None)
+            self._send_json(201, resource, stall=action["stall_body"])
             return
         time.sleep(action.get("hang", action.get("delay", 0)))
         if action.get("malformed"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The dispatcher under valgrind memcheck: a throwaway cluster whose server
 # processes all run under valgrind, a Twilio stand-in answering every kind of
-# outcome (201, 400, 401, 429, 500, reset, hang, malformed), N messages
+# outcome (201, 400, 401, 429, 500, reset, hang, a body stalled half-way,
+# malformed), N messages
 # drained, then a clean stop.  Reports memcheck errors whose stacks touch
 # twilio_outbox or libcurl, and the dispatcher's definite leaks.  Slow (a
 # minute or more); not part of make test.
@@ -20,7 +21,7 @@ base=$standin_url
 curl -sf -X POST "$base/_script" -d '{"default": [
 	{"status": 500}, {"status": 429, "retry_after": "1"}, {"reset": true},
 	{"malformed": true}, {"status": 400, "code": 21211}, {"status": 400, "code": 21610},
-	{"hang": 3}, {"status": 503}, {"status": 201, "delay": 0.2}]}' >/dev/null
+	{"hang": 3}, {"stall_body": 3}, {"status": 503}, {"status": 201, "delay": 0.2}]}' >/dev/null
 
 init_cluster <<CONF
 shared_preload_libraries = 'twilio_outbox'

@@ -464,6 +464,8 @@ Sends SIGTERM and reaps the server.  Preserves C<$?>.
   { status => 400, code => 21211, message => '...' }   # any status >= 400
   { status => 429, retry_after => '2' }                # adds Retry-After
   { hang => $s }          # sleep $s, then 201 (client should time out first)
+  { stall_body => $s }    # create it, send 201's headers and half the body,
+                          # sleep $s, close (a transfer stalled mid-body)
   { reset => 1 }          # read the request, close with RST, no response
   { malformed => 1 }      # 201 with a truncated JSON body
   { fault => 'create_500'|'create_hang'|'create_close'|'close_early'|'429'|'503',
