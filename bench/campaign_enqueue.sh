@@ -14,8 +14,7 @@
 #   bench/campaign_enqueue.sh [rows, default 100000] [single enqueues, default 20000]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-exec 9>/tmp/twilio_outbox_test.lock
-flock 9
+take_test_lock 9
 bench_prepare
 
 rows=${1:-100000}

@@ -41,8 +41,7 @@ set -euo pipefail
 need_packages valgrind
 # Nobody installs another build between ours and the two server starts that
 # load it (the tests' lock, test/run_some.sh); released once both are up.
-exec 9>/tmp/twilio_outbox_test.lock
-flock 9
+take_test_lock 9
 bench_prepare
 
 n=${1:-2000}

@@ -23,8 +23,7 @@
 #   bench/priority_claim.sh [low-priority due messages] [normal due messages]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-exec 9>/tmp/twilio_outbox_test.lock
-flock 9
+take_test_lock 9
 bench_prepare
 
 low=${1:-1000000}

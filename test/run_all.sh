@@ -11,33 +11,8 @@ set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/test/setup.sh"
 
-# The whole run holds /tmp/twilio_outbox_test.lock, like test/run_some.sh:
-# two checkouts on one machine must never install over a library the other
-# is testing.  A caller that holds it already says so with
-# TWILIO_OUTBOX_TEST_LOCK_HELD=1 (test/versions.sh), or is found among our
-# ancestors (`flock /tmp/twilio_outbox_test.lock make test`): a second open
-# of the file would wait for itself.
-lock_held_by_ancestor()
-{
-	local ino holders p
-	ino=$(stat -c %i /tmp/twilio_outbox_test.lock 2>/dev/null) || return 1
-	# /proc/locks: "1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> ..."
-	holders=$(awk -v ino="$ino" '$2 == "FLOCK" { n = split($6, f, ":"); if (f[n] == ino) print $5 }' /proc/locks)
-	p=$$
-	while [ -n "$p" ] && [ "$p" -gt 1 ]; do
-		for h in $holders; do [ "$h" = "$p" ] && return 0; done
-		p=$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
-	done
-	return 1
-}
-if [ "${TWILIO_OUTBOX_TEST_LOCK_HELD:-0}" != 1 ]; then
-	exec 8>/tmp/twilio_outbox_test.lock
-	if ! flock -n 8 && ! lock_held_by_ancestor; then
-		echo "== waiting for /tmp/twilio_outbox_test.lock (another test run on this machine)"
-		flock 8
-	fi
-	export TWILIO_OUTBOX_TEST_LOCK_HELD=1
-fi
+# The whole run holds /tmp/twilio_outbox_test.lock (test/setup.sh).
+take_test_lock 8
 
 need_packages || exit 1
 build_and_install "$top" || { echo "0 passed, 1 failed"; exit 1; }

@@ -15,8 +15,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 kind=${1:?usage: run_some.sh regress|isolation|tap|pgtap [names]}
 shift
 
-exec 9>/tmp/twilio_outbox_test.lock
-flock 9
+take_test_lock 9
 need_packages || exit 1
 build_and_install "$top" || exit 1
 work=$(work_copy "$top")

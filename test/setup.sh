@@ -29,6 +29,41 @@ export PYTHONDONTWRITEBYTECODE=1
 unset $(compgen -e | grep -E '^LC_[A-Z]+$') LANGUAGE
 export LANG=C.UTF-8 LC_ALL=C.UTF-8
 
+# take_test_lock [FD]: hold /tmp/twilio_outbox_test.lock on file descriptor
+# FD (default 9) until the script exits or releases it (flock -u FD).
+# Every script that installs the extension or tests what is installed takes
+# it, so that two checkouts on one machine never install over a library the
+# other is testing; a second one waits, and says so.  Already held for us
+# when TWILIO_OUTBOX_TEST_LOCK_HELD=1 (test/versions.sh) or when one of our
+# ancestors holds it (`flock /tmp/twilio_outbox_test.lock make bench`, or
+# make test running a script that takes it too): a second open of the file
+# would otherwise wait for itself.
+lock_held_by_ancestor()
+{
+	local ino holders p h
+	ino=$(stat -c %i /tmp/twilio_outbox_test.lock 2>/dev/null) || return 1
+	# /proc/locks: "1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> ..."
+	# (a waiter's line has "->" in the second field)
+	holders=$(awk -v ino="$ino" '$2 == "FLOCK" { n = split($6, f, ":"); if (f[n] == ino) print $5 }' /proc/locks)
+	p=$$
+	while [ -n "$p" ] && [ "$p" -gt 1 ]; do
+		for h in $holders; do [ "$h" = "$p" ] && return 0; done
+		p=$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+	done
+	return 1
+}
+take_test_lock()
+{
+	local fd=${1:-9}
+	eval "exec $fd>/tmp/twilio_outbox_test.lock"
+	[ "${TWILIO_OUTBOX_TEST_LOCK_HELD:-0}" = 1 ] && return 0
+	if ! flock -n "$fd" && ! lock_held_by_ancestor; then
+		echo "== waiting for /tmp/twilio_outbox_test.lock (another test run on this machine)" >&2
+		flock "$fd"
+	fi
+	export TWILIO_OUTBOX_TEST_LOCK_HELD=1
+}
+
 # Debian packages the project needs; tools that may come from elsewhere
 # (node and npm, say) count as present when their command is.
 need_packages()

@@ -77,11 +77,8 @@ request_timeout=2
 hang=5
 
 # One heavy run at a time on the machine: the same lock as the test suites.
-if [ -z "${SOAK_LOCKED:-}" ]; then
-	exec 9>/tmp/twilio_outbox_test.lock
-	echo "soak: waiting for /tmp/twilio_outbox_test.lock"
-	flock 9
-fi
+[ -n "${SOAK_LOCKED:-}" ] && export TWILIO_OUTBOX_TEST_LOCK_HELD=1
+take_test_lock 9
 need_packages
 build_and_install "$top" >/dev/null
 bench_workdir
