@@ -1156,11 +1156,11 @@ suppress_recipient(OutboxMessage *m)
 	"  $14::text[], $15::timestamptz[], $16::float8[], $17::text[],"\
 	"  $18::text[], $19::int8[], $20::text[]::twilio_outbox.attempt_outcome[],"\
 	"  $21::text[], $22::int4[],"\
-	"  $23::float8[], $24::text[])"\
+	"  $23::float8[], $24::text[], $28::bool[])"\
 	"  AS r(id, attempt, account, state, next_at, failed, ambiguous, sid,"\
 	"  tstatus, tsegments, http, code, errmsg, dead_reason, started_at,"\
 	"  duration_ms, terror, retry_after, delay_ms, outcome, request_id,"\
-	"  concurrent, req_duration, tmessage)"
+	"  concurrent, req_duration, tmessage, first_ok)"
 
 /*
  * An attempt all of whose fields but its timings and Twilio-* headers are
@@ -1169,16 +1169,32 @@ suppress_recipient(OutboxMessage *m)
  * kept none yet.  The record's update writes it onto the message row
  * (first_* columns, 47_row_versions.sql) instead of an attempt row: one
  * heap tuple and its index entries fewer per message sent at once.
- * FIRST_KEPT_NEW says the same in RETURNING, where m is the new row.
+ * Whether the outcome is such an attempt is decided here, once per outcome
+ * (first_attempt_implied(), the parameter first_ok), not by the statement
+ * in each of the columns it sets.  FIRST_KEPT_NEW says the same in
+ * RETURNING, where m is the new row.
  */
-#define FIRST_KEPT_IF(cond) \
-	"r.attempt = 1 AND r.outcome = 'sent' AND r.ambiguous = 0" \
-	" AND r.sid IS NOT NULL AND r.code IS NULL AND r.tmessage IS NULL" \
-	" AND r.terror IS NULL AND r.retry_after IS NULL AND r.delay_ms IS NULL" \
-	" AND r.started_at IS NOT NULL AND " cond
+#define FIRST_KEPT_IF(cond) "r.first_ok AND " cond
 #define FIRST_KEPT FIRST_KEPT_IF("m.first_started_at IS NULL")
 #define FIRST_KEPT_NEW FIRST_KEPT_IF("m.first_started_at = r.started_at" \
 	" AND m.first_worker_pid = $25")
+
+/* The empty string is NULL in the outcome columns (set_text()). */
+static bool
+empty_text(const char *s)
+{
+	return s == NULL || *s == '\0';
+}
+
+static bool
+first_attempt_implied(const OutboxMessage *m)
+{
+	const OutboxResponse *r = &m->resp;
+
+	return m->attempt == 1 && m->outcome == OUTCOME_SENT && !m->ambiguous &&
+		!empty_text(r->twilio_sid) && r->twilio_code == 0 && empty_text(r->twilio_message) &&
+		empty_text(r->transport_error) && empty_text(r->retry_after) && m->delay_ms == 0;
+}
 
 /*
  * Record finished attempts: the message rows (guarded by state sending and
@@ -1198,9 +1214,10 @@ void
 outbox_record(List *done)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[NUM_COLS + 3];
-	Datum		values[NUM_COLS + 3];
+	Oid			types[NUM_COLS + 4];
+	Datum		values[NUM_COLS + 4];
 	int			total = list_length(done);
+	Datum	   *first_ok = palloc(sizeof(Datum) * total);
 	int64		updated = 0;
 	List	   *sorted = list_copy(done);
 	Columns		c;
@@ -1217,6 +1234,7 @@ outbox_record(List *done)
 	types[NUM_COLS] = INT4OID;
 	types[NUM_COLS + 1] = TEXTOID;
 	types[NUM_COLS + 2] = TIMESTAMPTZOID;
+	types[NUM_COLS + 3] = get_array_type(BOOLOID);
 
 	/*
 	 * One statement per account, naming it, with every value typed by its
@@ -1272,7 +1290,7 @@ outbox_record(List *done)
 			"  concurrent, req_duration, $25 FROM " OUTCOME_ROWS
 			"  WHERE NOT EXISTS (SELECT FROM u WHERE u.id = r.id AND u.kept))"
 			" SELECT count(*) FROM u",
-			NUM_COLS + 3, types);
+			NUM_COLS + 4, types);
 
 	list_sort(sorted, by_account);
 	first = 0;
@@ -1287,6 +1305,7 @@ outbox_record(List *done)
 			   strcmp(((OutboxMessage *) list_nth(sorted, first + n))->account_name, account) == 0)
 		{
 			fill_row(&c, n, list_nth(sorted, first + n));
+			first_ok[n] = BoolGetDatum(first_attempt_implied(list_nth(sorted, first + n)));
 			n++;
 		}
 		for (i = 0; i < NUM_COLS; i++)
@@ -1294,6 +1313,7 @@ outbox_record(List *done)
 		values[NUM_COLS] = Int32GetDatum(MyProcPid);
 		values[NUM_COLS + 1] = CStringGetTextDatum(account);
 		values[NUM_COLS + 2] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		values[NUM_COLS + 3] = outbox_make_array(first_ok, NULL, n, BOOLOID);
 
 		rc = SPI_execute_plan(plan, values, NULL, false, 0);
 		if (rc != SPI_OK_SELECT || SPI_processed != 1)
