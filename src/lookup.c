@@ -14,7 +14,9 @@
  * database phase after its own claim, with the capacity that claim left;
  * an account's lookups take only the concurrency slots its sends leave
  * free (at most half its cap, at least one), at most lookups_per_second
- * (a token bucket holding one second's worth), and none while the account
+ * (a token bucket holding one second's worth; with N dispatchers per
+ * database each has a bucket of lookups_per_second / N, at least one token
+ * deep, so the rate holds for their sum), and none while the account
  * or its lookups are paused.  A lookup is claimed per account (pinned by
  * account = $1, through the partial indexes messages_poll_due and
  * messages_delete_due, FOR UPDATE SKIP LOCKED, O(batch)) by setting its
@@ -210,6 +212,14 @@ refresh(TimestampTz now)
 		la->window_end = DatumGetTimeADT(SPI_getbinval(tup, desc, 5, &end_null));
 		la->window = !isnull && !end_null;
 		rate = DatumGetFloat8(SPI_getbinval(tup, desc, 6, &isnull));
+
+		/*
+		 * Every dispatcher of the database looks up for every account, so
+		 * each takes an equal share of lookups_per_second: the rate holds
+		 * for their sum.  A bucket must hold one token to admit a lookup,
+		 * so the burst over all of them is max(N, lookups_per_second).
+		 */
+		rate /= Max(outbox_dispatcher_count, 1);
 		outbox_sender_configure(&la->bucket, "", rate, Max(1.0, rate), now);
 		la->seen = true;
 	}

@@ -202,6 +202,62 @@ is(scalar @other, 3, 'dispatcher 1 sent its three');
 is(scalar(grep { $_ - $paused_at < 3 } @other), 0,
 	'dispatcher 1 sent nothing for the paused account before Retry-After');
 
+# ---------- lookups_per_second holds for both together ----------
+# Both dispatchers look up for every account: polls of 24 sent messages of
+# account second (senders of both dispatchers) at lookups_per_second = 4
+# must reach the stand-in at 4 a second and a burst of 4 over both, not 4
+# each.
+OutboxTest::query($node, qq{
+	INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, max_concurrency)
+		SELECT 'second', account_sid, base_url, 10 FROM twilio_outbox.accounts WHERE name = 'main';
+	INSERT INTO twilio_outbox.account_credentials (account, secret_env)
+		VALUES ('second', 'TWILIO_TEST_AUTH_TOKEN');
+	INSERT INTO twilio_outbox.senders (account, from_number, kind, rate)
+		VALUES ('second', '+15005550021', 'long_code', 'Infinity'),
+		       ('second', '+15005550022', 'long_code', 'Infinity')});
+is(OutboxTest::query($node, q{
+		SELECT string_agg(DISTINCT (id % 2)::text, ',') FROM twilio_outbox.senders WHERE account = 'second'}),
+	'0,1', "account second's senders belong to both dispatchers");
+OutboxTest::query($node, 'SELECT twilio_outbox.wake_worker()');
+sleep 1.5;    # every dispatcher reads the accounts and senders again within a second
+OutboxTest::query($node, q{
+	SELECT count(twilio_enqueue('+141555507' || lpad(i::text, 2, '0'), 'polled ' || i, account => 'second',
+		from_number => CASE WHEN i % 2 = 0 THEN '+15005550021' ELSE '+15005550022' END))
+	FROM generate_series(1, 24) i});
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 24 FROM twilio_outbox.messages WHERE account = 'second' AND state = 'sent'},
+	"account second's 24 sent");
+is(OutboxTest::query($node, q{
+		SELECT count(DISTINCT a.worker_pid) FROM twilio_outbox.attempt_rows a
+		JOIN twilio_outbox.messages m ON m.id = a.message_id WHERE m.account = 'second'}),
+	'2', 'by both dispatchers');
+$standin->message_status($_, 'delivered') for split /\n/, OutboxTest::query($node,
+	q{SELECT twilio_sid FROM twilio_outbox.messages WHERE account = 'second'});
+my $lookups_before = scalar @{ $standin->lookups };
+OutboxTest::query($node, q{
+	UPDATE twilio_outbox.accounts SET poll_after = '1 second', lookups_per_second = 4 WHERE name = 'second'});
+OutboxTest::query($node, 'SELECT twilio_outbox.wake_worker()');
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 24 FROM twilio_outbox.messages WHERE account = 'second' AND state = 'delivered'},
+	'all 24 polled and delivered');
+my @gets = @{ $standin->lookups };
+@gets = @gets[$lookups_before .. $#gets];
+is(scalar @gets, 24, 'one GET each');
+my @gt = sort { $a <=> $b } map { $_->{t} } @gets;
+my $lworst = 0;
+for my $i (0 .. $#gt)
+{
+	for my $j ($i + 1 .. $#gt)
+	{
+		# a lookup is counted when claimed, a little before it arrives: 0.25 s of slack
+		my $excess = ($j - $i + 1) - (4 * ($gt[$j] - $gt[$i] + 0.25) + 4);
+		$lworst = $excess if $excess > $lworst;
+	}
+}
+ok($lworst <= 0, sprintf('in every window, lookups <= lookups_per_second (4) x window + 4 over both dispatchers (%d in %.1f s)',
+		scalar @gt, $gt[-1] - $gt[0]))
+  or diag("exceeded by $lworst");
+
 # ---------- stop_worker stops both ----------
 is(OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()'), 't', 'stop_worker()');
 is(OutboxTest::query($node, q{
