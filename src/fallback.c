@@ -33,12 +33,16 @@ static TimestampTz timers_wake_at = 0;
 /*
  * A voice call may start now within its account's calls_per_second (a
  * bucket holding one second's worth, at least one call): takes a token and
- * returns true, else sets *ready_at to when one will be there.
+ * returns true, else sets *ready_at to when one will be there.  Each of the
+ * database's N dispatchers makes the calls of its own senders, so each
+ * takes calls_per_second / N: the rate holds for their sum (a burst of at
+ * most N or calls_per_second, whichever is more).
  */
 bool
 outbox_call_take(OutboxAccount *a, TimestampTz now, TimestampTz *ready_at)
 {
-	double		rate = a->calls_per_second > 0 ? a->calls_per_second : 1.0;
+	double		rate = (a->calls_per_second > 0 ? a->calls_per_second : 1.0) /
+		Max(outbox_dispatcher_count, 1);
 	double		burst = Max(1.0, rate);
 
 	if (a->calls_refilled_at == 0)

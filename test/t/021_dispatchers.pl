@@ -258,6 +258,42 @@ ok($lworst <= 0, sprintf('in every window, lookups <= lookups_per_second (4) x w
 		scalar @gt, $gt[-1] - $gt[0]))
   or diag("exceeded by $lworst");
 
+# ---------- calls_per_second holds for both together ----------
+# Eight SMS refused (21211), each falling back to a voice call from its own
+# sender: the calls of both dispatchers together start at most
+# calls_per_second (2) a second, with a burst of 2, not 2 each.
+OutboxTest::query($node, q{
+	UPDATE twilio_outbox.accounts SET poll_after = NULL, calls_per_second = 2 WHERE name = 'second'});
+OutboxTest::query($node, 'SELECT twilio_outbox.wake_worker()');
+sleep 1.5;    # every dispatcher reads the accounts again within a second
+my @callees = map { sprintf('+14155508%02d', $_) } 1 .. 8;
+$standin->script($_, { status => 400, code => 21211 }) for @callees;
+OutboxTest::query($node, join(';', map {
+	sprintf(q{SELECT twilio_enqueue('%s', 'call %d', account => 'second', from_number => '%s',
+		fallback => '[{"channel": "voice"}]')}, $callees[$_], $_, $_ % 2 ? '+15005550021' : '+15005550022')
+} 0 .. $#callees));
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 8 FROM twilio_outbox.messages WHERE account = 'second' AND channel = 'voice' AND state = 'sent'},
+	'the eight calls made');
+my %callee = map { $_ => 1 } @callees;
+my @calls = grep { $callee{ $_->{form}{To}[0] // '' } && $_->{path} =~ m{/Calls\.json$} } @{ $standin->requests };
+is(scalar @calls, 8, 'eight requests to Calls.json');
+is(scalar(keys %{ { map { $_->{form}{From}[0] => 1 } @calls } }), 2, 'from both senders, so both dispatchers');
+my @ct = sort { $a <=> $b } map { $_->{t} } @calls;
+my $cworst = 0;
+for my $i (0 .. $#ct)
+{
+	for my $j ($i + 1 .. $#ct)
+	{
+		# 0.25 s of slack for the time between a claim and its arrival
+		my $excess = ($j - $i + 1) - (2 * ($ct[$j] - $ct[$i] + 0.25) + 2);
+		$cworst = $excess if $excess > $cworst;
+	}
+}
+ok($cworst <= 0, sprintf('in every window, calls <= calls_per_second (2) x window + 2 over both dispatchers (%d in %.1f s)',
+		scalar @ct, $ct[-1] - $ct[0]))
+  or diag("exceeded by $cworst");
+
 # ---------- stop_worker stops both ----------
 is(OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()'), 't', 'stop_worker()');
 is(OutboxTest::query($node, q{
