@@ -241,7 +241,7 @@ BEGIN
 		RETURN 'duplicate';
 	END IF;
 
-	RETURN twilio_outbox.apply_event(ev, account_sid, sid, st, err_code, err_message, outbox_id);
+	RETURN twilio_outbox.apply_event(ev, account_sid, sid, st, err_code, err_message, outbox_id, true);
 END
 $$;
 COMMENT ON FUNCTION twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean) IS 'A status report (callback or poll) applied to its message: recorded once per (MessageSid, status), forward only, delivery errors through the error policy; returns the verdict.  Internal';
@@ -260,11 +260,14 @@ AS $$ SELECT 7419864310251863857::bigint $$;
 /*
  * twilio_outbox.apply_event(ev, ...): what the status event ev (just
  * recorded, or recorded before as unmatched) does to its message: the
- * body of apply_status after its dedupe.  Sets the event's verdict and
- * message; returns the verdict.  Internal: executable by no role.
+ * body of apply_status after its dedupe.  wait_for_records: whether an
+ * event found by neither its SID nor an outbox_id waits for the records
+ * in progress (apply_status; not apply_early_statuses, which is one of
+ * them).  Sets the event's verdict and message; returns the verdict.
+ * Internal: executable by no role.
  */
 CREATE FUNCTION twilio_outbox.apply_event(ev bigint, account_sid text, sid text, st text, err_code integer,
-	err_message text, outbox_id bigint)
+	err_message text, outbox_id bigint, wait_for_records boolean)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -307,7 +310,7 @@ BEGIN
 	 * starts later waits for this transaction instead and applies this
 	 * event itself (apply_early_statuses).
 	 */
-	IF m.id IS NULL AND outbox_id IS NULL THEN
+	IF m.id IS NULL AND outbox_id IS NULL AND wait_for_records THEN
 		PERFORM pg_catalog.pg_advisory_xact_lock(twilio_outbox.early_status_lock());
 		SELECT * INTO m FROM twilio_outbox.messages x
 		WHERE x.twilio_sid OPERATOR(pg_catalog.=) sid AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
@@ -410,7 +413,7 @@ BEGIN
 	RETURN outcome;
 END
 $$;
-COMMENT ON FUNCTION twilio_outbox.apply_event(bigint, text, text, text, integer, text, bigint) IS 'A recorded status event applied to its message: forward only, delivery errors through the error policy; sets and returns the verdict.  Internal';
+COMMENT ON FUNCTION twilio_outbox.apply_event(bigint, text, text, text, integer, text, bigint, boolean) IS 'A recorded status event applied to its message: forward only, delivery errors through the error policy; sets and returns the verdict.  Internal';
 
 /*
  * Status events still unmatched, by when they came: the dispatcher's
@@ -457,7 +460,7 @@ BEGIN
 	LOOP
 		PERFORM twilio_outbox.apply_event(e.id, e.payload OPERATOR(pg_catalog.->>) 'AccountSid',
 			e.message_sid, e.message_status, e.error_code,
-			e.payload OPERATOR(pg_catalog.->>) 'ErrorMessage', NULL);
+			e.payload OPERATOR(pg_catalog.->>) 'ErrorMessage', NULL, false);
 		n := n OPERATOR(pg_catalog.+) 1;
 	END LOOP;
 	RETURN n;
