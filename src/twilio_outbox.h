@@ -460,11 +460,11 @@ extern int	outbox_sweep_orphans(void);
 extern List *outbox_claim(int capacity, TimestampTz now, bool *more);
 extern void outbox_claim_wake(void);
 extern void outbox_record(List *done);
+extern TimestampTz outbox_next_due(TimestampTz now);
+extern bool outbox_extension_present(void);
 
 /* callback.c: status callbacks that overtook the record of their SID */
 extern void outbox_apply_early_statuses(List *done);
-extern TimestampTz outbox_next_due(TimestampTz now);
-extern bool outbox_extension_present(void);
 
 /*
  * lookup.c: requests other than create (polling, deletion at Twilio),

@@ -232,7 +232,7 @@ is(events_of($c), 'sent:applied,delivered:applied', '1c: one event per status');
 # 1d. delivered, then a 500 (ambiguous): settled by the callback, never resent
 my $d = overtaken('+14155550404', [ { status => 'delivered' } ], { status => 500 });
 is(message_of($d), 'delivered|delivered|true|true|true', '1d: a 500 after the callback: still delivered');
-is(attempts_of($d), '1:reconcile:true:false / 1', '1d: exactly one attempt, ambiguous (its answer lost)');
+is(attempts_of($d), '1:reconcile:true:false / 1', '1d: exactly one attempt, ambiguous (its answer was a 500)');
 is(q1("SELECT ambiguous_attempts || '|' || (reconcile_at IS NULL) FROM twilio_outbox.messages WHERE id = $d"),
 	'0|true', '1d: nothing left to reconcile');
 is(events_of($d), 'delivered:applied', '1d: one status event');
