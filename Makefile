@@ -66,7 +66,7 @@ EXTRA_CLEAN = $(RECEIVER)
 REGRESS = enqueue validation segments privileges supervisor monitoring operations constraints callbacks reconcile failover fallback limits priorities campaigns quiet_hours guards upgrade_0_1 row_versions
 REGRESS_OPTS = --encoding=UTF8 --inputdir=test --outputdir=test --temp-instance=tmp_check \
 	--temp-config=test/postgresql.conf
-ISOLATION = dedupe account_roles enqueue_lookup recipient_cap
+ISOLATION = dedupe account_roles enqueue_lookup recipient_cap early_status
 ISOLATION_OPTS = --encoding=UTF8 --inputdir=test/isolation --temp-instance=tmp_check_iso \
 	--temp-config=test/postgresql.conf
 TAP_TESTS = 1

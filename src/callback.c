@@ -694,3 +694,45 @@ twilio_outbox_webhook_counters(PG_FUNCTION_ARGS)
 	}
 	return (Datum) 0;
 }
+
+/*
+ * The dispatcher's record just gave the messages of done their SIDs, in
+ * the transaction the worker has open (SPI connected; may throw).  A
+ * status callback that named no outbox_id and came before a SID was
+ * recorded found no message and was kept as unmatched: apply_early_statuses
+ * (sql/0.2/35_callbacks.sql) applies it now, and orders itself against a
+ * callback being found unmatched at this very moment.  Only the requests'
+ * SIDs and the earliest start go in: a callback cannot come before the
+ * request that created its message started.
+ */
+void
+outbox_apply_early_statuses(List *done)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {TIMESTAMPTZOID, TEXTARRAYOID};
+	Datum		values[2];
+	Datum	   *sids = palloc(sizeof(Datum) * Max(list_length(done), 1));
+	TimestampTz since = 0;
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, done)
+	{
+		OutboxMessage *m = lfirst(lc);
+		OutboxResponse *r = &m->resp;
+
+		if (r->twilio_sid == NULL || r->twilio_sid[0] == '\0')
+			continue;
+		sids[n++] = CStringGetTextDatum(r->twilio_sid);
+		if (since == 0 || r->started_at < since)
+			since = r->started_at;
+	}
+	if (n == 0)
+		return;
+
+	outbox_prepare(&plan, "SELECT twilio_outbox.apply_early_statuses($1, $2)", 2, types);
+	values[0] = TimestampTzGetDatum(since);
+	values[1] = outbox_make_array(sids, NULL, n, TEXTOID);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "applying early status callbacks failed");
+}

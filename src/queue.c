@@ -1328,6 +1328,9 @@ outbox_record(List *done)
 						(int) updated, total),
 				 errdetail("The other messages were changed meanwhile; their attempts are kept in twilio_outbox.attempts.")));
 
+	/* callbacks that came before these SIDs were recorded (callback.c) */
+	outbox_apply_early_statuses(done);
+
 	foreach(lc, done)
 	{
 		OutboxMessage *m = lfirst(lc);

@@ -463,6 +463,9 @@ extern void outbox_record(List *done);
 extern TimestampTz outbox_next_due(TimestampTz now);
 extern bool outbox_extension_present(void);
 
+/* callback.c: status callbacks that overtook the record of their SID */
+extern void outbox_apply_early_statuses(List *done);
+
 /*
  * lookup.c: requests other than create (polling, deletion at Twilio),
  * claimed in the database phase with the room sends leave, at a bounded

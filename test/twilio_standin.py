@@ -31,6 +31,19 @@ Actions (JSON objects):
                          answer exactly these bytes, whatever they are (a broken
                          Twilio or proxy): each header line (name: value, no CRLF)
                          and the body base64-encoded; Content-Length is added
+    {"callback_first": [{"status": st [, "error_code": n]}, ...], "auth_token": str
+     [, "then": action] [, "gate": name]}
+                         Twilio's status callbacks overtaking the create's answer:
+                         create the message, post each callback (signed with
+                         auth_token) to the request's StatusCallback, each only
+                         once the one before was answered, and only then perform
+                         "then" (default {"status": 201}) with that message: a 201
+                         (its SID), an error status, {"reset": true}, or a fault
+                         create_500, create_close, create_hang.  With "gate", the
+                         callbacks are posted in the background and the create
+                         waits until POST /_gate opens that gate instead.  The
+                         callbacks' answers are recorded with the request
+                         ("callbacks": [{"status", "http", "body"}]).
     {"fault": mode [, "hang": s] [, "callbacks": false]}
                          what makes a send ambiguous, or looks like it does:
         create_500    create the message, then answer 500 (code 20500)
@@ -113,7 +126,9 @@ Control endpoints (JSON in and out):
                     arrives when the creates in progress (itself included) plus n
                     exceed it is answered 429 (code 20429) before any script.  Each
                     recorded create carries "concurrent": that count at its arrival
-    POST /_reset    clear scripts, requests, rates, the steady action, messages,
+    POST /_gate     {"name": str}: open that gate (callback_first); a create that
+                    arrives at an open gate goes straight on
+    POST /_reset    clear scripts, gates, requests, rates, the steady action, messages,
                     counters and the /_concurrency settings, and turn random faults off
     GET  /_health   {"ok": true}
 Anything else gets a Twilio-shaped 404 (code 20404).
@@ -256,11 +271,48 @@ def normalise_fault(raw):
     return action
 
 
+# What callback_first's "then" may do with the message it created.
+THEN_FAULTS = {"create_500", "create_close", "create_hang"}
+MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "undelivered", "failed",
+                    "read", "canceled")
+
+
+def normalise_callback_first(raw):
+    """{"callback_first": [...], "auth_token": str [, "then": action] [, "gate": name]}."""
+    check_keys(raw, {"callback_first", "auth_token", "then", "gate"})
+    posts = raw["callback_first"]
+    if not isinstance(posts, list) or not posts:
+        raise ActionError(f"callback_first must be a non-empty array: {raw}")
+    statuses = []
+    for post in posts:
+        if not isinstance(post, dict):
+            raise ActionError(f"a callback is a JSON object: {post!r}")
+        check_keys(post, {"status", "error_code"})
+        if post.get("status") not in MESSAGE_STATUSES:
+            raise ActionError(f"a callback's status is one of {', '.join(MESSAGE_STATUSES)}: {post}")
+        one = {"status": post["status"]}
+        if post.get("error_code") is not None:
+            one["error_code"] = int(post["error_code"])
+        statuses.append(one)
+    if not isinstance(raw.get("auth_token"), str):
+        raise ActionError(f"callback_first needs the auth_token to sign with: {raw}")
+    then = normalise_action(raw.get("then", {"status": 201}))
+    if not ("status" in then and "delay" not in then or then.get("reset")
+            or then.get("fault") in THEN_FAULTS):
+        raise ActionError(f"then: a status, reset or a fault among {sorted(THEN_FAULTS)}: {raw}")
+    action = {"callback_first": statuses, "auth_token": raw["auth_token"], "then": then}
+    if "gate" in raw:
+        action["gate"] = str(raw["gate"])
+    return action
+
+
 def normalise_action(raw):
     """Validate a scripted action and return it with canonical JSON types."""
     if not isinstance(raw, dict):
         raise ActionError(f"action must be a JSON object: {raw!r}")
     try:
+        if "callback_first" in raw:
+            return normalise_callback_first(raw)
         if "fault" in raw:
             return normalise_fault(raw)
         if "hang" in raw:
@@ -394,6 +446,7 @@ class StandInState:
         self.burst = 1.0
         self.buckets = {}
         self.lookups = LookupStore()
+        self.gates = {}
         # /_concurrency (Twilio-Concurrent-Requests and the concurrency limit)
         self.others = 0
         self.concurrency_limit = None
@@ -423,6 +476,16 @@ class StandInState:
             raise ActionError("others must be an integer >= 0, limit one >= 1 or null")
         with self.lock:
             self.others, self.concurrency_limit = others, limit
+
+    def gate(self, name):
+        """The event a callback_first create waits on (POST /_gate sets it)."""
+        with self.lock:
+            return self.gates.setdefault(name, threading.Event())
+
+    def open_gate(self, spec):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ActionError('expected {"name": str}')
+        self.gate(spec["name"]).set()
 
     def create_done(self):
         with self.lock:
@@ -982,10 +1045,12 @@ class Handler(BaseHTTPRequestHandler):
     def _create_message(self, account_sid, path, body, fault=None, call=False):
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         fields = self._request_fields(account_sid, path, form)
+        # the answers of callback_first's callbacks, shown with the request
+        fields["callbacks"] = []
         action = self.state.admit(fields, first(form, "To"), sender_of(form), time.monotonic(), fault)
         self.create_open = True
         try:
-            self._perform(action, account_sid, form, call)
+            self._perform(action, account_sid, form, call, fields["callbacks"])
         finally:
             self._create_done()
 
@@ -1043,7 +1108,53 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"\r\n".join(out) + b"\r\n\r\n" + body)
         self.wfile.flush()
 
-    def _perform(self, action, account_sid, form, call=False):
+    def _callback_first(self, action, account_sid, form, answers):
+        """Post the message's status callbacks, then answer the create (see callback_first)."""
+        resource = self._remember_created(account_sid, form, None)
+        url = first(form, "StatusCallback")
+        posts = [status_callback_params(account_sid, resource, post["status"], post.get("error_code"))
+                 for post in action["callback_first"]] if url else []
+
+        def post_all():
+            for params in posts:
+                try:
+                    # answered only once the test lets the database go on
+                    status, body = post_webhook(url, params, action["auth_token"], timeout=300)
+                except (OSError, ValueError, http.client.HTTPException) as err:
+                    status, body = "error", str(err)
+                answers.append({"status": dict(params)["MessageStatus"], "http": status, "body": body})
+
+        if not url:
+            answers.append({"status": None, "http": "error", "body": "no StatusCallback"})
+        if "gate" in action:
+            threading.Thread(target=post_all, daemon=True).start()
+            if not self.state.gate(action["gate"]).wait(120):
+                answers.append({"status": None, "http": "error", "body": "gate never opened"})
+        else:
+            post_all()
+        then = action["then"]
+        mode = then.get("fault")
+        if then.get("reset"):
+            self._reset_connection()
+        elif mode == "create_hang":
+            time.sleep(then.get("hang", DEFAULT_FAULT_HANG))
+            self.close_connection = True
+        elif mode == "create_close":
+            self.close_connection = True
+        elif mode == "create_500":
+            self._send_error(500, 20500, None)
+        elif then["status"] == 201:
+            if "twilio_status" in then:
+                resource["status"] = then["twilio_status"]
+            self._send_json(201, resource)
+        else:
+            retry = {"Retry-After": then["retry_after"]} if "retry_after" in then else None
+            self._send_error(then["status"], then["code"], then.get("message"), retry)
+
+    def _perform(self, action, account_sid, form, call=False, answers=None):
+        if "callback_first" in action:
+            self._callback_first(action, account_sid, form, answers if answers is not None else [])
+            return
         if "fault" in action:
             self._perform_fault(action, account_sid, form)
             return
@@ -1237,6 +1348,9 @@ class Handler(BaseHTTPRequestHandler):
             self.state.set_steady(steady)
 
 
+    def _gate(self, query, body):
+        self._control(body, self.state.open_gate)
+
     def _callbacks(self, query, body):
         self._control(body, self.server.callbacks.configure)
 
@@ -1262,6 +1376,7 @@ CONTROL_ROUTES = {
     ("GET", "/_lookups"): Handler._lookups,
     ("POST", "/_message_status"): Handler._message_status,
     ("POST", "/_lookup_script"): Handler._lookup_script,
+    ("POST", "/_gate"): Handler._gate,
     ("POST", "/_callbacks"): Handler._callbacks,
     ("GET", "/_callbacks"): Handler._callback_stats,
     ("POST", "/_inbound"): Handler._inbound,
@@ -1283,7 +1398,7 @@ def twilio_signature(auth_token, url, params):
     return base64.b64encode(digest).decode("ascii")
 
 
-def post_webhook(url, params, auth_token, conn_cache=None):
+def post_webhook(url, params, auth_token, conn_cache=None, timeout=10):
     """POST a signed form to url (http on loopback only); returns (status, body)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -1297,7 +1412,7 @@ def post_webhook(url, params, auth_token, conn_cache=None):
     target = parts.path + ("?" + parts.query if parts.query else "")
     key = (parts.hostname, parts.port)
     for attempt in (1, 2):
-        conn = (conn_cache or {}).get(key) or http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn = (conn_cache or {}).get(key) or http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         try:
             conn.request("POST", target, body=body, headers=headers)
             res = conn.getresponse()
@@ -1326,6 +1441,19 @@ def post_inbound(spec):
     ]
     status, body = post_webhook(spec["url"], params, spec["auth_token"])
     return {"status": status, "body": body}
+
+
+def status_callback_params(account_sid, resource, status, error_code=None):
+    """The fields of a message's status callback, as Twilio posts them."""
+    params = [("AccountSid", account_sid), ("ApiVersion", API_VERSION),
+              ("From", resource["from"] or ""), ("MessageSid", resource["sid"]),
+              ("SmsSid", resource["sid"]), ("To", resource["to"])]
+    if resource["messaging_service_sid"]:
+        params.append(("MessagingServiceSid", resource["messaging_service_sid"]))
+    params += [("MessageStatus", status), ("SmsStatus", status)]
+    if error_code is not None:
+        params.append(("ErrorCode", str(error_code)))
+    return params
 
 
 class CallbackSender:
@@ -1378,15 +1506,8 @@ class CallbackSender:
             self.messages += 1
             k = self.messages
         outcome = cfg["outcomes"].get(resource["to"], {"status": "delivered"})
-        common = [("AccountSid", account_sid), ("ApiVersion", API_VERSION),
-                  ("From", resource["from"] or ""), ("MessageSid", resource["sid"]),
-                  ("SmsSid", resource["sid"]), ("To", resource["to"])]
-        if resource["messaging_service_sid"]:
-            common.append(("MessagingServiceSid", resource["messaging_service_sid"]))
-        sent = common + [("MessageStatus", "sent"), ("SmsStatus", "sent")]
-        final = common + [("MessageStatus", outcome["status"]), ("SmsStatus", outcome["status"])]
-        if "error_code" in outcome:
-            final.append(("ErrorCode", str(outcome["error_code"])))
+        sent = status_callback_params(account_sid, resource, "sent")
+        final = status_callback_params(account_sid, resource, outcome["status"], outcome.get("error_code"))
         posts = [sent, final]
         if cfg["reverse_every"] and k % cfg["reverse_every"] == 0:
             posts.reverse()

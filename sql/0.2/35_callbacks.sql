@@ -230,15 +230,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	ev bigint;
-	m record;
-	accounts text[];
-	r_new integer;
-	r_old integer;
-	outcome text;
-	new_state twilio_outbox.message_state;
-	act twilio_outbox.error_action;
-	err_text text := pg_catalog.left(COALESCE(err_message,
-		'delivery error ' OPERATOR(pg_catalog.||) err_code::text), 1023);
 BEGIN
 	/* Twilio retries: the same pair again changes nothing */
 	INSERT INTO twilio_outbox.status_events (message_sid, message_status, error_code, payload,
@@ -250,9 +241,51 @@ BEGIN
 		RETURN 'duplicate';
 	END IF;
 
+	RETURN twilio_outbox.apply_event(ev, account_sid, sid, st, err_code, err_message, outbox_id, true);
+END
+$$;
+COMMENT ON FUNCTION twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean) IS 'A status report (callback or poll) applied to its message: recorded once per (MessageSid, status), forward only, delivery errors through the error policy; returns the verdict.  Internal';
+
+/*
+ * The advisory lock (one bigint key) that orders a status report found by
+ * neither its SID nor an outbox_id (apply_event, exclusive) against the
+ * dispatchers' records of SIDs in progress (apply_early_statuses, shared:
+ * dispatchers never wait for each other on it).
+ */
+CREATE FUNCTION twilio_outbox.early_status_lock() RETURNS bigint
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 7419864310251863857::bigint $$;
+
+/*
+ * twilio_outbox.apply_event(ev, ...): what the status event ev (just
+ * recorded, or recorded before as unmatched) does to its message: the
+ * body of apply_status after its dedupe.  wait_for_records: whether an
+ * event found by neither its SID nor an outbox_id waits for the records
+ * in progress (apply_status; not apply_early_statuses, which is one of
+ * them).  Sets the event's verdict and message; returns the verdict.
+ * Internal: executable by no role.
+ */
+CREATE FUNCTION twilio_outbox.apply_event(ev bigint, account_sid text, sid text, st text, err_code integer,
+	err_message text, outbox_id bigint, wait_for_records boolean)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m record;
+	accounts text[];
+	r_new integer;
+	r_old integer;
+	outcome text;
+	new_state twilio_outbox.message_state;
+	act twilio_outbox.error_action;
+	err_text text := pg_catalog.left(COALESCE(err_message,
+		'delivery error ' OPERATOR(pg_catalog.||) err_code::text), 1023);
+BEGIN
 	/* the message: by its SID, else by our own id in the URL Twilio signed */
 	accounts := ARRAY(SELECT a.name FROM twilio_outbox.accounts a
-					  WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(apply_status.account_sid));
+					  WHERE pg_catalog.lower(a.account_sid) OPERATOR(pg_catalog.=) pg_catalog.lower(apply_event.account_sid));
 	SELECT * INTO m FROM twilio_outbox.messages x
 	WHERE x.twilio_sid OPERATOR(pg_catalog.=) sid AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
 	ORDER BY x.id LIMIT 1
@@ -267,6 +300,21 @@ BEGIN
 			  AND o.id OPERATOR(pg_catalog.<>) outbox_id) THEN
 		SELECT * INTO m FROM twilio_outbox.messages x
 		WHERE x.id OPERATOR(pg_catalog.=) outbox_id AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
+		FOR UPDATE;
+	END IF;
+	/*
+	 * Found by neither: its SID may be in a dispatcher's record that has
+	 * not committed yet (Twilio's callback overtook the 201, and the URL
+	 * it signed names no outbox_id: the message's own status_callback).
+	 * Wait for the records in progress, then look again: a record that
+	 * starts later waits for this transaction instead and applies this
+	 * event itself (apply_early_statuses).
+	 */
+	IF m.id IS NULL AND outbox_id IS NULL AND wait_for_records THEN
+		PERFORM pg_catalog.pg_advisory_xact_lock(twilio_outbox.early_status_lock());
+		SELECT * INTO m FROM twilio_outbox.messages x
+		WHERE x.twilio_sid OPERATOR(pg_catalog.=) sid AND x.account OPERATOR(pg_catalog.=) ANY (accounts)
+		ORDER BY x.id LIMIT 1
 		FOR UPDATE;
 	END IF;
 
@@ -365,7 +413,60 @@ BEGIN
 	RETURN outcome;
 END
 $$;
-COMMENT ON FUNCTION twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean) IS 'A status report (callback or poll) applied to its message: recorded once per (MessageSid, status), forward only, delivery errors through the error policy; returns the verdict.  Internal';
+COMMENT ON FUNCTION twilio_outbox.apply_event(bigint, text, text, text, integer, text, bigint, boolean) IS 'A recorded status event applied to its message: forward only, delivery errors through the error policy; sets and returns the verdict.  Internal';
+
+/*
+ * Status events still unmatched, by when they came: the dispatcher's
+ * record looks here for events that overtook its 201 (apply_early_statuses).
+ * Only unmatched events are in it (few: callbacks of messages sent by other
+ * means in the same Twilio account, and the early ones until adopted).
+ */
+CREATE INDEX status_events_unmatched ON twilio_outbox.status_events (received_at)
+	WHERE verdict OPERATOR(pg_catalog.=) 'unmatched';
+
+/*
+ * twilio_outbox.apply_early_statuses(since, sids): called by the
+ * dispatcher in the transaction that records the SIDs sids, whose requests
+ * started at since or later.  A status callback that came before the SID
+ * was recorded, and names no outbox_id, was kept as unmatched: it is
+ * applied now, lower ranks first.  The shared advisory lock makes a
+ * callback that is being found unmatched right now finish first (see
+ * apply_event), so that none slips between the two.  Cost when there is
+ * nothing to adopt: one probe of the (small) partial index above.
+ * Returns how many events it applied.  Internal: executable by no role.
+ */
+CREATE FUNCTION twilio_outbox.apply_early_statuses(since timestamptz, sids text[])
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	e record;
+	n integer := 0;
+BEGIN
+	PERFORM pg_catalog.pg_advisory_xact_lock_shared(twilio_outbox.early_status_lock());
+	IF NOT EXISTS (SELECT FROM twilio_outbox.status_events x
+				   WHERE x.verdict OPERATOR(pg_catalog.=) 'unmatched'
+					 AND x.received_at OPERATOR(pg_catalog.>=) since) THEN
+		RETURN 0;
+	END IF;
+	FOR e IN
+		SELECT x.id, x.message_sid, x.message_status, x.error_code, x.payload
+		FROM twilio_outbox.status_events x
+		WHERE x.verdict OPERATOR(pg_catalog.=) 'unmatched'
+		  AND x.received_at OPERATOR(pg_catalog.>=) since
+		  AND x.message_sid OPERATOR(pg_catalog.=) ANY (sids)
+		ORDER BY twilio_outbox.status_rank(x.message_status) NULLS LAST, x.id
+	LOOP
+		PERFORM twilio_outbox.apply_event(e.id, e.payload OPERATOR(pg_catalog.->>) 'AccountSid',
+			e.message_sid, e.message_status, e.error_code,
+			e.payload OPERATOR(pg_catalog.->>) 'ErrorMessage', NULL, false);
+		n := n OPERATOR(pg_catalog.+) 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION twilio_outbox.apply_early_statuses(timestamptz, text[]) IS 'Status events that came before their SID was recorded (unmatched, no outbox_id), applied by the record that gives the SID.  Internal';
 
 /*
  * twilio_outbox.receive_status(url, body, signature): one status callback,

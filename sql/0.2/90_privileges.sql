@@ -88,6 +88,9 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.rename_account(text, text), twilio_outbo
  * called by receive_status and the dispatcher only.
  */
 REVOKE ALL ON FUNCTION twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean),
+	twilio_outbox.apply_event(bigint, text, text, text, integer, text, bigint, boolean),
+	twilio_outbox.apply_early_statuses(timestamptz, text[]),
+	twilio_outbox.early_status_lock(),
 	twilio_outbox.in_delete_window(time, time, timestamptz)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION twilio_outbox.in_delete_window(time, time, timestamptz)

@@ -173,6 +173,25 @@ sub fault
 	return $self->script($to, map { {%action} } 1 .. ($n // 1));
 }
 
+# The next create to $to meets Twilio's status callbacks first: the message
+# is created, each callback of \@statuses ({status => 'delivered'}, {status
+# => 'undelivered', error_code => 30003}, ...) is posted to its
+# StatusCallback signed with $auth_token, and the create is answered with
+# then => \%action (default {status => 201}) once the last callback was
+# answered, or with gate => $name once open_gate($name) was called (the
+# callbacks then go out in the background).
+sub callback_first
+{
+	my ($self, $to, $auth_token, $statuses, %opt) = @_;
+	return $self->script($to, { callback_first => $statuses, auth_token => $auth_token, %opt });
+}
+
+sub open_gate
+{
+	my ($self, $name) = @_;
+	return $self->_post('/_gate', { name => $name });
+}
+
 # Random faults for creates no script answers: { rate => 0.1, mix =>
 # { create_500 => 1, ... }, hang => $s, seed => $n }; faults() reads the
 # configuration and how many of each were injected.
@@ -437,6 +456,18 @@ The next C<$n> creates to C<$to> meet fault C<$mode>: C<create_500>,
 C<create_hang>, C<create_close> (the message is created, the answer lost),
 C<close_early>, C<429>, C<503> (not created).
 
+=item C<< $s->callback_first($to, $auth_token, \@statuses, then => \%action, gate => $name) >>, C<< $s->open_gate($name) >>
+
+The next create to C<$to> creates its message, posts its status callbacks
+(C<@statuses>: C<< {status => 'delivered'} >>, C<< {status => 'undelivered',
+error_code => 30003} >>, ...) to the request's C<StatusCallback>, signed with
+C<$auth_token>, one after the other, and only then answers with C<then>
+(default C<< {status => 201} >> with that message's SID; an error status,
+C<< {reset => 1} >> or a fault C<create_500>, C<create_close>,
+C<create_hang>).  With C<gate>, the callbacks go out in the background and
+the answer waits until C<open_gate($name)>.  The recorded request carries
+C<< callbacks => [{status, http, body}] >>: each callback's answer.
+
 =item C<< $s->set_faults({rate => $r, mix => {...}, hang => $s, seed => $n}) >>, C<< $s->faults >>
 
 Random faults for creates no script answers; C<faults> returns the
@@ -471,6 +502,9 @@ Sends SIGTERM and reaps the server.  Preserves C<$?>.
   { fault => 'create_500'|'create_hang'|'create_close'|'close_early'|'429'|'503',
     hang => $s, callbacks => JSON::PP::false }
                           # see fault(); create_* create the message first
+  { callback_first => [{status => 'delivered'}, ...], auth_token => $t,
+    then => \%action, gate => $name }
+                          # see callback_first()
   { raw => { status => 400, headers_b64 => [...], body_b64 => '...' } }
                           # exactly these bytes (base64: header lines without
                           # CRLF, and the body); Content-Length is added.
