@@ -497,6 +497,7 @@ outbox_reconcile_record(List *recs)
 	int			rc;
 	bool		isnull;
 	Datum		next;
+	Datum		found_since;
 
 	if (n == 0)
 		return;
@@ -557,7 +558,8 @@ outbox_reconcile_record(List *recs)
 				   "  updated_at = now()"
 				   "  FROM d WHERE m.id = d.id AND m.account = d.account AND m.state = 'ambiguous'"
 				   "  AND m.reconcile_lookups = d.lookups"
-				   "  RETURNING m.id, m.account, m.to_number, m.attempts, d.decision, d.ex, m.reconcile_at),"
+				   "  RETURNING m.id, m.account, m.to_number, m.attempts, d.decision, d.ex, m.reconcile_at,"
+				   "  m.created_at),"
 				   " dl AS (INSERT INTO twilio_outbox.dead_letters (message_id, account, to_number,"
 				   "  reason, error_message, attempts)"
 				   "  SELECT id, account, to_number, 'attempts_exhausted',"
@@ -570,7 +572,9 @@ outbox_reconcile_record(List *recs)
 				   "   ::twilio_outbox.attempt_outcome, false,"
 				   "  CASE WHEN decision = 'found' THEN ex[1] END, $12"
 				   "  FROM u WHERE decision IN ('found', 'resend', 'dead', 'operator'))"
-				   " SELECT count(*), count(*) FILTER (WHERE decision = 'resend'), min(reconcile_at) FROM u",
+				   " SELECT count(*), count(*) FILTER (WHERE decision = 'resend'), min(reconcile_at),"
+				   "  min(created_at) FILTER (WHERE decision = 'found'),"
+				   "  array_agg(ex[1]) FILTER (WHERE decision = 'found') FROM u",
 				   12, types);
 
 	foreach(lc, recs)
@@ -610,6 +614,27 @@ outbox_reconcile_record(List *recs)
 	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 	if (!isnull)
 		outbox_lookup_reconcile_soon(DatumGetTimestampTz(next));
+
+	/*
+	 * Found: a status callback that named no outbox_id (the message has a
+	 * status_callback of its own) may have come before anyone knew the SID
+	 * and been kept unmatched; apply it now, in this transaction, as the
+	 * record of a 201 does (outbox_apply_early_statuses).  Such a callback
+	 * came after the message was created.
+	 */
+	found_since = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+	if (!isnull)
+	{
+		static SPIPlanPtr early = NULL;
+		Oid			early_types[2] = {TIMESTAMPTZOID, TEXTARRAYOID};
+		Datum		early_values[2];
+
+		early_values[0] = found_since;
+		early_values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull);
+		outbox_prepare(&early, "SELECT twilio_outbox.apply_early_statuses($1, $2)", 2, early_types);
+		if (SPI_execute_plan(early, early_values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "applying early status callbacks failed");
+	}
 }
 
 /*

@@ -469,6 +469,25 @@ $$;
 COMMENT ON FUNCTION twilio_outbox.apply_early_statuses(timestamptz, text[]) IS 'Status events that came before their SID was recorded (unmatched, no outbox_id), applied by the record that gives the SID.  Internal';
 
 /*
+ * twilio_outbox.apply_early_statuses_of(message_id): the same for one
+ * message whose SID an operator has just recorded (resolve_ambiguous), in
+ * the caller's transaction.  SECURITY DEFINER so that the admin role, which
+ * may not read status_events' payloads nor call apply_event, can have the
+ * callbacks Twilio already signed applied; it applies nothing else.
+ */
+CREATE FUNCTION twilio_outbox.apply_early_statuses_of(message_id bigint)
+RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT twilio_outbox.apply_early_statuses(m.created_at, ARRAY[m.twilio_sid])
+	FROM twilio_outbox.messages m
+	WHERE m.id OPERATOR(pg_catalog.=) message_id AND m.twilio_sid IS NOT NULL
+$$;
+COMMENT ON FUNCTION twilio_outbox.apply_early_statuses_of(bigint) IS 'Unmatched status events of one message''s SID, applied once an operator recorded it (resolve_ambiguous).  Internal';
+
+/*
  * twilio_outbox.receive_status(url, body, signature): one status callback,
  * in the caller's one short transaction.  url is the full URL Twilio called
  * (query string included), body the raw form body, signature the

@@ -521,6 +521,8 @@ BEGIN
 		RAISE EXCEPTION 'message % is not ambiguous', message_id
 			USING ERRCODE = 'object_not_in_prerequisite_state';
 	END IF;
+	/* callbacks for that SID that came before it was known (no outbox_id) */
+	PERFORM twilio_outbox.apply_early_statuses_of(message_id);
 END
 $$;
 

@@ -90,11 +90,13 @@ GRANT EXECUTE ON FUNCTION twilio_outbox.rename_account(text, text), twilio_outbo
 REVOKE ALL ON FUNCTION twilio_outbox.apply_status(text, text, text, text, integer, text, bigint, jsonb, text, boolean),
 	twilio_outbox.apply_event(bigint, text, text, text, integer, text, bigint, boolean),
 	twilio_outbox.apply_early_statuses(timestamptz, text[]),
+	twilio_outbox.apply_early_statuses_of(bigint),
 	twilio_outbox.early_status_lock(),
 	twilio_outbox.in_delete_window(time, time, timestamptz)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION twilio_outbox.in_delete_window(time, time, timestamptz)
 	TO twilio_outbox_monitor, twilio_outbox_admin;
+GRANT EXECUTE ON FUNCTION twilio_outbox.apply_early_statuses_of(bigint) TO twilio_outbox_admin;
 REVOKE ALL ON twilio_outbox.lookups FROM PUBLIC;
 GRANT SELECT ON twilio_outbox.lookups TO twilio_outbox_monitor;
 GRANT SELECT (polls, next_lookup_at, lookup_error, deleted_at_twilio)

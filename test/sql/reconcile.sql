@@ -121,3 +121,21 @@ RESET ROLE;
 SET ROLE twilio_outbox_enqueue;
 SELECT try('SELECT count(*) FROM twilio_outbox.ambiguous_messages') AS app_refused;
 RESET ROLE;
+
+-- A callback naming no outbox_id (the message has a status_callback of its
+-- own) that came before anyone knew the SID is kept unmatched; when an
+-- operator resolves the message with that SID, it is applied then.
+SELECT make_ambiguous('1 hour') AS a7 \gset
+SELECT twilio_outbox.receive_status(u, b, sign(u, b)) AS early_verdict
+FROM (SELECT 'https://hooks.example.com/own-callback' AS u,
+	'AccountSid=AC11111111111111111111111111111111&From=%2B15005550101&MessageSid=SM' || repeat('e', 32)
+	|| '&MessageStatus=delivered&To=%2B14155550100' AS b) x;
+SET ROLE twilio_outbox_admin;
+SELECT twilio_outbox.resolve_ambiguous(:a7, 'SM' || repeat('e', 32));
+RESET ROLE;
+SELECT state, twilio_status FROM twilio_outbox.messages WHERE id = :a7;
+SELECT message_id = :a7 AS matched, message_status, verdict
+FROM twilio_outbox.status_events WHERE message_sid = 'SM' || repeat('e', 32);
+-- the admin role may call the helper, which applies only signed, unmatched events
+SELECT has_function_privilege('twilio_outbox_admin', 'twilio_outbox.apply_early_statuses_of(bigint)', 'EXECUTE') AS admin_may,
+	has_function_privilege('twilio_outbox_enqueue', 'twilio_outbox.apply_early_statuses_of(bigint)', 'EXECUTE') AS app_may;

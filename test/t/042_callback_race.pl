@@ -368,6 +368,25 @@ is(q1(q{SELECT attempts || '|' || dead_letters || '|' || delivered || '|' || und
 		FROM twilio_outbox.stats WHERE "window" = '1 hour'}),
 	'11|4|5|4', 'stats: 11 attempts, 4 dead letters, 5 delivered, 4 undelivered');
 
+# --- 4b. its own status_callback, and the answer lost: reconciliation ------
+# The callback overtakes the create, whose connection then drops: the
+# message is ambiguous, and its callback (no outbox_id, no SID recorded yet)
+# is kept unmatched.  Reconciliation finds the SID in Twilio's list (after
+# reconcile_grace, 10 s by default) and applies the callback then.
+$node->safe_psql('postgres', 'SELECT twilio_outbox.start_worker()');
+my $lost = overtaken('+14155550421', [ { status => 'delivered' } ], { fault => 'create_close' },
+	enqueue => ", status_callback => '$public/status?app=2'");
+is(answers_to('+14155550421'), 'delivered:200:unmatched',
+	'4b: the callback came before anyone knew the SID: kept unmatched');
+OutboxTest::wait_until($node,
+	"SELECT state = 'delivered' FROM twilio_outbox.messages WHERE id = $lost",
+	'4b: reconciliation found it at Twilio and applied the callback');
+is(message_of($lost), 'delivered|delivered|true|true|true', '4b: delivered, with the SID reconciliation found');
+is(events_of($lost), 'delivered:applied', '4b: its one status event, applied');
+is(q1("SELECT string_agg(outcome::text, ',' ORDER BY started_at) FROM twilio_outbox.attempt_rows WHERE message_id = $lost"),
+	'reconcile,found', '4b: the ambiguous attempt, then found');
+is(scalar @{ $standin->requests(to => '+14155550421') }, 1, '4b: sent once, never again');
+
 kill 'TERM', $rpid;
 waitpid($rpid, 0);
 $node->stop;
