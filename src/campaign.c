@@ -577,10 +577,13 @@ outbox_campaign_claim(SPITupleTable *rows, uint64 nrows, int account_col,
 			verdicts[i].due_at = DT_NOEND;
 			continue;
 		}
-		/* the table's ranges, whatever a superuser wrote */
+		/*
+		 * the table's ranges, whatever a superuser wrote; and at least a
+		 * message in 11.6 days, so that no slot overflows a timestamp
+		 */
 		if (isnan(pace) || pace <= 0)
 			continue;
-		pace = Min(pace, 1000000.0);
+		pace = Min(Max(pace, 0.000001), 1000000.0);
 		if (isnan(burst) || burst < 1)
 			burst = 1;
 		burst = Min(burst, 1000000.0);

@@ -49,14 +49,16 @@ sub enqueue_campaign
 	FROM generate_series(1, $n) i};
 }
 
-# The start times of the campaign's attempts, in seconds, sorted.
+# The start times of the campaign's attempts (to numbers starting with
+# $prefix), in seconds, sorted.
 sub starts
 {
-	my ($campaign) = @_;
+	my ($campaign, $prefix) = @_;
+	$prefix //= '+';
 	return [ split /\n/, OutboxTest::query($node, qq{
 		SELECT extract(epoch FROM a.started_at) FROM twilio_outbox.attempt_rows a
 		JOIN twilio_outbox.messages m ON m.id = a.message_id
-		WHERE m.campaign = '$campaign' ORDER BY 1}) ];
+		WHERE m.campaign = '$campaign' AND starts_with(m.to_number, '$prefix') ORDER BY 1}) ];
 }
 
 # The most by which any window of the attempts' start times holds more than
@@ -65,13 +67,15 @@ sub starts
 # of its request; twice the pace would exceed the bound by far more.
 sub worst_window
 {
-	my ($t) = @_;
+	my ($t, $pace, $burst) = @_;
+	$pace //= $PACE;
+	$burst //= $BURST;
 	my ($worst, $where) = (0, 'nowhere');
 	for my $i (0 .. $#$t)
 	{
 		for my $j ($i .. $#$t)
 		{
-			my $allowed = $PACE * ($t->[$j] - $t->[$i] + 0.2) + $BURST;
+			my $allowed = $pace * ($t->[$j] - $t->[$i] + 0.2) + $burst;
 			my $excess = ($j - $i + 1) - $allowed;
 			($worst, $where) = ($excess, sprintf('sends %d..%d (%.2f s)', $i, $j, $t->[$j] - $t->[$i]))
 			  if $excess > $worst;
@@ -104,6 +108,30 @@ ok($worst <= 0, "in every window, sends <= burst + pace x window over both dispa
   or diag("exceeded by $worst over $where");
 is(OutboxTest::query($node, q{SELECT max(attempts), sum(failures) FROM twilio_outbox.messages WHERE campaign = 'both'}),
 	'1|0', 'a message put back by the pace is not charged an attempt');
+
+# ---------- the bucket outlives the dispatchers ----------
+# Re-paced slower, its burst spent, then both dispatchers stopped and
+# started again, and more messages due at once: the new dispatchers find
+# the bucket as it was (about as many tokens as seconds since), not a new
+# full burst.
+OutboxTest::query($node, q{SELECT twilio_outbox.set_campaign_pace('both', 1, burst => 4)});
+OutboxTest::query($node, enqueue_campaign('both', '+1415203', 5));
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 5 FROM twilio_outbox.messages
+	  WHERE campaign = 'both' AND starts_with(to_number, '+1415203') AND state = 'sent'},
+	'the burst and one paced message are sent');
+is(OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()'), 't', 'stop_worker() stops both');
+OutboxTest::query($node, 'SELECT twilio_outbox.start_worker()');
+OutboxTest::query($node, enqueue_campaign('both', '+1415204', 5));
+OutboxTest::wait_until($node,
+	q{SELECT count(*) = 10 FROM twilio_outbox.messages
+	  WHERE campaign = 'both' AND substr(to_number, 1, 8) IN ('+1415203', '+1415204') AND state = 'sent'},
+	'after the restart the next five are sent');
+$t = [ sort { $a <=> $b } @{ starts('both', '+1415203') }, @{ starts('both', '+1415204') } ];
+is(scalar @$t, 10, 'one attempt per message across the restart');
+($worst, $where) = worst_window($t, 1, 4);
+ok($worst <= 0, 'across the restart, sends <= burst + pace x window in every window')
+  or diag("exceeded by $worst over $where");
 
 # ---------- the table full: pace / N by each dispatcher ----------
 # Two campaigns at once and one bucket in shared memory: the one that
