@@ -2,8 +2,8 @@
  *
  * campaign.c
  *		Campaigns (issue 12): the row twilio_enqueue creates on first use
- *		and reads for each message, and the dispatcher's pace bucket per
- *		paced campaign, on top of the senders' buckets.
+ *		and reads for each message, and the pace bucket per paced campaign
+ *		that a database's dispatchers share, on top of the senders' buckets.
  *
  * Enqueue: the campaign row is read FOR SHARE, so that pausing or
  * canceling a campaign (which update the row) waits for the transactions
@@ -32,9 +32,10 @@
  * new campaign takes the least recently used idle one (full, nothing put
  * back due later: forgetting it changes nothing); when none is idle, each
  * dispatcher paces that campaign alone at pace / N and burst / N, never
- * unpaced.  The buckets live as long as the server: a dispatcher's restart
- * or crash finds its campaigns' buckets as they were (a server restart
- * starts them full, as new campaigns start).
+ * unpaced.  The buckets live as long as the server: a dispatcher that
+ * restarts, or exits on an error, finds its campaigns' buckets as they
+ * were; a server restart, or the crash restart after a process died
+ * without cleaning up, starts them full, as new campaigns start.
  *
  *-------------------------------------------------------------------------
  */
