@@ -53,9 +53,9 @@ sub enqueue_campaign
 # $prefix), in seconds, sorted.
 sub starts
 {
-	my ($campaign, $prefix) = @_;
+	my ($campaign, $prefix, $db) = @_;
 	$prefix //= '+';
-	return [ split /\n/, OutboxTest::query($node, qq{
+	return [ split /\n/, $node->safe_psql($db // 'postgres', qq{
 		SELECT extract(epoch FROM a.started_at) FROM twilio_outbox.attempt_rows a
 		JOIN twilio_outbox.messages m ON m.id = a.message_id
 		WHERE m.campaign = '$campaign' AND starts_with(m.to_number, '$prefix') ORDER BY 1}) ];
@@ -157,6 +157,48 @@ for my $c ('left', 'right')
 ok($node->log_contains('all twilio_outbox.max_paced_campaigns \(1\) shared campaign buckets are in use'),
 	'the dispatcher said once that the table was full');
 
+# ---------- a bucket per database ----------
+# The same account and campaign names in another database of the cluster
+# name another campaign: the buckets are keyed by database, so the two
+# campaigns, sent at the same time, together send more than one bucket
+# would allow, each at its own pace.
+OutboxTest::query($node, 'CREATE DATABASE other');
+my $base = $standin->base_url;
+$node->safe_psql('other', qq{
+	CREATE EXTENSION twilio_outbox;
+	INSERT INTO twilio_outbox.accounts (name, account_sid, base_url, is_default, max_concurrency,
+		quiet_start, quiet_end)
+		VALUES ('main', '$OutboxTest::ACCOUNT_SID', '$base', true, 25, NULL, NULL);
+	INSERT INTO twilio_outbox.account_credentials (account, secret_env)
+		VALUES ('main', 'TWILIO_TEST_AUTH_TOKEN');
+	INSERT INTO twilio_outbox.senders (account, from_number, kind, is_default, rate)
+		VALUES ('main', '$OutboxTest::FROM', 'long_code', true, 'Infinity'),
+		       ('main', '+15005550012', 'long_code', false, 'Infinity');
+	SELECT twilio_outbox.start_worker();
+});
+ok($node->poll_query_until('other',
+		q{SELECT count(*) = 2 AND bool_and(running) FROM twilio_outbox.worker_dispatchers}),
+	'two dispatchers run in database other');
+for my $db ('postgres', 'other')
+{
+	$node->safe_psql($db, q{SELECT twilio_outbox.create_campaign('twin', pace => 2, burst => 2)});
+}
+$node->safe_psql('postgres', enqueue_campaign('twin', '+1415205', 12));
+$node->safe_psql('other', enqueue_campaign('twin', '+1415206', 12));
+for my $db ('postgres', 'other')
+{
+	ok($node->poll_query_until($db,
+			q{SELECT count(*) = 12 FROM twilio_outbox.messages WHERE campaign = 'twin' AND state = 'sent'}),
+		"database $db sent its campaign twin");
+	($worst, $where) = worst_window(starts('twin', '+', $db), 2, 2);
+	ok($worst <= 0, "database $db: its campaign twin kept to its own pace")
+	  or diag("exceeded by $worst over $where");
+}
+$t = [ sort { $a <=> $b } @{ starts('twin', '+', 'postgres') }, @{ starts('twin', '+', 'other') } ];
+($worst, $where) = worst_window($t, 2, 2);
+ok($worst > 1, "the two databases' campaigns twin have a bucket each (together $where)");
+
+$node->safe_psql('other', 'SELECT twilio_outbox.stop_worker()');
 OutboxTest::query($node, 'SELECT twilio_outbox.stop_worker()');
 $node->stop;
 done_testing();
