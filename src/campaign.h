@@ -10,6 +10,7 @@
 #define TWILIO_OUTBOX_CAMPAIGN_H
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "utils/date.h"
 
 /* The most characters a campaign name has (campaigns_name_valid). */
@@ -32,10 +33,20 @@ extern void outbox_check_campaign_name(const char *name);
 extern void outbox_use_campaign(const char *account, const char *name,
 								OutboxCampaignRow *row);
 
-/* dispatcher side */
-extern bool outbox_campaign_admit(const char *account, const char *name,
-								  const char *state, double pace, double burst,
-								  TimestampTz now, TimestampTz *defer_to,
-								  bool *cancel);
+/* dispatcher side: what a claimed row may do under its campaign */
+typedef struct OutboxCampaignVerdict
+{
+	bool		hold;			/* false: it may go */
+	bool		cancel;			/* held: its campaign is canceled */
+	TimestampTz due_at;			/* else held until then (infinity while paused) */
+} OutboxCampaignVerdict;
+
+extern OutboxCampaignVerdict *outbox_campaign_claim(SPITupleTable *rows, uint64 nrows,
+													int account_col, int campaign_col,
+													int row_col, TimestampTz now);
+
+/* the shared buckets (shmem.c's hooks) */
+extern void outbox_campaign_shmem_request(void);
+extern void outbox_campaign_shmem_startup(void);
 
 #endif

@@ -33,6 +33,7 @@ int			outbox_reconcile_grace_ms = 10000;
 int			outbox_reconcile_clock_skew_s = 60;
 int			outbox_max_databases = 16;
 int			outbox_dispatchers_per_database = 1;
+int			outbox_max_paced_campaigns = 1024;
 char	   *outbox_secrets_dir = NULL;
 char	   *outbox_databases = NULL;
 char	   *outbox_allowed_hosts = NULL;
@@ -289,6 +290,13 @@ outbox_guc_init(void)
 								"Dispatchers per database, each sending for its own share of the senders.",
 								"Dispatcher k of N claims the senders whose id modulo N is k; an account's max_concurrency is shared among them.",
 								&outbox_dispatchers_per_database, 1, 1, OUTBOX_MAX_DISPATCHERS,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/* Sizes shared memory too (campaign.c's shared pace buckets). */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("twilio_outbox.max_paced_campaigns",
+								"Most paced campaigns, over all databases, whose pace buckets the dispatchers share.",
+								"With all in use and none idle, another paced campaign is paced by each dispatcher of its database at its pace and burst divided by twilio_outbox.dispatchers_per_database.",
+								&outbox_max_paced_campaigns, 1024, 1, 100000,
 								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomStringVariable("twilio_outbox.databases",

@@ -205,9 +205,12 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 	Datum	   *quiet_attempts;
 	Datum	   *quiet_untils;
 	char	   *quiet_account = NULL;
+	OutboxCampaignVerdict *verdicts;
 
 	if (SPI_processed == 0)
 		return claimed;
+	/* the campaigns' tokens for all the rows at once (campaign.c) */
+	verdicts = outbox_campaign_claim(SPI_tuptable, SPI_processed, 4, 24, 25, now);
 	quiet_ids = palloc(sizeof(Datum) * SPI_processed);
 	quiet_attempts = palloc(sizeof(Datum) * SPI_processed);
 	quiet_untils = palloc(sizeof(Datum) * SPI_processed);
@@ -236,7 +239,6 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 		Datum		d;
 		char	   *account;
 		char	   *sender_account;
-		char	   *campaign;
 		bool		account_exists;
 		int64		sender_id;
 
@@ -268,33 +270,18 @@ take_claimed(List *claimed, OutboxBatch **batchp, TimestampTz now)
 			m->sender->claim_got++;
 		d = claim_col(vals, nulls, 19, &isnull);
 		account_exists = !isnull && DatumGetBool(d);
-		campaign = claim_text(vals, nulls, 24);
-
 		/*
 		 * Its campaign's pace, pause or cancel (issue 12): put back, never
 		 * sent, its sender's bucket untouched.
 		 */
-		if (campaign != NULL && account != NULL)
+		if (verdicts != NULL && verdicts[i].hold)
 		{
-			char	   *row = claim_text(vals, nulls, 25);
-			char		state[16] = "";
-			double		pace = NAN;
-			double		burst = 1;
-			TimestampTz defer_to;
-			bool		cancel;
-
-			if (row != NULL && sscanf(row, "%15s %lf %lf", state, &pace, &burst) != 3)
-				pace = NAN;
-			if (!outbox_campaign_admit(account, campaign, row ? state : NULL, pace, burst,
-									   now, &defer_to, &cancel))
-			{
-				deferred_ids[ndeferred] = Int64GetDatum(m->id);
-				deferred_at[ndeferred] = TimestampTzGetDatum(defer_to);
-				deferred_cancel[ndeferred] = BoolGetDatum(cancel);
-				ndeferred++;
-				pfree(m);
-				continue;
-			}
+			deferred_ids[ndeferred] = Int64GetDatum(m->id);
+			deferred_at[ndeferred] = TimestampTzGetDatum(verdicts[i].due_at);
+			deferred_cancel[ndeferred] = BoolGetDatum(verdicts[i].cancel);
+			ndeferred++;
+			pfree(m);
+			continue;
 		}
 
 		/*

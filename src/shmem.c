@@ -3,7 +3,8 @@
  * shmem.c
  *		Shared memory: one slot per database that runs dispatchers (with room
  *		for twilio_outbox.dispatchers_per_database of them), and the wake-up
- *		of those dispatchers when an enqueueing transaction commits.
+ *		of those dispatchers when an enqueueing transaction commits; and,
+ *		sized and attached by the same hooks, campaign.c's pace buckets.
  *
  * The slots exist only when the library is in shared_preload_libraries.
  * Without it twilio_enqueue() still works, the dispatcher cannot run, and
@@ -12,6 +13,7 @@
  *-------------------------------------------------------------------------
  */
 #include "twilio_outbox.h"
+#include "campaign.h"
 
 #include "access/xact.h"
 #include "miscadmin.h"
@@ -79,6 +81,8 @@ outbox_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(shared_size());
 	RequestNamedLWLockTranche("twilio_outbox", 1);
+	/* campaign.c's paces, under their own lock: the claim path takes it */
+	outbox_campaign_shmem_request();
 }
 
 static void
@@ -98,6 +102,7 @@ outbox_shmem_startup(void)
 		shared->nslots = outbox_max_databases;
 		shared->slot_size = slot_size();
 	}
+	outbox_campaign_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -64,6 +64,7 @@ extern int	outbox_reconcile_grace_ms;
 extern int	outbox_reconcile_clock_skew_s;
 extern int	outbox_max_databases;
 extern int	outbox_dispatchers_per_database;
+extern int	outbox_max_paced_campaigns;
 extern char *outbox_secrets_dir;
 extern char *outbox_databases;
 extern char *outbox_allowed_hosts;
