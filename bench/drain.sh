@@ -180,14 +180,7 @@ end_local=$(local_kb "$pid")
 # autovacuum that ran on the tables meanwhile (a run where it did may differ)
 note autovacuum "$(psql_b -c "SELECT string_agg(relname || ': vacuum ' || autovacuum_count || ', analyze ' || autoanalyze_count, '; ' ORDER BY relname)
 	FROM pg_stat_user_tables WHERE schemaname = 'twilio_outbox' AND relname IN ('messages', 'attempts')")"
-read -r sent attempts < <(psql_b -F' ' -c "SELECT (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent'),
-	(SELECT count(*) FROM twilio_outbox.attempt_rows)")
-elapsed=$(calc "$t1 - $t0")
-echo "  sent $sent of $n ($attempts attempts) in $(calc "round($elapsed, 3)") s"
-if [ "$sent" != "$n" ]; then
-	echo "not every message was sent" >&2
-	exit 1
-fi
+check_drained "$n"
 note "dispatchers_per_database$sfx" "$dispatchers"
 note "cpu_by_role$sfx" "$(python3 - "$BENCH_DIR" "$(getconf CLK_TCK)" "$(calc "$t1 - $t0")" <<'PY'
 import sys

@@ -184,6 +184,22 @@ SQL
 }
 
 # CPU seconds (user + system) a process has used.
+# After a drain of $1 messages that began at $t0 and ended at $t1 (the
+# caller's): print what was sent and attempted in how long, and fail unless
+# every message was sent.  Sets sent, attempts and elapsed.
+check_drained()
+{
+	local n=$1
+	read -r sent attempts < <(psql_b -F' ' -c "SELECT (SELECT count(*) FROM twilio_outbox.messages WHERE state = 'sent'),
+		(SELECT count(*) FROM twilio_outbox.attempt_rows)")
+	elapsed=$(calc "$t1 - $t0")
+	echo "  sent $sent of $n ($attempts attempts) in $(calc "round($elapsed, 3)") s"
+	if [ "$sent" != "$n" ]; then
+		echo "not every message was sent" >&2
+		exit 1
+	fi
+}
+
 cpu_seconds()
 {
 	awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"

@@ -12,6 +12,7 @@
 package OutboxTest;
 
 use strict;
+use FindBin;
 use warnings;
 
 use PostgreSQL::Test::Cluster;
@@ -74,6 +75,19 @@ sub add_account
 			VALUES ('main', '$FROM', 'long_code', true, $rate);
 	});
 	return;
+}
+
+# The thin receiver: $TWILIO_OUTBOX_RECEIVER, else the installed one (make
+# install puts it in pg_config --bindir, which installcheck puts first in
+# PATH), else the one built in this tree.
+sub receiver_bin
+{
+	return $ENV{TWILIO_OUTBOX_RECEIVER} if $ENV{TWILIO_OUTBOX_RECEIVER};
+	for my $d (split /:/, $ENV{PATH}, -1)
+	{
+		return "$d/twilio_outbox_receiver" if $d ne '' && -x "$d/twilio_outbox_receiver";
+	}
+	return "$FindBin::RealBin/../../receiver/twilio_outbox_receiver";
 }
 
 # Poll a boolean query until it returns 't'; fail the test on timeout.

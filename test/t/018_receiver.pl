@@ -30,21 +30,7 @@ use lib "$FindBin::RealBin/../perl";
 use OutboxTest;
 use TwilioStandIn;
 
-# The installed receiver (make install puts it in pg_config --bindir, which
-# installcheck puts first in PATH), else the one built in this tree.
-my $receiver_bin = $ENV{TWILIO_OUTBOX_RECEIVER};
-unless ($receiver_bin)
-{
-	for my $d (split /:/, $ENV{PATH}, -1)
-	{
-		if ($d ne '' && -x "$d/twilio_outbox_receiver")
-		{
-			$receiver_bin = "$d/twilio_outbox_receiver";
-			last;
-		}
-	}
-}
-$receiver_bin //= "$FindBin::RealBin/../../receiver/twilio_outbox_receiver";
+my $receiver_bin = OutboxTest::receiver_bin();
 ok(-x $receiver_bin, "the receiver is built: $receiver_bin");
 
 my $public = 'https://hooks.example.com/twilio';

@@ -16,6 +16,25 @@ use lib "$FindBin::RealBin/../perl";
 use OutboxTest;
 use TwilioStandIn;
 
+# How far the busiest window of the sorted times @$t exceeds
+# rate x (window + slack) + burst (0: never): the bound a token bucket of
+# that rate and burst keeps, slack covering the time between a claim and
+# its arrival.
+sub worst_excess
+{
+	my ($t, $rate, $burst, $slack) = @_;
+	my $worst = 0;
+	for my $i (0 .. $#$t)
+	{
+		for my $j ($i + 1 .. $#$t)
+		{
+			my $excess = ($j - $i + 1) - ($rate * ($t->[$j] - $t->[$i] + $slack) + $burst);
+			$worst = $excess if $excess > $worst;
+		}
+	}
+	return $worst;
+}
+
 my $standin = TwilioStandIn->start;
 # restart_after_crash: the kill -9 below (PostgreSQL::Test::Cluster turns it off).
 # A request timeout long enough that a hanging request stays in flight
@@ -101,16 +120,8 @@ OutboxTest::wait_until($node,
 	'the rated sender drained');
 my @t = sort { $a <=> $b } map { $_->{t} } @{ $standin->requests };
 is(scalar @t, 8, 'eight requests of the rated sender');
-my $worst = 0;
-for my $i (0 .. $#t)
-{
-	for my $j ($i + 1 .. $#t)
-	{
-		# 50 ms of slack for the time between a claim and its arrival
-		my $excess = ($j - $i + 1) - (4 * ($t[$j] - $t[$i] + 0.05) + 1);
-		$worst = $excess if $excess > $worst;
-	}
-}
+# 50 ms of slack for the time between a claim and its arrival
+my $worst = worst_excess(\@t, 4, 1, 0.05);
 ok($worst <= 0, 'in every window, requests <= rate x window + burst')
   or diag("exceeded by $worst");
 
@@ -244,16 +255,8 @@ my @gets = @{ $standin->lookups };
 @gets = @gets[$lookups_before .. $#gets];
 is(scalar @gets, 24, 'one GET each');
 my @gt = sort { $a <=> $b } map { $_->{t} } @gets;
-my $lworst = 0;
-for my $i (0 .. $#gt)
-{
-	for my $j ($i + 1 .. $#gt)
-	{
-		# a lookup is counted when claimed, a little before it arrives: 0.25 s of slack
-		my $excess = ($j - $i + 1) - (4 * ($gt[$j] - $gt[$i] + 0.25) + 4);
-		$lworst = $excess if $excess > $lworst;
-	}
-}
+# a lookup is counted when claimed, a little before it arrives: 0.25 s of slack
+my $lworst = worst_excess(\@gt, 4, 4, 0.25);
 ok($lworst <= 0, sprintf('in every window, lookups <= lookups_per_second (4) x window + 4 over both dispatchers (%d in %.1f s)',
 		scalar @gt, $gt[-1] - $gt[0]))
   or diag("exceeded by $lworst");
@@ -280,16 +283,7 @@ my @calls = grep { $callee{ $_->{form}{To}[0] // '' } && $_->{path} =~ m{/Calls\
 is(scalar @calls, 8, 'eight requests to Calls.json');
 is(scalar(keys %{ { map { $_->{form}{From}[0] => 1 } @calls } }), 2, 'from both senders, so both dispatchers');
 my @ct = sort { $a <=> $b } map { $_->{t} } @calls;
-my $cworst = 0;
-for my $i (0 .. $#ct)
-{
-	for my $j ($i + 1 .. $#ct)
-	{
-		# 0.25 s of slack for the time between a claim and its arrival
-		my $excess = ($j - $i + 1) - (2 * ($ct[$j] - $ct[$i] + 0.25) + 2);
-		$cworst = $excess if $excess > $cworst;
-	}
-}
+my $cworst = worst_excess(\@ct, 2, 2, 0.25);
 ok($cworst <= 0, sprintf('in every window, calls <= calls_per_second (2) x window + 2 over both dispatchers (%d in %.1f s)',
 		scalar @ct, $ct[-1] - $ct[0]))
   or diag("exceeded by $cworst");

@@ -41,21 +41,7 @@ use lib "$FindBin::RealBin/../perl";
 use OutboxTest;
 use TwilioStandIn;
 
-# The installed receiver (make install puts it in pg_config --bindir), else
-# the one built in this tree (as 018_receiver.pl finds it).
-my $receiver_bin = $ENV{TWILIO_OUTBOX_RECEIVER};
-unless ($receiver_bin)
-{
-	for my $d (split /:/, $ENV{PATH}, -1)
-	{
-		if ($d ne '' && -x "$d/twilio_outbox_receiver")
-		{
-			$receiver_bin = "$d/twilio_outbox_receiver";
-			last;
-		}
-	}
-}
-$receiver_bin //= "$FindBin::RealBin/../../receiver/twilio_outbox_receiver";
+my $receiver_bin = OutboxTest::receiver_bin();
 
 my $standin = TwilioStandIn->start;
 # A create the stand-in holds while a callback is applied must not time out.
