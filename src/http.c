@@ -627,12 +627,26 @@ take_request(void)
 /*
  * Reset at once: a handle in the pool holds no option of its last request,
  * neither its credentials nor a pointer into its message, which the batch
- * frees.
+ * frees.  After a transfer that failed (failed: its result was not
+ * CURLE_OK) the handle itself is replaced by a new one: curl_easy_reset()
+ * does not clear all of a transfer's state in every libcurl, and libcurl
+ * 8.14 (Debian trixie) kept a failed rewind's ("necessary data rewind was
+ * not possible") on the handle, so that every later request on it failed
+ * at once, unsent.  Failures are rare: the pool's saving is in the
+ * successes.
  */
 static void
-give_back_request(PooledRequest *r)
+give_back_request(PooledRequest *r, bool failed)
 {
-	curl_easy_reset(r->easy);
+	CURL	   *fresh = failed ? curl_easy_init() : NULL;
+
+	if (fresh != NULL)
+	{
+		curl_easy_cleanup(r->easy);
+		r->easy = fresh;
+	}
+	else
+		curl_easy_reset(r->easy);
 	r->m = NULL;
 	r->next_free = free_requests;
 	free_requests = r;
@@ -782,7 +796,7 @@ outbox_http_start(OutboxMessage *m)
 	m->resp.started_at = GetCurrentTimestamp();
 	if (curl_multi_add_handle(multi, e) != CURLM_OK)
 	{
-		give_back_request(t);
+		give_back_request(t, false);
 		curl_url_cleanup(url);
 		m->easy = m->headers = m->url = NULL;
 		m->resp.body = NULL;
@@ -934,13 +948,15 @@ outbox_http_poll(int timeout_ms, OutboxHttpDone done)
 	{
 		OutboxMessage *m;
 		PooledRequest *r;
+		CURLcode	result;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &m);
 		r = m->headers;
-		finish(m, msg->data.result);
+		result = msg->data.result;
+		finish(m, result);
 		done(m);
 
 		/*
@@ -954,7 +970,7 @@ outbox_http_poll(int timeout_ms, OutboxHttpDone done)
 			m->resp.body = NULL;
 			m->resp.body_len = 0;
 		}
-		give_back_request(r);
+		give_back_request(r, result != CURLE_OK);
 		ndone++;
 	}
 	return ndone;
